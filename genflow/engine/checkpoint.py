@@ -1,0 +1,82 @@
+"""Checkpoints: one file per checkpoint, written atomically, loaded without executing code.
+
+A checkpoint is a `torch.save`d dict of tensors and plain Python values only (model and EMA weights,
+optimiser, LR scheduler and grad-scaler state, RNG states, progress, best metric), so it loads with
+`torch.load(weights_only=True)`. It is written to a temporary file in the same directory and renamed
+over the old one, so a crash mid-write never leaves a half checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from genflow.errors import CheckpointError
+
+__all__ = ["atomic_torch_save", "load_checkpoint", "capture_rng_state", "restore_rng_state"]
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """`torch.save` to a temp file beside `path`, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint safely (`weights_only=True`); a missing or unreadable file is a CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated / foreign files
+        raise CheckpointError(f"{path}: not a readable genflow checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path}: not a genflow checkpoint (no 'model' entry)")
+    return state
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Global RNG states (python, numpy, torch CPU and CUDA) as weights_only-loadable values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"], np_state["has_gauss"], np_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    """torch.save keeps tuples, but be lenient with lists (random.setstate needs tuples)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_as_tuple(v) for v in value)
+    return value

@@ -1,0 +1,69 @@
+"""From a command line to a training plan: recipe, resolved config, run dir, checkpoint to resume."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from genflow.config import apply_overrides, config_from_dict, load_config
+from genflow.engine.recipe import Recipe, get_recipe
+from genflow.engine.run_dir import find_latest_run, new_run_dir, read_run_config, write_run_config
+from genflow.errors import CheckpointError, ConfigError
+
+__all__ = ["TrainingPlan", "prepare_training"]
+
+
+@dataclass
+class TrainingPlan:
+    recipe: Recipe
+    run_dir: Path
+    resume_checkpoint: Path | None
+    is_main: bool
+
+
+def prepare_training(recipe_name: str, *, config_path: Path | None = None, overrides: list[str] | None = None,
+                     name: str | None = None, resume: str | None = None, runs_root: Path = Path("runs"),
+                     create: bool = True) -> TrainingPlan:
+    """Resolve the config and the run dir of a `genflow train` call.
+
+    A fresh run reads `config_path` (default: the recipe's YAML) and applies `overrides`. A resumed run
+    (`resume` = a run dir, or 'auto' for the newest run of the recipe) starts from the run's saved
+    config, applies `overrides` on top (e.g. more epochs) and continues from `checkpoints/last.pt`.
+    Only the main process writes; `create=False` resolves without writing (before a launch).
+    """
+    recipe_cls = get_recipe(recipe_name)
+    overrides = list(overrides or [])
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if resume is not None:
+        run_dir = find_latest_run(runs_root, recipe_name) if resume == "auto" else Path(resume)
+        if run_dir is None:
+            raise CheckpointError(f"--resume auto: no run of '{recipe_name}' with a checkpoint under {runs_root}/{recipe_name}")
+        checkpoint = run_dir / "checkpoints" / "last.pt"
+        if not checkpoint.is_file():
+            raise CheckpointError(f"--resume {run_dir}: no checkpoints/last.pt to resume from")
+        doc = read_run_config(run_dir)
+        if doc["recipe"] != recipe_name:
+            raise ConfigError(f"--resume {run_dir}: that run is recipe '{doc['recipe']}', not '{recipe_name}'")
+        if config_path is not None:
+            raise ConfigError("--config cannot be combined with --resume: the run's saved config is used; pass overrides instead")
+        config = config_from_dict(recipe_cls.config_class, apply_overrides(doc["config"], overrides, recipe_cls.config_class))
+    else:
+        config = load_config(recipe_cls.config_class, config_path or recipe_cls.default_config, overrides)
+        checkpoint = None
+        if create and is_main:
+            run_dir = new_run_dir(runs_root, recipe_name, name)
+        else:
+            run_dir = Path(runs_root) / recipe_name / (name or _timestamp())
+            if (run_dir / "checkpoints" / "last.pt").exists() and not os.environ.get("LOCAL_RANK"):
+                raise CheckpointError(f"{run_dir}: a run with this name exists; pass --resume {run_dir} to continue it, or another --name")
+    if create and is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_config(run_dir, recipe_name, config, {"overrides": overrides, "resumed_from": str(checkpoint) if checkpoint else None})
+    return TrainingPlan(recipe=recipe_cls(config), run_dir=run_dir, resume_checkpoint=checkpoint, is_main=is_main)
+
+
+def _timestamp() -> str:
+    import datetime as _dt
+
+    return _dt.datetime.now().strftime("%Y%m%d-%H%M%S")

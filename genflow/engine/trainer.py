@@ -1,0 +1,299 @@
+"""The training engine: one loop for every recipe, on HuggingFace Accelerate.
+
+Read top to bottom: set up (accelerator, data, model, optimiser, schedule, EMA, resume), then per
+epoch per batch: loss -> finite check -> backward -> (every `grad_accum_steps`) clip, step, schedule,
+EMA -> log; per epoch: validate, pick best, checkpoint. Accelerate gives mixed precision and DDP
+(NCCL on GPUs, gloo on CPU); the data order and the noise come from (seed, epoch, step), which makes
+resume exact and N processes equivalent to one with the same global batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from torch.utils.data import DataLoader, Dataset
+
+import genflow
+from genflow.config import TrainConfig
+from genflow.engine.checkpoint import atomic_torch_save, capture_rng_state, load_checkpoint, restore_rng_state
+from genflow.engine.metrics_log import MetricsLogger, plot_loss_trajectory
+from genflow.engine.optim import EpochBatchSampler, ExponentialMovingAverage, build_lr_schedule, build_optimizer
+from genflow.engine.recipe import Recipe, StepContext
+from genflow.errors import ConfigError, GenflowError
+
+__all__ = ["train", "TrainResult", "TrainingDiverged", "make_accelerator"]
+
+
+class TrainingDiverged(GenflowError):
+    """The loss became NaN or Inf; training stopped and the last good checkpoint was kept."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    epochs_done: int
+    seconds: float
+    best: dict[str, Any]
+    last_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def make_accelerator(precision: str) -> Accelerator:
+    on_cpu = not torch.cuda.is_available()
+    if precision == "fp16" and on_cpu:
+        raise ConfigError("precision fp16 needs a CUDA GPU; on CPU use bf16 or no")
+    # Accelerate keeps its settings in process-wide singletons; one process may train several runs
+    # (the Python API, tests), so forget the previous run's settings but keep the process group.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    return Accelerator(mixed_precision=precision, cpu=on_cpu)
+
+
+def _loader(dataset: Dataset, sampler: EpochBatchSampler, cfg: TrainConfig, pin: bool) -> DataLoader:
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers, pin_memory=pin,
+                      persistent_workers=False)
+
+
+def _noise_generator(seed: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + stream)
+
+
+@torch.no_grad()
+def validation_loss(recipe: Recipe, model: torch.nn.Module, val_data: Dataset, cfg: TrainConfig, device: torch.device,
+                    accelerator: Accelerator) -> float:
+    """Mean loss over the validation set, with fixed noise (the same at every evaluation)."""
+    batch_size = min(cfg.batch_size, len(val_data))
+    sampler = EpochBatchSampler(len(val_data), batch_size, seed=cfg.seed, epoch=0, shuffle=False)
+    total, count = 0.0, 0
+    for b, batch in enumerate(DataLoader(val_data, batch_sampler=sampler)):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        ctx = StepContext(step=b, micro_step=b, epoch=0, device=device, generator=_noise_generator(cfg.seed, 10**9 + b))
+        with accelerator.autocast():
+            loss, _ = recipe.compute_loss(model, batch, ctx)
+        total += float(loss) * batch_size
+        count += batch_size
+    return total / max(count, 1)
+
+
+def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_progress: bool = True) -> TrainResult:
+    """Train `recipe` into `run_dir`, optionally resuming from a checkpoint file."""
+    cfg: TrainConfig = recipe.config.train
+    accelerator = make_accelerator(cfg.precision)
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    is_main = accelerator.is_main_process
+    if cfg.batch_size % world:
+        raise ConfigError(f"train.batch_size={cfg.batch_size} must be divisible by the number of processes ({world})")
+    if cfg.grad_accum_steps < 1:
+        raise ConfigError("train.grad_accum_steps must be >= 1")
+    torch.manual_seed(cfg.seed)
+
+    # --- data, model, optimiser --------------------------------------------------------------------
+    train_data, val_data = recipe.build_datasets()
+    batches_per_epoch = len(train_data) // cfg.batch_size // cfg.grad_accum_steps * cfg.grad_accum_steps
+    if batches_per_epoch == 0:
+        raise ConfigError(f"the training set has {len(train_data)} samples, fewer than one step of "
+                          f"train.batch_size={cfg.batch_size} x grad_accum_steps={cfg.grad_accum_steps}")
+    steps_per_epoch = batches_per_epoch // cfg.grad_accum_steps
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+
+    model = recipe.build_model()
+    optimizer = build_optimizer(model, cfg)
+    schedule = build_lr_schedule(optimizer, cfg, steps_per_epoch * cfg.epochs)
+    ema = ExponentialMovingAverage(model, cfg.ema_decay) if cfg.ema_decay else None
+    progress = {"epoch": 0, "batch": 0, "step": 0, "micro_step": 0}
+    best = {"metric": cfg.best_metric, "mode": cfg.best_mode, "value": None, "epoch": None}
+
+    if resume_from is not None:
+        state = load_checkpoint(resume_from)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["scheduler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.model.load_state_dict(state["ema"])
+        restore_rng_state(state["rng"])
+        progress, best = dict(state["progress"]), dict(state["best"])
+
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if resume_from is not None and accelerator.scaler is not None and state.get("scaler"):
+        accelerator.scaler.load_state_dict(state["scaler"])
+    unwrapped = accelerator.unwrap_model(model)
+    if ema is not None:
+        ema.model.to(device)
+
+    logger = MetricsLogger(run_dir, enabled=is_main)
+    if resume_from is not None:
+        logger.truncate_after(progress["step"])
+    ckpt_dir = run_dir / "checkpoints"
+
+    def save_checkpoint(name: str) -> Path | None:
+        if not is_main:
+            return None
+        state = {
+            "model": unwrapped.state_dict(),
+            "ema": ema.model.state_dict() if ema is not None else None,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": schedule.state_dict(),
+            "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+            "rng": capture_rng_state(),
+            "progress": dict(progress),
+            "best": dict(best),
+            "genflow_version": genflow.__version__,
+        }
+        return atomic_torch_save(state, ckpt_dir / f"{name}.pt")
+
+    def evaluate(epoch: int) -> dict[str, float]:
+        eval_model = ema.model if ema is not None else unwrapped
+        eval_model.eval()
+        metrics: dict[str, float] = {}
+        if val_data is not None and len(val_data) > 0:
+            metrics["val_loss"] = validation_loss(recipe, eval_model, val_data, cfg, device, accelerator)
+        with torch.no_grad():  # metrics in full precision
+            metrics.update(recipe.evaluate(eval_model, val_data, device))
+        model.train()
+        return metrics
+
+    def improved(value: float) -> bool:
+        if best["value"] is None:
+            return True
+        return value < best["value"] if best["mode"] == "min" else value > best["value"]
+
+    # --- the loop ------------------------------------------------------------------------------------
+    progress_bar = _ProgressBar(enabled=show_progress and is_main, total=total_steps, done=progress["step"])
+    start_time = time.perf_counter()
+    window = {"n": 0, "t": start_time, "sums": {}}  # running sums of logged values between log lines
+    last_metrics: dict[str, float] = {}
+    model.train()
+    stop = progress["step"] >= total_steps
+    try:
+        while not stop and progress["epoch"] < cfg.epochs:
+            epoch = progress["epoch"]
+            sampler = EpochBatchSampler(len(train_data), cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=rank,
+                                        world_size=world, start_batch=progress["batch"], num_batches=batches_per_epoch)
+            for batch in _loader(train_data, sampler, cfg, pin=device.type == "cuda"):
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                is_update = (progress["micro_step"] + 1) % cfg.grad_accum_steps == 0
+                ctx = StepContext(step=progress["step"], micro_step=progress["micro_step"], epoch=epoch, device=device,
+                                  rank=rank, world_size=world, generator=_noise_generator(cfg.seed, progress["micro_step"]))
+                with nullcontext() if is_update else accelerator.no_sync(model):
+                    with accelerator.autocast():
+                        loss, extras = recipe.compute_loss(model, batch, ctx)
+                    losses = accelerator.gather(loss.detach().float().reshape(1))
+                    if not torch.isfinite(losses).all():
+                        kept = ckpt_dir / "last.pt"
+                        raise TrainingDiverged(
+                            f"loss became {float(losses[~torch.isfinite(losses)][0])} at step {progress['step']} "
+                            f"(epoch {epoch}); training stopped. Last good checkpoint: "
+                            f"{kept if kept.exists() else 'none written yet'}. Lower train.lr or enable train.grad_clip.")
+                    accelerator.backward(loss / cfg.grad_accum_steps)
+                progress["micro_step"] += 1
+                progress["batch"] += 1
+                window["n"] += 1
+                for key, value in {"loss": float(losses.mean()), **extras}.items():
+                    window["sums"][key] = window["sums"].get(key, 0.0) + float(value)
+                if not is_update:
+                    continue
+                if cfg.grad_clip:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                if not accelerator.optimizer_step_was_skipped:
+                    schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+                if ema is not None:
+                    ema.update(unwrapped)
+                progress["step"] += 1
+                if progress["batch"] == batches_per_epoch:
+                    progress["epoch"], progress["batch"] = epoch + 1, 0
+
+                if progress["step"] % cfg.log_every == 0 or progress["step"] == total_steps:
+                    elapsed = time.perf_counter() - window["t"]
+                    values = {**{k: v / window["n"] for k, v in window["sums"].items()}, "lr": schedule.get_last_lr()[0],
+                              "samples_per_s": window["n"] * cfg.batch_size / max(elapsed, 1e-9)}
+                    logger.log("train", progress["step"], epoch, values)
+                    progress_bar.update(progress["step"], epoch, values)
+                    window = {"n": 0, "t": time.perf_counter(), "sums": {}}
+                if cfg.checkpoint_every_steps and progress["step"] % cfg.checkpoint_every_steps == 0:
+                    save_checkpoint("last")
+                if progress["step"] >= total_steps:
+                    stop = True
+                    break
+
+            if progress["batch"] != 0:  # stopped mid-epoch (max_steps): keep the exact position
+                save_checkpoint("last")
+                break
+            done_epochs = progress["epoch"]
+            if done_epochs % cfg.eval_every == 0 or done_epochs == cfg.epochs or stop:
+                if is_main:
+                    last_metrics = evaluate(done_epochs)
+                    logger.log("val", progress["step"], done_epochs, last_metrics)
+                    progress_bar.note(done_epochs, last_metrics)
+                    value = last_metrics.get(best["metric"])
+                    if value is not None and math.isfinite(value) and improved(value):
+                        best.update(value=float(value), epoch=done_epochs)
+                        save_checkpoint("best")
+                accelerator.wait_for_everyone()
+            if done_epochs % cfg.checkpoint_every == 0:
+                save_checkpoint(f"epoch_{done_epochs:04d}")
+            save_checkpoint("last")
+            accelerator.wait_for_everyone()
+    except KeyboardInterrupt:
+        # Position as of the last optimiser step: an unfinished gradient accumulation is redone on resume.
+        partial = progress["micro_step"] - progress["step"] * cfg.grad_accum_steps
+        progress["micro_step"] -= partial
+        progress["batch"] -= partial
+        path = save_checkpoint("last")
+        progress_bar.close()
+        logger.close()
+        raise GenflowError(f"interrupted at step {progress['step']}; resume with --resume {run_dir} "
+                           f"(checkpoint {path})") from None
+    finally:
+        progress_bar.close()
+
+    if is_main:
+        with torch.no_grad():
+            recipe.save_figures(ema.model if ema is not None else unwrapped, val_data, run_dir, device)
+        plot_loss_trajectory(run_dir)
+    logger.close()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(run_dir=run_dir, steps=progress["step"], epochs_done=progress["epoch"],
+                       seconds=time.perf_counter() - start_time, best=best, last_metrics=last_metrics)
+
+
+class _ProgressBar:
+    """A rich progress bar over optimiser steps with loss, LR and throughput (main process only)."""
+
+    def __init__(self, enabled: bool, total: int, done: int):
+        self.enabled = enabled
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 transient=False)
+        self.task = self.progress.add_task("train", total=total, completed=done, epoch=0, info="")
+        self.progress.start()
+
+    def update(self, step: int, epoch: int, values: dict[str, float]) -> None:
+        if self.enabled:
+            info = f"loss {values['loss']:.4f}  lr {values['lr']:.2e}  {values['samples_per_s']:.0f} samples/s"
+            self.progress.update(self.task, completed=step, epoch=epoch, info=info)
+
+    def note(self, epoch: int, metrics: dict[str, float]) -> None:
+        if self.enabled:
+            self.progress.console.print(f"epoch {epoch}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+    def close(self) -> None:
+        if self.enabled:
+            self.progress.stop()
+            self.enabled = False

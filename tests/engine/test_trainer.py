@@ -1,0 +1,86 @@
+import json
+
+import pytest
+import torch
+
+from genflow.engine.checkpoint import load_checkpoint
+from genflow.engine.trainer import TrainingDiverged, train
+from genflow.errors import GenflowError
+
+
+def weights(run_dir, name="last"):
+    return load_checkpoint(run_dir / "checkpoints" / f"{name}.pt")
+
+
+def assert_same_state(a, b):
+    for key in ("model", "ema"):
+        if a[key] is None:
+            assert b[key] is None
+            continue
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+    assert a["progress"] == b["progress"]
+
+
+def test_loss_goes_down_and_run_dir_is_complete(toy_recipe, tmp_path):
+    result = train(toy_recipe(epochs=6), tmp_path, show_progress=False)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["kind"] == "train"]
+    val = [r["val_loss"] for r in records if r["kind"] == "val"]
+    assert result.steps == 6 * 8
+    assert sum(losses[-8:]) / 8 < 0.75 * sum(losses[:8]) / 8
+    assert val[-1] < val[0]
+    names = {p.name for p in (tmp_path / "checkpoints").iterdir()}
+    assert {"last.pt", "best.pt", "epoch_0001.pt", "epoch_0006.pt"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    assert (tmp_path / "loss_trajectory.png").stat().st_size > 0 and any((tmp_path / "tb").iterdir())
+
+
+@pytest.mark.parametrize("options", [{}, {"grad_accum_steps": 2, "ema_decay": 0.9, "lr_schedule": "cosine", "warmup_steps": 3}])
+def test_resume_is_exact(toy_recipe, tmp_path, options):
+    straight = tmp_path / "straight"
+    train(toy_recipe(max_steps=10, **options), straight, show_progress=False)
+    split = tmp_path / "split"
+    train(toy_recipe(max_steps=5, **options), split, show_progress=False)  # stops mid-epoch
+    assert weights(split)["progress"]["step"] == 5
+    train(toy_recipe(max_steps=10, **options), split, resume_from=split / "checkpoints" / "last.pt", show_progress=False)
+    assert_same_state(weights(straight), weights(split))
+    steps = [json.loads(line)["step"] for line in (split / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
+    assert steps == sorted(set(steps)), "resumed metrics.jsonl repeats steps"
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(toy_recipe, tmp_path):
+    with pytest.raises(TrainingDiverged, match="loss became nan at step 11"):
+        train(toy_recipe(fail_at_step=11), tmp_path, show_progress=False)
+    kept = weights(tmp_path)
+    assert kept["progress"]["step"] == 8  # end of epoch 1, the last checkpoint before the failure
+    assert all(torch.isfinite(v).all() for v in kept["model"].values())
+
+
+def test_interrupt_saves_position_and_resume_matches(toy_recipe, tmp_path):
+    straight = tmp_path / "straight"
+    train(toy_recipe(max_steps=12), straight, show_progress=False)
+    broken = tmp_path / "broken"
+    with pytest.raises(GenflowError, match="interrupted at step 6"):
+        train(toy_recipe(max_steps=12, interrupt_at_step=6), broken, show_progress=False)
+    train(toy_recipe(max_steps=12), broken, resume_from=broken / "checkpoints" / "last.pt", show_progress=False)
+    assert_same_state(weights(straight), weights(broken))
+
+
+def test_fp16_on_cpu_is_a_clear_error(toy_recipe, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("fp16 is valid with CUDA")
+    with pytest.raises(GenflowError, match="fp16 needs a CUDA GPU"):
+        train(toy_recipe(precision="fp16"), tmp_path, show_progress=False)
+
+
+def test_bf16_mixed_precision_trains(toy_recipe, tmp_path):
+    result = train(toy_recipe(precision="bf16", epochs=2), tmp_path, show_progress=False)
+    assert result.steps == 16 and torch.isfinite(torch.tensor(result.last_metrics["val_loss"]))
+
+
+def test_corrupt_checkpoint_is_a_clear_error(toy_recipe, tmp_path):
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(GenflowError, match="last.pt: not a readable genflow checkpoint"):
+        train(toy_recipe(), tmp_path, resume_from=bad, show_progress=False)
