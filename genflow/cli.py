@@ -1,0 +1,267 @@
+"""The `genflow` command line: a thin Typer layer over the library.
+
+    genflow recipes | data ... | train | sample | eval | export
+
+A user error (GenflowError) prints one line and exits with code 2; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from genflow.errors import GenflowError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="genflow: data -> HDF5 shards -> train -> sample -> eval -> export, one recipe at a time.")
+data_app = typer.Typer(no_args_is_help=True, help="Make, import, inspect and verify HDF5 shard datasets.")
+app.add_typer(data_app, name="data")
+
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors.")) -> None:
+    _state["debug"] = debug
+
+
+# --- recipes ------------------------------------------------------------------------------------------
+@app.command("recipes")
+def recipes_command() -> None:
+    """List the installed recipes: name, summary, default config."""
+    from genflow.engine.recipe import available_recipes
+
+    table = Table("name", "summary", "default config")
+    for name, cls in available_recipes().items():
+        table.add_row(name, cls.summary, str(cls.default_config))
+    console.print(table)
+
+
+# --- data -----------------------------------------------------------------------------------------------
+def _make_points(digits: list[int], out: Path, points: int, seed: int, limit: Optional[int], source: Optional[Path],
+                 overwrite: bool, command: str) -> None:
+    from genflow.data import dataset_info, make_mnist_points
+
+    with console.status(f"making point clouds of digits {digits} ..."):
+        make_mnist_points(out, digits, n_points=points, seed=seed, limit=limit, source=source, overwrite=overwrite,
+                          command=f"genflow data {command} --out {out} --overwrite")
+    _print_info(dataset_info(out), out)
+
+
+@data_app.command("make-digit4")
+def make_digit4(out: Path = typer.Option(Path("datasets/digit4"), help="Output dataset directory."),
+                points: int = typer.Option(500, help="Points per cloud."),
+                seed: int = typer.Option(42, help="Seed of the split and the point sampling."),
+                limit: Optional[int] = typer.Option(None, help="Keep at most this many digits."),
+                source: Optional[Path] = typer.Option(None, help="MNIST IDX directory or .npz (default: cached / registry copy)."),
+                overwrite: bool = typer.Option(False, help="Replace an existing dataset.")) -> None:
+    """Real MNIST 4s -> 2-D point clouds -> HDF5 shards (90/10 train/test split)."""
+    _make_points([4], out, points, seed, limit, source, overwrite, "make-digit4")
+
+
+@data_app.command("make-mnist-points")
+def make_mnist_points_command(digits: str = typer.Option(..., help="Comma-separated digits, e.g. 4,7."),
+                              out: Optional[Path] = typer.Option(None, help="Output dir (default datasets/mnist-points-<digits>)."),
+                              points: int = typer.Option(500), seed: int = typer.Option(42),
+                              limit: Optional[int] = typer.Option(None), source: Optional[Path] = typer.Option(None),
+                              overwrite: bool = typer.Option(False)) -> None:
+    """Any MNIST digits -> 2-D point clouds -> HDF5 shards."""
+    try:
+        chosen = sorted({int(d) for d in digits.split(",") if d.strip()})
+    except ValueError:
+        raise GenflowError(f"--digits {digits!r}: expected comma-separated digits 0-9, e.g. 4,7") from None
+    if not chosen or any(d < 0 or d > 9 for d in chosen):
+        raise GenflowError(f"--digits {digits!r}: expected comma-separated digits 0-9, e.g. 4,7")
+    out = out or Path(f"datasets/mnist-points-{''.join(map(str, chosen))}")
+    _make_points(chosen, out, points, seed, limit, source, overwrite, f"make-mnist-points --digits {digits}")
+
+
+def _print_info(info: dict[str, Any], path: Path) -> None:
+    table = Table("split", "count", "shards", title=f"{path}")
+    for split, entry in info["splits"].items():
+        table.add_row(split, str(entry["count"]), str(entry["shards"]))
+    console.print(table)
+    fields = Table("field", "shape (per sample)", "dtype")
+    for name, spec in info["fields"].items():
+        fields.add_row(name, str(tuple(spec["shape"])), spec["dtype"])
+    console.print(fields)
+    for key in ("seed", "source", "attrs", "total_bytes"):
+        if info.get(key) is not None:
+            console.print(f"[bold]{key}[/bold]: {info[key]}")
+
+
+@data_app.command("info")
+def data_info(path: Path = typer.Argument(..., help="Dataset directory.")) -> None:
+    """Manifest summary: splits, counts, field shapes and dtypes, seed, source."""
+    from genflow.data import dataset_info
+
+    _print_info(dataset_info(path), path)
+
+
+@data_app.command("verify")
+def data_verify(path: Path = typer.Argument(..., help="Dataset directory.")) -> None:
+    """Check every shard's sha256 and readability against the manifest."""
+    from genflow.data import verify_shards
+
+    problems = verify_shards(path)
+    if problems:
+        for problem in problems:
+            err_console.print(f"[red]✗[/red] {problem}")
+        raise GenflowError(f"{path}: {len(problems)} problem(s) found")
+    console.print(f"[green]✓[/green] {path}: all shards match the manifest")
+
+
+# --- train ----------------------------------------------------------------------------------------------
+@app.command("train")
+def train_command(
+    recipe: str = typer.Argument(..., help="Recipe name (see `genflow recipes`)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides key.sub=value."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (default: the recipe's)."),
+    name: Optional[str] = typer.Option(None, help="Run name (default: the start time)."),
+    gpus: int = typer.Option(1, help="Number of processes: one per GPU, or CPU processes over gloo without CUDA."),
+    precision: Optional[str] = typer.Option(None, help="Mixed precision: no | fp16 | bf16 (sets train.precision)."),
+    resume: Optional[str] = typer.Option(None, help="Run dir to continue from its last checkpoint, or 'auto' for the latest run."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Root of run directories."),
+    progress: bool = typer.Option(True, help="Show the progress bar."),
+) -> None:
+    """Train a recipe into runs/<recipe>/<name>/ (resumable, multi-process with --gpus N)."""
+    from genflow.engine.launch import is_launched_worker, launch_processes
+    from genflow.engine.session import prepare_training
+    from genflow.engine.trainer import train
+
+    overrides = list(overrides or [])
+    if precision is not None:
+        overrides.append(f"train.precision={precision}")
+    plan = prepare_training(recipe, config_path=config, overrides=overrides, name=name, resume=resume,
+                            runs_root=runs_dir, create=not (gpus > 1 and not is_launched_worker()))
+    if gpus > 1 and not is_launched_worker():
+        args = [*(["--debug"] if _state["debug"] else []), "train", recipe, *overrides, "--runs-dir", str(runs_dir),
+                "--resume" if plan.resume_checkpoint else "--name", str(plan.run_dir) if plan.resume_checkpoint else plan.run_dir.name,
+                *(["--config", str(config)] if config else []), *([] if progress else ["--no-progress"])]
+        console.print(f"launching {gpus} processes -> {plan.run_dir}")
+        code = launch_processes(gpus, args)
+        if code:
+            raise GenflowError(f"distributed training failed (exit code {code}); see the messages above", exit_code=code)
+        return
+    result = train(plan.recipe, plan.run_dir, resume_from=plan.resume_checkpoint, show_progress=progress)
+    if plan.is_main:
+        best = result.best
+        best_text = f"best {best['metric']} {best['value']:.4f} (epoch {best['epoch']})" if best.get("value") is not None else ""
+        console.print(f"[green]done[/green]: {result.steps} steps in {result.seconds:.0f} s  {best_text}\nrun dir: {result.run_dir}")
+
+
+# --- sample / eval / export ----------------------------------------------------------------------------
+@app.command("sample")
+def sample_command(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    n: int = typer.Option(16, "--n", help="How many samples."),
+    steps: int = typer.Option(20, help="ODE steps (fixed-step solvers)."),
+    solver: str = typer.Option("euler", help="euler | midpoint | rk4 | dopri5."),
+    out: Optional[Path] = typer.Option(None, help="Output file (.png picture; .npz arrays alongside)."),
+    unconditional: bool = typer.Option(False, help="Generate from the prior flow instead of test clouds."),
+    seed: int = typer.Option(0, help="Seed of the sampling noise."),
+    checkpoint: str = typer.Option("best", help="best | last | epoch_XXXX."),
+) -> None:
+    """Generate samples from a trained run."""
+    from genflow.engine.run_dir import load_run
+
+    run = load_run(run_dir, checkpoint)
+    result = run.recipe.sample(run.model, run.run_dir, _device(), n=n, steps=steps, solver=solver, out=out,
+                               unconditional=unconditional, seed=seed)
+    for key, value in result.items():
+        console.print(f"{key}: {value}")
+
+
+@app.command("eval")
+def eval_command(
+    metric: str = typer.Argument(..., help="What to measure, e.g. chamfer."),
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    split: str = typer.Option("test", help="Dataset split to evaluate on."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    checkpoint: str = typer.Option("best", help="best | last | epoch_XXXX."),
+    steps: int = typer.Option(20, help="ODE steps for generation."),
+    solver: str = typer.Option("euler", help="euler | midpoint | rk4 | dopri5."),
+    limit: Optional[int] = typer.Option(None, help="Evaluate on at most this many samples."),
+    seed: int = typer.Option(0, help="Seed of the sampling noise."),
+) -> None:
+    """Evaluate a trained run (e.g. `genflow eval chamfer RUN_DIR`)."""
+    from genflow.engine.run_dir import load_run
+
+    run = load_run(run_dir, checkpoint)
+    result = run.recipe.run_eval(metric, run.model, run.run_dir, _device(), split=split, steps=steps, solver=solver,
+                                 limit=limit, seed=seed)
+    result = {"run_dir": str(run_dir), "checkpoint": run.checkpoint.name, **result}
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    table = Table("metric", "value", title=f"{metric} — {run_dir}")
+    for key, value in result.items():
+        table.add_row(key, f"{value:.5f}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+@app.command("export")
+def export_command(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    format: str = typer.Option("safetensors", "--format", help="safetensors | onnx."),
+    out: Optional[Path] = typer.Option(None, help="Output directory (default RUN_DIR/export)."),
+    checkpoint: str = typer.Option("best", help="best | last | epoch_XXXX."),
+) -> None:
+    """Export a trained model: weights as safetensors + config, or ONNX graphs checked against torch."""
+    from genflow.engine.run_dir import load_run
+    from genflow.export import export_onnx, export_safetensors
+
+    run = load_run(run_dir, checkpoint)
+    out = out or run_dir / "export"
+    if format == "safetensors":
+        written = export_safetensors(run, out)
+    elif format == "onnx":
+        written = export_onnx(run, out)
+    else:
+        raise GenflowError(f"--format {format!r}: expected safetensors or onnx")
+    for path, detail in written.items():
+        console.print(f"wrote {path}  {detail}")
+
+
+def _device() -> "Any":
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _one_line(exc: GenflowError) -> str:
+    """The user's message; an error re-raised from a DataLoader worker carries the worker's traceback."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the CLI, turning user errors into one line on stderr and an exit code."""
+    try:
+        result = app(args=argv, prog_name="genflow", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except GenflowError as exc:
+        if _state["debug"]:
+            raise
+        err_console.print(f"[red]error:[/red] {_one_line(exc)}", highlight=False, markup=True)
+        return exc.exit_code
+    except typer.Abort:
+        err_console.print("aborted")
+        return 130
+    except typer.TyperException as exc:  # usage errors: unknown option, missing argument, bad value
+        exc.show()
+        return getattr(exc, "exit_code", 2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

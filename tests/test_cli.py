@@ -1,0 +1,209 @@
+"""Every CLI command's happy path and a bad-input path (one clear line, non-zero exit, no traceback)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from genflow.cli import main
+from genflow.engine.checkpoint import load_checkpoint
+
+TINY_MODEL = ["model.latent_dim=16", "model.encoder_hidden=[16,32]", "model.field_hidden=32", "model.field_depth=2",
+              "model.time_dim=16", "train.batch_size=8", "train.log_every=2", "eval.num_clouds=8", "eval.steps=4"]
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_user_error(code, err, *fragments):
+    assert code == 2
+    assert "Traceback" not in err and err.strip().startswith("error:")
+    for fragment in fragments:
+        assert fragment in err
+
+
+@pytest.fixture(scope="module")
+def digit4_dir(tmp_path_factory, tiny_mnist_npz):
+    out = tmp_path_factory.mktemp("data") / "digit4"
+    assert main(["data", "make-digit4", "--out", str(out), "--source", str(tiny_mnist_npz), "--points", "64"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, digit4_dir):
+    runs = tmp_path_factory.mktemp("runs")
+    code = main(["train", "digit4", "--runs-dir", str(runs), "--name", "tiny", "--no-progress", f"data.path={digit4_dir}",
+                 "train.epochs=2", "train.eval_every=1", *TINY_MODEL])
+    assert code == 0
+    return runs / "digit4" / "tiny"
+
+
+def test_recipes_lists_digit4(capsys):
+    code, out, _ = run(capsys, "recipes")
+    assert code == 0 and "digit4" in out and "digit4.yaml" in out
+
+
+def test_data_info_and_verify(capsys, digit4_dir):
+    code, out, _ = run(capsys, "data", "info", digit4_dir)
+    assert code == 0 and "train" in out and "points" in out and "(64, 2)" in out
+    code, out, _ = run(capsys, "data", "verify", digit4_dir)
+    assert code == 0 and "all shards match" in out
+
+
+def test_verify_reports_a_corrupt_shard(capsys, digit4_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(digit4_dir, copy)
+    shard = next(copy.glob("train-*.h5"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    code, _, err = run(capsys, "data", "verify", copy)
+    assert_user_error(code, err.splitlines()[-1], "problem")
+    assert shard.name in err
+
+
+def test_make_mnist_points_rejects_bad_digits(capsys):
+    code, _, err = run(capsys, "data", "make-mnist-points", "--digits", "4,x")
+    assert_user_error(code, err, "--digits")
+
+
+def test_data_info_on_missing_dir(capsys, tmp_path):
+    code, _, err = run(capsys, "data", "info", tmp_path / "nope")
+    assert_user_error(code, err, "nope")
+
+
+def test_train_writes_a_complete_run_dir(trained_run):
+    assert {"config.yaml", "metrics.jsonl", "samples.png", "loss_trajectory.png", "checkpoints", "tb"} <= {p.name for p in trained_run.iterdir()}
+    state = load_checkpoint(trained_run / "checkpoints" / "last.pt")
+    assert state["progress"]["epoch"] == 2
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["train", "digit5"], "unknown recipe 'digit5'"),
+    (["train", "digit4", "train.epoch=3"], "did you mean train.epochs"),
+    (["train", "digit4", "model.use_vae=maybe"], "model.use_vae"),
+    (["train", "digit4", "--precision", "fp8"], "train.precision"),
+    (["train", "digit4", "--resume", "/nonexistent/run"], "no checkpoints/last.pt"),
+])
+def test_train_bad_input(capsys, tmp_path, args, fragment):
+    code, _, err = run(capsys, *args, "--runs-dir", tmp_path)
+    assert_user_error(code, err, fragment)
+
+
+def test_train_on_missing_dataset_names_it(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "digit4", "--runs-dir", tmp_path, f"data.path={tmp_path / 'no-data'}", "--no-progress")
+    assert_user_error(code, err, "no-data")
+
+
+def test_cli_resume_matches_uninterrupted(capsys, tmp_path, digit4_dir):
+    common = ["--runs-dir", tmp_path, "--no-progress", f"data.path={digit4_dir}", *TINY_MODEL]
+    assert run(capsys, "train", "digit4", "--name", "straight", "train.max_steps=9", *common)[0] == 0
+    assert run(capsys, "train", "digit4", "--name", "split", "train.max_steps=4", *common)[0] == 0
+    assert run(capsys, "train", "digit4", "--resume", tmp_path / "digit4" / "split", "train.max_steps=9", "--runs-dir", tmp_path, "--no-progress")[0] == 0
+    a = load_checkpoint(tmp_path / "digit4" / "straight" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "digit4" / "split" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sample_writes_picture_and_arrays(capsys, trained_run, tmp_path):
+    out = tmp_path / "s.png"
+    code, stdout, _ = run(capsys, "sample", trained_run, "--n", 4, "--steps", 3, "--solver", "midpoint", "--out", out)
+    assert code == 0 and out.stat().st_size > 0
+    import numpy as np
+
+    arrays = np.load(tmp_path / "s.npz")
+    assert arrays["generated"].shape == (4, 64, 2) and np.isfinite(arrays["generated"]).all()
+
+
+def test_sample_unconditional_needs_a_prior_flow(capsys, trained_run):
+    code, _, err = run(capsys, "sample", trained_run, "--unconditional")
+    assert_user_error(code, err, "use_prior_flow")
+
+
+def test_sample_bad_solver_and_missing_run(capsys, trained_run, tmp_path):
+    code, _, err = run(capsys, "sample", trained_run, "--solver", "leapfrog")
+    assert_user_error(code, err, "leapfrog")
+    code, _, err = run(capsys, "sample", tmp_path / "no-run")
+    assert_user_error(code, err, "not a genflow run directory")
+
+
+def test_eval_chamfer_json(capsys, trained_run):
+    code, out, _ = run(capsys, "eval", "chamfer", trained_run, "--json", "--steps", 3)
+    assert code == 0
+    result = json.loads(out)
+    assert result["clouds"] > 0 and 0 < result["noise_floor_l2"] < result["chamfer_l2"]
+    assert result["ratio_to_floor_l2"] == pytest.approx(result["chamfer_l2"] / result["noise_floor_l2"])
+
+
+def test_eval_unknown_metric(capsys, trained_run):
+    code, _, err = run(capsys, "eval", "fid", trained_run)
+    assert_user_error(code, err, "no 'fid' evaluation", "chamfer")
+
+
+def test_export_safetensors_and_onnx(capsys, trained_run, tmp_path):
+    from safetensors.torch import load_file
+
+    code, _, _ = run(capsys, "export", trained_run, "--format", "safetensors", "--out", tmp_path)
+    assert code == 0
+    weights = load_file(tmp_path / "model.safetensors")
+    state = load_checkpoint(trained_run / "checkpoints" / "best.pt")["model"]
+    assert weights.keys() == state.keys() and all(torch.equal(weights[k], state[k]) for k in state)
+    pytest.importorskip("onnxruntime")
+    code, out, _ = run(capsys, "export", trained_run, "--format", "onnx", "--out", tmp_path)
+    assert code == 0 and (tmp_path / "encoder.onnx").exists() and (tmp_path / "velocity_field.onnx").exists()
+    code, _, err = run(capsys, "export", trained_run, "--format", "tflite")
+    assert_user_error(code, err, "safetensors or onnx")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "genflow.cli", "--debug", "data", "info", str(tmp_path / "nope")],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "genflow.cli", "data", "info", str(tmp_path / "nope")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_like_one(tmp_path, digit4_dir):
+    """--gpus 2 on CPU: two gloo processes, each half of every global batch; same weights as one process."""
+    common = ["train", "digit4", "--runs-dir", str(tmp_path), "--no-progress", f"data.path={digit4_dir}", "train.max_steps=6",
+              *TINY_MODEL]
+    for name, gpus in (("one", 1), ("two", 2)):
+        proc = subprocess.run([sys.executable, "-m", "genflow.cli", *common, "--name", name, "--gpus", str(gpus)],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    one = load_checkpoint(tmp_path / "digit4" / "one" / "checkpoints" / "last.pt")
+    two = load_checkpoint(tmp_path / "digit4" / "two" / "checkpoints" / "last.pt")
+    assert two["progress"]["step"] == 6
+    for key, value in one["model"].items():
+        torch.testing.assert_close(two["model"][key], value, atol=1e-5, rtol=1e-4)
+
+
+def test_resume_auto_continues_the_latest_run(capsys, tmp_path, digit4_dir):
+    common = ["--runs-dir", tmp_path, "--no-progress", f"data.path={digit4_dir}", *TINY_MODEL]
+    assert run(capsys, "train", "digit4", "--name", "a", "train.epochs=1", *common)[0] == 0
+    code, out, _ = run(capsys, "train", "digit4", "--resume", "auto", "train.epochs=2", "--runs-dir", tmp_path, "--no-progress")
+    assert code == 0 and str(tmp_path / "digit4" / "a") in out
+    assert load_checkpoint(tmp_path / "digit4" / "a" / "checkpoints" / "last.pt")["progress"]["epoch"] == 2
+
+
+def test_vae_with_prior_flow_samples_unconditionally(capsys, tmp_path, digit4_dir):
+    code = main(["train", "digit4", "--runs-dir", str(tmp_path), "--name", "prior", "--no-progress", f"data.path={digit4_dir}",
+                 "train.epochs=1", "model.use_vae=true", "model.use_prior_flow=true", "model.prior_hidden=32",
+                 "model.prior_depth=2", *TINY_MODEL])
+    assert code == 0
+    run_dir = tmp_path / "digit4" / "prior"
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {"kl", "prior_loss", "flow_loss"} <= set(metrics[0])
+    code, _, _ = run(capsys, "sample", run_dir, "--unconditional", "--n", 3, "--steps", 3, "--out", tmp_path / "u.png")
+    assert code == 0 and (tmp_path / "u.png").exists()
+    code, out, _ = run(capsys, "eval", "chamfer", run_dir, "--json", "--steps", 3)
+    result = json.loads(out)
+    assert code == 0 and 0 <= result["cov_cd"] <= 1 and 0 <= result["1nna_cd"] <= 1 and result["mmd_cd"] > 0
