@@ -32,9 +32,13 @@ class MetricsLogger:
         for key, value in values.items():
             self._tb.add_scalar(f"{kind}/{key}", float(value), step)
 
-    def log_figure(self, tag: str, figure: Any, step: int) -> None:
+    def log_image_file(self, tag: str, path: Path, step: int) -> None:
+        """Mirror a PNG the recipe wrote (e.g. samples.png) into TensorBoard's images."""
         if self.enabled:
-            self._tb.add_figure(tag, figure, step, close=False)
+            import matplotlib.image
+
+            image = matplotlib.image.imread(str(path))[..., :3]
+            self._tb.add_image(tag, image, step, dataformats="HWC")
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop records past the checkpoint's step so the log has no duplicates."""

@@ -151,14 +151,17 @@ def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_p
         }
         return atomic_torch_save(state, ckpt_dir / f"{name}.pt")
 
-    def evaluate(epoch: int) -> dict[str, float]:
+    def evaluate() -> dict[str, float]:
+        """Validation loss + the recipe's metrics and pictures (main process; EMA weights if kept)."""
         eval_model = ema.model if ema is not None else unwrapped
         eval_model.eval()
         metrics: dict[str, float] = {}
         if val_data is not None and len(val_data) > 0:
             metrics["val_loss"] = validation_loss(recipe, eval_model, val_data, cfg, device, accelerator)
-        with torch.no_grad():  # metrics in full precision
+        with torch.no_grad():  # metrics and pictures in full precision
             metrics.update(recipe.evaluate(eval_model, val_data, device))
+            for name, path in recipe.save_figures(eval_model, val_data, run_dir, device).items():
+                logger.log_image_file(name, path, progress["step"])
         model.train()
         return metrics
 
@@ -233,8 +236,9 @@ def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_p
             done_epochs = progress["epoch"]
             if done_epochs % cfg.eval_every == 0 or done_epochs == cfg.epochs or stop:
                 if is_main:
-                    last_metrics = evaluate(done_epochs)
+                    last_metrics = evaluate()
                     logger.log("val", progress["step"], done_epochs, last_metrics)
+                    plot_loss_trajectory(run_dir)
                     progress_bar.note(done_epochs, last_metrics)
                     value = last_metrics.get(best["metric"])
                     if value is not None and math.isfinite(value) and improved(value):
@@ -258,10 +262,6 @@ def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_p
     finally:
         progress_bar.close()
 
-    if is_main:
-        with torch.no_grad():
-            recipe.save_figures(ema.model if ema is not None else unwrapped, val_data, run_dir, device)
-        plot_loss_trajectory(run_dir)
     logger.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
