@@ -158,6 +158,22 @@ def test_export_safetensors_and_onnx(capsys, trained_run, tmp_path):
     pytest.importorskip("onnxruntime")
     code, out, _ = run(capsys, "export", trained_run, "--format", "onnx", "--out", tmp_path)
     assert code == 0 and (tmp_path / "encoder.onnx").exists() and (tmp_path / "velocity_field.onnx").exists()
+    # parity on shapes other than the export's example inputs (dynamic batch and point axes)
+    import onnxruntime
+
+    from genflow.engine.run_dir import load_run
+
+    model = load_run(trained_run).model
+    points, x, t = torch.randn(3, 77, 2), torch.randn(3, 41, 2), torch.rand(3)
+    encoder = onnxruntime.InferenceSession(str(tmp_path / "encoder.onnx"))
+    field = onnxruntime.InferenceSession(str(tmp_path / "velocity_field.onnx"))
+    with torch.no_grad():
+        context = model.encode(points)["context"]
+        velocity = model.field(x, t, context)
+    onnx_context = encoder.run(None, {"points": points.numpy()})[0]
+    onnx_velocity = field.run(None, {"x": x.numpy(), "t": t.numpy(), "context": context.numpy()})[0]
+    assert abs(onnx_context - context.numpy()).max() < 1e-4
+    assert abs(onnx_velocity - velocity.numpy()).max() < 1e-4
     code, _, err = run(capsys, "export", trained_run, "--format", "tflite")
     assert_user_error(code, err, "safetensors or onnx")
 

@@ -34,8 +34,10 @@ def test_every_scheduler_name_is_tested():
 
 @pytest.mark.parametrize("name, kwargs, fm_name, fm_kwargs", SCHEDULER_CASES)
 def test_path_and_conversions_match_meta_flow_matching(name, kwargs, fm_name, fm_kwargs):
-    fm_path = pytest.importorskip("flow_matching.path")
-    fm_scheduler = pytest.importorskip("flow_matching.path.scheduler")
+    # flow_matching is a dev dependency (CC-BY-NC, tests only): a missing install must fail, not skip
+    import flow_matching.path as fm_path
+    import flow_matching.path.scheduler as fm_scheduler
+
     reference = fm_path.AffineProbPath(getattr(fm_scheduler, fm_name)(**fm_kwargs))
     path = AffinePath(make_scheduler(name, **kwargs))
     x1, x0, t = _batch()
