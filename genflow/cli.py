@@ -39,10 +39,21 @@ def recipes_command() -> None:
     """List the installed recipes: name, summary, default config."""
     from genflow.engine.recipe import available_recipes
 
-    table = Table("name", "summary", "default config")
+    table = Table(title="genflow recipes")
+    table.add_column("name", no_wrap=True)
+    table.add_column("summary")
+    table.add_column("default config", no_wrap=True)
     for name, cls in available_recipes().items():
-        table.add_row(name, cls.summary, str(cls.default_config))
+        table.add_row(name, cls.summary, _display_path(cls.default_config))
     console.print(table)
+
+
+def _display_path(path: Path) -> str:
+    """Relative to the working directory when inside it (shorter), else absolute."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 # --- data -----------------------------------------------------------------------------------------------
