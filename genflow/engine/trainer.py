@@ -171,7 +171,7 @@ def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_p
         return value < best["value"] if best["mode"] == "min" else value > best["value"]
 
     # --- the loop ------------------------------------------------------------------------------------
-    progress_bar = _ProgressBar(enabled=show_progress and is_main, total=total_steps, done=progress["step"])
+    progress_bar = _ProgressBar(enabled=show_progress and is_main, total=total_steps, done=progress["step"], notes=is_main)
     start_time = time.perf_counter()
     window = {"n": 0, "t": start_time, "sums": {}}  # running sums of logged values between log lines
     last_metrics: dict[str, float] = {}
@@ -272,8 +272,8 @@ def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_p
 class _ProgressBar:
     """A rich progress bar over optimiser steps with loss, LR and throughput (main process only)."""
 
-    def __init__(self, enabled: bool, total: int, done: int):
-        self.enabled = enabled
+    def __init__(self, enabled: bool, total: int, done: int, notes: bool = True):
+        self.enabled, self.notes = enabled, notes
         if not enabled:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -290,8 +290,12 @@ class _ProgressBar:
             self.progress.update(self.task, completed=step, epoch=epoch, info=info)
 
     def note(self, epoch: int, metrics: dict[str, float]) -> None:
+        """An evaluation summary line, also printed without the bar (--no-progress)."""
+        line = f"epoch {epoch}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         if self.enabled:
-            self.progress.console.print(f"epoch {epoch}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            self.progress.console.print(line)
+        elif self.notes:
+            print(line, flush=True)
 
     def close(self) -> None:
         if self.enabled:
