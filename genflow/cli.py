@@ -69,9 +69,9 @@ def _make_points(digits: list[int], out: Path, points: int, seed: int, limit: Op
 
 @data_app.command("make-digit4")
 def make_digit4(out: Path = typer.Option(Path("datasets/digit4"), help="Output dataset directory."),
-                points: int = typer.Option(500, help="Points per cloud."),
+                points: int = typer.Option(500, min=1, help="Points per cloud."),
                 seed: int = typer.Option(42, help="Seed of the split and the point sampling."),
-                limit: Optional[int] = typer.Option(None, help="Keep at most this many digits."),
+                limit: Optional[int] = typer.Option(None, min=1, help="Keep at most this many digits."),
                 source: Optional[Path] = typer.Option(None, help="MNIST IDX directory or .npz (default: cached / registry copy)."),
                 overwrite: bool = typer.Option(False, help="Replace an existing dataset.")) -> None:
     """Real MNIST 4s -> 2-D point clouds -> HDF5 shards (90/10 train/test split)."""
@@ -81,8 +81,8 @@ def make_digit4(out: Path = typer.Option(Path("datasets/digit4"), help="Output d
 @data_app.command("make-mnist-points")
 def make_mnist_points_command(digits: str = typer.Option(..., help="Comma-separated digits, e.g. 4,7."),
                               out: Optional[Path] = typer.Option(None, help="Output dir (default datasets/mnist-points-<digits>)."),
-                              points: int = typer.Option(500), seed: int = typer.Option(42),
-                              limit: Optional[int] = typer.Option(None), source: Optional[Path] = typer.Option(None),
+                              points: int = typer.Option(500, min=1), seed: int = typer.Option(42),
+                              limit: Optional[int] = typer.Option(None, min=1), source: Optional[Path] = typer.Option(None),
                               overwrite: bool = typer.Option(False)) -> None:
     """Any MNIST digits -> 2-D point clouds -> HDF5 shards."""
     try:
@@ -137,7 +137,7 @@ def train_command(
     overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides key.sub=value."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config (default: the recipe's)."),
     name: Optional[str] = typer.Option(None, help="Run name (default: the start time)."),
-    gpus: int = typer.Option(1, help="Number of processes: one per GPU, or CPU processes over gloo without CUDA."),
+    gpus: int = typer.Option(1, min=1, help="Number of processes: one per GPU, or CPU processes over gloo without CUDA."),
     precision: Optional[str] = typer.Option(None, help="Mixed precision: no | fp16 | bf16 (sets train.precision)."),
     resume: Optional[str] = typer.Option(None, help="Run dir to continue from its last checkpoint, or 'auto' for the latest run."),
     runs_dir: Path = typer.Option(Path("runs"), help="Root of run directories."),
@@ -173,8 +173,8 @@ def train_command(
 @app.command("sample")
 def sample_command(
     run_dir: Path = typer.Argument(..., help="A run directory."),
-    n: int = typer.Option(16, "--n", help="How many samples."),
-    steps: int = typer.Option(20, help="ODE steps (fixed-step solvers)."),
+    n: int = typer.Option(16, "--n", min=1, help="How many samples."),
+    steps: int = typer.Option(20, min=1, help="ODE steps (fixed-step solvers)."),
     solver: str = typer.Option("euler", help="euler | midpoint | rk4 | dopri5."),
     out: Optional[Path] = typer.Option(None, help="Output file (.png picture; .npz arrays alongside)."),
     unconditional: bool = typer.Option(False, help="Generate from the prior flow instead of test clouds."),
@@ -198,9 +198,9 @@ def eval_command(
     split: str = typer.Option("test", help="Dataset split to evaluate on."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     checkpoint: str = typer.Option("best", help="best | last | epoch_XXXX."),
-    steps: int = typer.Option(20, help="ODE steps for generation."),
+    steps: int = typer.Option(20, min=1, help="ODE steps for generation."),
     solver: str = typer.Option("euler", help="euler | midpoint | rk4 | dopri5."),
-    limit: Optional[int] = typer.Option(None, help="Evaluate on at most this many samples."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Evaluate on at most this many samples."),
     seed: int = typer.Option(0, help="Seed of the sampling noise."),
 ) -> None:
     """Evaluate a trained run (e.g. `genflow eval chamfer RUN_DIR`)."""

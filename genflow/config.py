@@ -56,6 +56,20 @@ class TrainConfig:
     log_every: int = 10  # steps between metrics.jsonl / TensorBoard train scalars
     num_workers: int = 0  # DataLoader worker processes per training process
 
+    def __post_init__(self) -> None:
+        at_least_one = ("epochs", "batch_size", "grad_accum_steps", "eval_every", "checkpoint_every", "log_every")
+        for key in at_least_one + ("max_steps", "checkpoint_every_steps"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"config key 'train.{key}': expected an integer >= 1, got {value}")
+        for key in ("lr", "weight_decay", "min_lr", "warmup_steps", "num_workers"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"config key 'train.{key}': expected a value >= 0, got {getattr(self, key)}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"config key 'train.grad_clip': expected a positive norm or null, got {self.grad_clip}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(f"config key 'train.ema_decay': expected a value in (0, 1) or null, got {self.ema_decay}")
+
 
 def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)

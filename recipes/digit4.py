@@ -21,7 +21,7 @@ from torch import nn
 from genflow.config import TrainConfig
 from genflow.data import ShardDataset, images_to_point_clouds, load_split
 from genflow.engine.recipe import Recipe, StepContext
-from genflow.errors import GenflowError
+from genflow.errors import ConfigError, GenflowError
 from genflow.metrics import chamfer_distance, coverage_mmd_1nna
 from genflow.models import AdaLNMLPVelocityField, PointNetEncoder, VectorVelocityField
 from genflow.objectives import AffinePath, FlowMatchingObjective, make_scheduler
@@ -58,6 +58,11 @@ class EvalConfig:
     num_clouds: int = 256  # test clouds scored every `train.eval_every` epochs
     steps: int = 20
     solver: Literal["euler", "midpoint", "rk4", "dopri5"] = "euler"
+
+    def __post_init__(self) -> None:
+        for key in ("num_clouds", "steps"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key 'eval.{key}': expected an integer >= 1, got {getattr(self, key)}")
 
 
 def _default_train() -> TrainConfig:

@@ -90,6 +90,8 @@ def test_train_writes_a_complete_run_dir(trained_run):
     (["train", "digit4", "train.epoch=3"], "did you mean train.epochs"),
     (["train", "digit4", "model.use_vae=maybe"], "model.use_vae"),
     (["train", "digit4", "--precision", "fp8"], "train.precision"),
+    (["train", "digit4", "train.batch_size=0"], "train.batch_size': expected an integer >= 1"),
+    (["train", "digit4", "eval.num_clouds=0"], "eval.num_clouds"),
     (["train", "digit4", "--resume", "/nonexistent/run"], "no checkpoints/last.pt"),
 ])
 def test_train_bad_input(capsys, tmp_path, args, fragment):
@@ -125,6 +127,13 @@ def test_sample_writes_picture_and_arrays(capsys, trained_run, tmp_path):
 def test_sample_unconditional_needs_a_prior_flow(capsys, trained_run):
     code, _, err = run(capsys, "sample", trained_run, "--unconditional")
     assert_user_error(code, err, "use_prior_flow")
+
+
+@pytest.mark.parametrize("args", [["sample", "{run}", "--n", "0"], ["eval", "chamfer", "{run}", "--limit", "0"],
+                                  ["train", "digit4", "--gpus", "0"]])
+def test_out_of_range_options_are_usage_errors(capsys, trained_run, args):
+    code, _, err = run(capsys, *[a.format(run=trained_run) for a in args])
+    assert code == 2 and "Traceback" not in err and "Invalid value" in err
 
 
 def test_sample_bad_solver_and_missing_run(capsys, trained_run, tmp_path):

@@ -59,3 +59,11 @@ def test_wrong_values_are_clear_errors(override, expected):
 def test_missing_config_file_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(Cfg, tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("override", ["train.batch_size=0", "train.eval_every=0", "train.epochs=-1", "train.lr=-1",
+                                      "train.ema_decay=1.5", "train.grad_clip=0", "train.max_steps=0"])
+def test_out_of_range_training_values_are_config_errors(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"config key '{key}'"):
+        load_config(Cfg, None, [override])

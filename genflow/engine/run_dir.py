@@ -25,7 +25,7 @@ from genflow.engine.checkpoint import load_checkpoint
 from genflow.engine.recipe import Recipe, get_recipe
 from genflow.errors import CheckpointError
 
-__all__ = ["LoadedRun", "new_run_dir", "write_run_config", "read_run_config", "find_latest_run", "load_run", "git_commit"]
+__all__ = ["LoadedRun", "default_run_name", "new_run_dir", "write_run_config", "read_run_config", "find_latest_run", "load_run", "git_commit"]
 
 CONFIG_FILE = "config.yaml"
 
@@ -36,12 +36,19 @@ def git_commit() -> str | None:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(genflow.__file__).parent, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+def default_run_name() -> str:
+    """A run named by its start time, e.g. `20261121-224500`."""
+    return _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
 def new_run_dir(runs_root: str | Path, recipe: str, name: str | None) -> Path:
     """`runs_root/recipe/name`, named by the time if no name is given; refuses to reuse a trained run."""
-    name = name or _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = name or default_run_name()
     run_dir = Path(runs_root) / recipe / name
     if (run_dir / "checkpoints" / "last.pt").exists():
         raise CheckpointError(f"{run_dir}: a run with this name exists; pass --resume {run_dir} to continue it, or another --name")

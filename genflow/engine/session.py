@@ -8,7 +8,7 @@ from pathlib import Path
 
 from genflow.config import apply_overrides, config_from_dict, load_config
 from genflow.engine.recipe import Recipe, get_recipe
-from genflow.engine.run_dir import find_latest_run, new_run_dir, read_run_config, write_run_config
+from genflow.engine.run_dir import default_run_name, find_latest_run, new_run_dir, read_run_config, write_run_config
 from genflow.errors import CheckpointError, ConfigError
 
 __all__ = ["TrainingPlan", "prepare_training"]
@@ -54,16 +54,10 @@ def prepare_training(recipe_name: str, *, config_path: Path | None = None, overr
         if create and is_main:
             run_dir = new_run_dir(runs_root, recipe_name, name)
         else:
-            run_dir = Path(runs_root) / recipe_name / (name or _timestamp())
+            run_dir = Path(runs_root) / recipe_name / (name or default_run_name())
             if (run_dir / "checkpoints" / "last.pt").exists() and not os.environ.get("LOCAL_RANK"):
                 raise CheckpointError(f"{run_dir}: a run with this name exists; pass --resume {run_dir} to continue it, or another --name")
     if create and is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_config(run_dir, recipe_name, config, {"overrides": overrides, "resumed_from": str(checkpoint) if checkpoint else None})
     return TrainingPlan(recipe=recipe_cls(config), run_dir=run_dir, resume_checkpoint=checkpoint, is_main=is_main)
-
-
-def _timestamp() -> str:
-    import datetime as _dt
-
-    return _dt.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -91,8 +91,6 @@ def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_p
     is_main = accelerator.is_main_process
     if cfg.batch_size % world:
         raise ConfigError(f"train.batch_size={cfg.batch_size} must be divisible by the number of processes ({world})")
-    if cfg.grad_accum_steps < 1:
-        raise ConfigError("train.grad_accum_steps must be >= 1")
     torch.manual_seed(cfg.seed)
 
     # --- data, model, optimiser --------------------------------------------------------------------
