@@ -3,6 +3,7 @@
 An objective never knows the network; a recipe feeds it network outputs.
 """
 
+from genflow.objectives.diffusion import BETA_SCHEDULES, PREDICTION_TYPES, DiffusionObjective
 from genflow.objectives.flow_matching import (
     PREDICTIONS,
     SCHEDULERS,
@@ -21,11 +22,14 @@ from genflow.objectives.flow_matching import (
 )
 
 __all__ = [
+    "BETA_SCHEDULES",
     "PREDICTIONS",
+    "PREDICTION_TYPES",
     "SCHEDULERS",
     "AffinePath",
     "CondOTScheduler",
     "CosineScheduler",
+    "DiffusionObjective",
     "FlowMatchingObjective",
     "LinearVPScheduler",
     "PathSample",
