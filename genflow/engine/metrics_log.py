@@ -13,8 +13,9 @@ __all__ = ["MetricsLogger", "read_metrics", "plot_loss_trajectory"]
 class MetricsLogger:
     """Appends records to `run_dir/metrics.jsonl` and mirrors scalars to TensorBoard in `run_dir/tb`."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True):
+    def __init__(self, run_dir: Path, enabled: bool = True, tags: dict[str, str] | None = None):
         self.enabled = enabled
+        self.tags = dict(tags or {})
         self.path = Path(run_dir) / "metrics.jsonl"
         self._tb = None
         if enabled:
@@ -30,7 +31,8 @@ class MetricsLogger:
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         for key, value in values.items():
-            self._tb.add_scalar(f"{kind}/{key}", float(value), step)
+            name = f"{kind}/{key}"
+            self._tb.add_scalar(self.tags.get(name, name), float(value), step)
 
     def log_image_file(self, tag: str, path: Path, step: int) -> None:
         """Mirror a PNG the recipe wrote (e.g. samples.png) into TensorBoard's images."""
@@ -38,7 +40,7 @@ class MetricsLogger:
             import matplotlib.image
 
             image = matplotlib.image.imread(str(path))[..., :3]
-            self._tb.add_image(tag, image, step, dataformats="HWC")
+            self._tb.add_image(self.tags.get(tag, tag), image, step, dataformats="HWC")
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop records past the checkpoint's step so the log has no duplicates."""

@@ -68,6 +68,13 @@ class Recipe:
     config_class: ClassVar[type]
     default_config: ClassVar[Path]  # the recipe's default YAML
     eval_metrics: ClassVar[tuple[str, ...]] = ()  # names accepted by `genflow eval NAME RUN_DIR`
+    aliases: ClassVar[tuple[str, ...]] = ()  # other names `genflow train` accepts (e.g. a source config name)
+    # TensorBoard tag for a logged value, keyed "kind/name" (e.g. {"train/loss": "train_loss"});
+    # unlisted values keep "kind/name". metrics.jsonl always uses the plain names.
+    tensorboard_tags: ClassVar[dict[str, str]] = {}
+    # Also keep the best checkpoint under this name, formatted with epoch, metric, value
+    # (e.g. "epoch{epoch:03d}-{metric}{value:.4f}"); `best.pt` is always written.
+    best_checkpoint_name: ClassVar[str | None] = None
 
     def __init__(self, config: Any):
         self.config = config
@@ -119,7 +126,11 @@ def available_recipes() -> dict[str, type[Recipe]]:
 
 
 def get_recipe(name: str) -> type[Recipe]:
+    """The recipe called `name` (or with `name` among its aliases)."""
     recipes = available_recipes()
+    for cls in recipes.values():
+        if name in cls.aliases:
+            return cls
     if name not in recipes:
         import difflib
 

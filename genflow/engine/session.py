@@ -33,13 +33,20 @@ def prepare_training(recipe_name: str, *, config_path: Path | None = None, overr
     Only the main process writes; `create=False` resolves without writing (before a launch).
     """
     recipe_cls = get_recipe(recipe_name)
+    recipe_name = recipe_cls.name  # an alias (e.g. a source config name) trains the canonical recipe
     overrides = list(overrides or [])
+    resume = _take_ckpt_path(overrides, resume)
     is_main = int(os.environ.get("RANK", "0")) == 0
     if resume is not None:
         run_dir = find_latest_run(runs_root, recipe_name) if resume == "auto" else Path(resume)
         if run_dir is None:
             raise CheckpointError(f"--resume auto: no run of '{recipe_name}' with a checkpoint under {runs_root}/{recipe_name}")
-        checkpoint = run_dir / "checkpoints" / "last.pt"
+        if run_dir.suffix == ".pt":  # a checkpoint file inside RUN/checkpoints/
+            checkpoint, run_dir = run_dir, run_dir.parent.parent
+            if not checkpoint.is_file():
+                raise CheckpointError(f"--resume {checkpoint}: no such checkpoint file")
+        else:
+            checkpoint = run_dir / "checkpoints" / "last.pt"
         if not checkpoint.is_file():
             raise CheckpointError(f"--resume {run_dir}: no checkpoints/last.pt to resume from")
         doc = read_run_config(run_dir)
@@ -61,3 +68,16 @@ def prepare_training(recipe_name: str, *, config_path: Path | None = None, overr
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_config(run_dir, recipe_name, config, {"overrides": overrides, "resumed_from": str(checkpoint) if checkpoint else None})
     return TrainingPlan(recipe=recipe_cls(config), run_dir=run_dir, resume_checkpoint=checkpoint, is_main=is_main)
+
+
+def _take_ckpt_path(overrides: list[str], resume: str | None) -> str | None:
+    """The source trainers' `ckpt_path=FILE` override means `--resume FILE`; it is removed from `overrides`."""
+    for item in list(overrides):
+        if item.startswith("ckpt_path="):
+            overrides.remove(item)
+            if resume is not None:
+                raise ConfigError("ckpt_path=... and --resume both given; pass one of them")
+            resume = item.split("=", 1)[1]
+            if not resume:
+                raise ConfigError("ckpt_path: expected a checkpoint file (RUN/checkpoints/last.pt) or a run directory")
+    return resume

@@ -10,6 +10,8 @@ resume exact and N processes equivalent to one with the same global batch.
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -105,6 +107,8 @@ def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_p
         total_steps = min(total_steps, cfg.max_steps)
 
     model = recipe.build_model()
+    if world > 1 and device.type == "cuda":  # batch statistics over the global batch (no-op without BatchNorm)
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(model, cfg)
     schedule = build_lr_schedule(optimizer, cfg, steps_per_epoch * cfg.epochs)
     ema = ExponentialMovingAverage(model, cfg.ema_decay) if cfg.ema_decay else None
@@ -128,7 +132,7 @@ def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_p
     if ema is not None:
         ema.model.to(device)
 
-    logger = MetricsLogger(run_dir, enabled=is_main)
+    logger = MetricsLogger(run_dir, enabled=is_main, tags=recipe.tensorboard_tags)
     if resume_from is not None:
         logger.truncate_after(progress["step"])
     ckpt_dir = run_dir / "checkpoints"
@@ -148,6 +152,24 @@ def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_p
             "genflow_version": genflow.__version__,
         }
         return atomic_torch_save(state, ckpt_dir / f"{name}.pt")
+
+    def save_best_checkpoint() -> None:
+        """`best.pt`, and the same file under the recipe's descriptive name (the previous one removed)."""
+        path = save_checkpoint("best")
+        if recipe.best_checkpoint_name is None or path is None:
+            return
+        named = ckpt_dir / (recipe.best_checkpoint_name.format(epoch=best["epoch"], metric=best["metric"], value=best["value"]) + ".pt")
+        previous = best.get("file")
+        if previous and previous != named.name:
+            (ckpt_dir / previous).unlink(missing_ok=True)
+        best["file"] = named.name
+        tmp = named.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(path, tmp)  # a second name for the same bytes: no extra disk
+        except OSError:
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, named)
 
     def evaluate() -> dict[str, float]:
         """Validation loss + the recipe's metrics and pictures (main process; EMA weights if kept)."""
@@ -235,13 +257,15 @@ def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_p
             if done_epochs % cfg.eval_every == 0 or done_epochs == cfg.epochs or stop:
                 if is_main:
                     last_metrics = evaluate()
-                    logger.log("val", progress["step"], done_epochs, last_metrics)
-                    plot_loss_trajectory(run_dir)
-                    progress_bar.note(done_epochs, last_metrics)
                     value = last_metrics.get(best["metric"])
                     if value is not None and math.isfinite(value) and improved(value):
                         best.update(value=float(value), epoch=done_epochs)
-                        save_checkpoint("best")
+                        save_best_checkpoint()
+                    if best["value"] is not None:
+                        last_metrics[f"{best['metric']}_best"] = best["value"]
+                    logger.log("val", progress["step"], done_epochs, last_metrics)
+                    plot_loss_trajectory(run_dir)
+                    progress_bar.note(done_epochs, last_metrics)
                 accelerator.wait_for_everyone()
             if done_epochs % cfg.checkpoint_every == 0:
                 save_checkpoint(f"epoch_{done_epochs:04d}")

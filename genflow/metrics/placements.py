@@ -1,0 +1,78 @@
+"""Quality of generated NAMO goal placements: overlap, validity (the generator's planner), mode coverage."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from genflow.data.namo import GRID, check_placement, scene_from_masks
+from genflow.metrics.masks import mask_dice, mask_iou
+
+__all__ = ["placement_metrics", "modes_hit"]
+
+
+def modes_hit(sample: np.ndarray, mode_map: np.ndarray) -> int:
+    """Mode id (1-based) a placement mask `(S, S)` lands on, 0 for none.
+
+    The mask's centroid, on the `mode_map` grid `(G, G)`, must fall on (or next to: one cell of
+    tolerance for rounding) a cell where a valid placement of that mode is centred.
+    """
+    rows, cols = np.nonzero(sample)
+    if rows.size == 0:
+        return 0
+    scale = GRID / sample.shape[-1]
+    r, c = int(round((rows.mean() + 0.5) * scale - 0.5)), int(round((cols.mean() + 0.5) * scale - 0.5))
+    window = mode_map[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2]
+    if mode_map[min(max(r, 0), GRID - 1), min(max(c, 0), GRID - 1)]:
+        return int(mode_map[min(max(r, 0), GRID - 1), min(max(c, 0), GRID - 1)])
+    labels = window[window > 0]
+    return int(np.bincount(labels).argmax()) if labels.size else 0
+
+
+def placement_metrics(context: np.ndarray, truth: np.ndarray, samples: np.ndarray, num_modes: np.ndarray,
+                      mode_map: np.ndarray) -> dict[str, float]:
+    """Scores K generated placements per scene.
+
+    Args:
+        context: `(N, 5, S, S)` scene masks: robot, goal, movable objects, static walls, target object.
+        truth: `(N, S, S)` ground-truth placements (one of the valid ones).
+        samples: `(N, K, S, S)` generated placements, binary.
+        num_modes: `(N,)` valid modes per scene (<= 0: unknown, the scene is left out of coverage).
+        mode_map: `(N, G, G)` mode id of the valid placement centred on each cell.
+
+    Returns:
+        iou, dice: mean over all samples against the ground truth; best_of_k_iou: mean over scenes
+        of the best sample; validity: fraction of samples with no collision, a reachable robot goal
+        and a plausible size; collision_rate, goal_reachable_rate; mode_coverage: mean over scenes
+        of the fraction of modes hit by a valid sample; valid_scene_rate: scenes with >= 1 valid sample.
+    """
+    n, k = samples.shape[:2]
+    samples = samples.astype(bool)
+    truth_k = np.repeat(truth[:, None].astype(bool), k, axis=1)
+    iou = mask_iou(samples.reshape(n * k, *samples.shape[2:]), truth_k.reshape(n * k, *truth.shape[1:])).reshape(n, k)
+    dice = mask_dice(samples.reshape(n * k, *samples.shape[2:]), truth_k.reshape(n * k, *truth.shape[1:]))
+    valid = np.zeros((n, k), bool)
+    collides = np.zeros((n, k), bool)
+    reachable = np.zeros((n, k), bool)
+    coverage = []
+    for i in range(n):
+        scene = scene_from_masks(context[i])
+        hit = set()
+        for j in range(k):
+            check = check_placement(scene, samples[i, j])
+            valid[i, j], collides[i, j], reachable[i, j] = check.valid, check.collides, check.goal_reachable
+            if check.valid and num_modes[i] > 0:
+                mode = modes_hit(samples[i, j], mode_map[i])
+                if mode:
+                    hit.add(mode)
+        if num_modes[i] > 0:
+            coverage.append(len(hit) / int(num_modes[i]))
+    return {
+        "iou": float(iou.mean()),
+        "dice": float(dice.mean()),
+        "best_of_k_iou": float(iou.max(axis=1).mean()),
+        "validity": float(valid.mean()),
+        "valid_scene_rate": float(valid.any(axis=1).mean()),
+        "collision_rate": float(collides.mean()),
+        "goal_reachable_rate": float(reachable.mean()),
+        "mode_coverage": float(np.mean(coverage)) if coverage else float("nan"),
+    }

@@ -1,0 +1,449 @@
+"""namo-fm and namo-diffusion: generate where to push the blocking object (NAMO goal masks) with a DiT.
+
+Input of the network, as the source system: 5 context channels (robot, robot goal, movable objects,
+static walls, target object) + 2 coordinate-grid channels + the noisy target-goal channel = 8
+channels at 64 x 64; output 1 channel. Masks live in [-1, 1] (object = +1); a sample is the mask
+where the generated channel is > 0.
+
+- `namo-fm` (source config `train_fb_flow_matching`): flow matching on the affine paths
+  condot | cosine | vp | linear_vp | polynomial, velocity prediction, ODE sampling euler | midpoint |
+  rk4 | dopri5. Time convention (all genflow flows): t = 0 noise, t = 1 data.
+- `namo-diffusion` (source config `train_hf_diffusion`): DDPM training with diffusers' schedules,
+  epsilon | v_prediction | sample, DDIM (eta) or DDPM sampling.
+
+Auxiliary loss (`model.aux_loss_weight`): a soft Dice loss between the clean mask implied by the
+network output (the path / scheduler inverted at the sample's noise level, mapped to [0, 1]) and the
+true mask, each sample weighted by its signal coefficient (alpha_t of the flow path, sqrt(alpha_bar_t)
+of the diffusion) so that nearly pure-noise samples, whose clean estimate is a guess, count little.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from genflow.config import TrainConfig
+from genflow.data import ShardDataset, load_split
+from genflow.engine.recipe import Recipe, StepContext
+from genflow.errors import ConfigError, GenflowError
+from genflow.metrics.placements import placement_metrics
+from genflow.models import DiT
+from genflow.objectives import AffinePath, DiffusionObjective, FlowMatchingObjective, make_scheduler
+from genflow.samplers import sample_diffusion, solve_ode
+
+__all__ = ["NamoFlowMatchingRecipe", "NamoDiffusionRecipe", "NamoGoalNet"]
+
+CONTEXT_CHANNELS = 5
+
+
+# --- configs ----------------------------------------------------------------------------------------
+@dataclass
+class DataConfig:
+    data_dir: str = "datasets/namo"  # genflow data make-namo + genflow data import-npz --kind namo
+    image_size: int = 64
+    in_memory: bool = True
+
+
+@dataclass
+class NetworkConfig:
+    """The DiT; its input/output channels are fixed by the data (5 context + 2 coordinates + 1 noisy)."""
+
+    in_ch: int = 8
+    out_ch: int = 1
+    patch_size: int = 4
+    hidden_size: int = 128
+    depth: int = 4
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.in_ch != CONTEXT_CHANNELS + 3:
+            raise ConfigError(f"model.network.in_ch={self.in_ch}: must be 8 (5 context + 2 coordinate + 1 noisy channels)")
+        if self.out_ch != 1:
+            raise ConfigError(f"model.network.out_ch={self.out_ch}: must be 1 (the target-goal mask)")
+
+
+@dataclass
+class FlowPathConfig:
+    scheduler: Literal["condot", "cosine", "vp", "linear_vp", "polynomial"] = "condot"
+
+
+@dataclass
+class OdeSamplerConfig:
+    method: Literal["euler", "midpoint", "rk4", "dopri5"] = "midpoint"
+    steps: int = 10  # solver steps: midpoint x 10 = 20 network evaluations
+    atol: float = 1e-4  # dopri5 only
+    rtol: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ConfigError(f"model.sampler.steps={self.steps}: expected an integer >= 1")
+
+
+@dataclass
+class DiffusionPathConfig:
+    num_train_timesteps: int = 1000
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
+
+
+@dataclass
+class DiffusionSamplerConfig:
+    sampler_type: Literal["ddim", "ddpm"] = "ddim"
+    eta: float = 0.0  # DDIM: 0 deterministic, 1 DDPM-like
+    steps: int = 50
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ConfigError(f"model.sampler.steps={self.steps}: expected an integer >= 1")
+        if self.eta < 0:
+            raise ConfigError(f"model.sampler.eta={self.eta}: expected a value >= 0")
+
+
+@dataclass
+class FlowModelConfig:
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    path: FlowPathConfig = field(default_factory=FlowPathConfig)
+    prediction: Literal["velocity", "target", "noise"] = "velocity"  # what the DiT outputs; sampled as a velocity
+    sampler: OdeSamplerConfig = field(default_factory=OdeSamplerConfig)
+    aux_loss_weight: float = 0.001
+
+
+@dataclass
+class DiffusionModelConfig:
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    path: DiffusionPathConfig = field(default_factory=DiffusionPathConfig)
+    sampler: DiffusionSamplerConfig = field(default_factory=DiffusionSamplerConfig)
+    aux_loss_weight: float = 0.001
+
+
+@dataclass
+class EvalConfig:
+    """The quick evaluation every `train.eval_every` epochs (`genflow eval namo` is the full one)."""
+
+    num_scenes: int = 48
+    samples_per_scene: int = 2
+
+    def __post_init__(self) -> None:
+        for key in ("num_scenes", "samples_per_scene"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key 'eval.{key}': expected an integer >= 1, got {getattr(self, key)}")
+
+
+def _default_train() -> TrainConfig:
+    return TrainConfig(epochs=30, batch_size=64, optimizer="adamw", lr=3e-4, weight_decay=0.0, warmup_steps=100,
+                       lr_schedule="cosine", min_lr=1e-5, grad_clip=1.0, seed=42, eval_every=5, checkpoint_every=10,
+                       best_metric="val_loss", best_mode="min")
+
+
+# The source system's command-line names (Hydra keys) -> ours.
+SOURCE_ALIASES = {
+    "batch_size": "train.batch_size",
+    "base_lr": "train.lr",
+    "max_epochs": "train.epochs",
+    "seed": "train.seed",
+    "image_size": "data.image_size",
+    "num_workers": "train.num_workers",
+    "sampling_steps": "model.sampler.steps",
+    "trainer.precision": "train.precision",
+    "trainer.max_epochs": "train.epochs",
+    "trainer.gradient_clip_val": "train.grad_clip",
+}
+
+
+@dataclass
+class NamoFlowConfig:
+    aliases: ClassVar[dict[str, str]] = SOURCE_ALIASES
+    data: DataConfig = field(default_factory=DataConfig)
+    model: FlowModelConfig = field(default_factory=FlowModelConfig)
+    train: TrainConfig = field(default_factory=_default_train)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass
+class NamoDiffusionConfig:
+    aliases: ClassVar[dict[str, str]] = SOURCE_ALIASES
+    data: DataConfig = field(default_factory=DataConfig)
+    model: DiffusionModelConfig = field(default_factory=DiffusionModelConfig)
+    train: TrainConfig = field(default_factory=_default_train)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# --- network ----------------------------------------------------------------------------------------
+class NamoGoalNet(nn.Module):
+    """DiT over [context (5), coordinate grid (2), noisy goal mask (1)] -> 1 channel."""
+
+    def __init__(self, network: NetworkConfig, image_size: int):
+        super().__init__()
+        self.dit = DiT(in_channels=network.in_ch, out_channels=network.out_ch, image_size=image_size,
+                       patch_size=network.patch_size, hidden_size=network.hidden_size, depth=network.depth,
+                       num_heads=network.num_heads, mlp_ratio=network.mlp_ratio)
+        axis = torch.linspace(-1, 1, image_size)
+        rows, cols = torch.meshgrid(axis, axis, indexing="ij")
+        self.register_buffer("coordinates", torch.stack([cols, rows])[None], persistent=False)  # (1, 2, S, S)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """`x_t` (B, 1, S, S), `t` (B,) in [0, 1], `context` (B, 5, S, S) in {0, 1} -> (B, 1, S, S)."""
+        scene = context.to(x_t.dtype) * 2 - 1
+        grid = self.coordinates.to(x_t.dtype).expand(x_t.shape[0], -1, -1, -1)
+        return self.dit(torch.cat([scene, grid, x_t], dim=1), t)
+
+
+def _soft_dice_loss(clean_estimate: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weighted mean over the batch of 1 - soft Dice; `clean_estimate` in [-1, 1] units, `mask` in {0, 1}."""
+    prob = ((clean_estimate + 1) / 2).clamp(0, 1).flatten(1)
+    truth = mask.flatten(1)
+    dice = (2 * (prob * truth).sum(1) + 1) / (prob.sum(1) + truth.sum(1) + 1)
+    return ((1 - dice) * weight).mean()
+
+
+# --- the recipes ------------------------------------------------------------------------------------
+class _NamoRecipe(Recipe):
+    """What both objectives share: data, network, auxiliary loss, evaluation, pictures."""
+
+    eval_metrics = ("namo", "compare")
+    tensorboard_tags = {"train/loss": "train_loss", "val/val_loss": "val_loss", "val/val_loss_best": "val_loss_best",
+                        "train/lr": "lr-AdamW", "samples": "Validation_Samples"}
+    best_checkpoint_name = "epoch{epoch:03d}-val_loss{value:.4f}"
+    compare_metrics = ("validity", "best_of_k_iou", "iou", "mode_coverage")
+
+    # --- per objective ------------------------------------------------------------------------------
+    def objective_loss(self, model, x1, context, ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(regression loss, clean-mask estimate (B, 1, S, S), its per-sample weight (B,))."""
+        raise NotImplementedError
+
+    def draw(self, model, context: torch.Tensor, generator: torch.Generator, solver: str, steps: int) -> tuple[torch.Tensor, int]:
+        """Generated goal channels (B, 1, S, S) in data units and the network evaluations used."""
+        raise NotImplementedError
+
+    def default_sampling(self) -> tuple[str, int]:
+        raise NotImplementedError
+
+    # --- training -------------------------------------------------------------------------------------
+    def build_datasets(self):
+        d = self.config.data
+        train = ShardDataset(d.data_dir, "train", ["context", "target_goal"], in_memory=d.in_memory)
+        size = train.field_shape("context")[-1]
+        if size != d.image_size:
+            raise ConfigError(f"data.image_size={d.image_size} but {d.data_dir} holds {size} x {size} masks "
+                              f"(re-import with --image-size {d.image_size}, or set data.image_size={size})")
+        return train, ShardDataset(d.data_dir, "test", ["context", "target_goal"], in_memory=d.in_memory)
+
+    def build_model(self) -> NamoGoalNet:
+        return NamoGoalNet(self.config.model.network, self.config.data.image_size)
+
+    def compute_loss(self, model, batch, ctx: StepContext):
+        mask = batch["target_goal"].float()
+        context = batch["context"]
+        regression, clean, weight = self.objective_loss(model, mask * 2 - 1, context, ctx)
+        aux = _soft_dice_loss(clean.float(), mask, weight)
+        loss = regression + self.config.model.aux_loss_weight * aux
+        return loss, {"mse": regression.item(), "aux_dice": aux.item()}
+
+    # --- generation -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, model, context: torch.Tensor, *, samples_per_scene: int = 1, solver: str | None = None,
+                 steps: int | None = None, seed: int = 0, batch_size: int = 256) -> tuple[np.ndarray, int]:
+        """Binary placements (N, K, S, S) for contexts (N, 5, S, S), and network evaluations per sample."""
+        default_solver, default_steps = self.default_sampling()
+        solver, steps = solver or default_solver, steps or default_steps
+        device = next(model.parameters()).device
+        generator = torch.Generator().manual_seed(seed)
+        repeated = context.repeat_interleave(samples_per_scene, dim=0)
+        chunks, nfe = [], 0
+        for part in repeated.split(batch_size):
+            x, nfe = self.draw(model, part.to(device), generator, solver, steps)
+            chunks.append((x[:, 0] > 0).cpu().numpy())
+        size = context.shape[-1]
+        return np.concatenate(chunks).reshape(len(context), samples_per_scene, size, size), nfe
+
+    def _test_scenes(self, split: str = "test", limit: int | None = None) -> dict[str, np.ndarray]:
+        data = load_split(self.config.data.data_dir, split, ["context", "target_goal", "num_modes", "mode_map"])
+        return {k: v[:limit] for k, v in data.items()}
+
+    # --- evaluation -----------------------------------------------------------------------------------
+    def evaluate(self, model, val_data, device):
+        e = self.config.eval
+        scenes = self._test_scenes(limit=e.num_scenes)
+        samples, _ = self.generate(model, torch.from_numpy(scenes["context"]), samples_per_scene=e.samples_per_scene)
+        scores = placement_metrics(scenes["context"], scenes["target_goal"][:, 0], samples, scenes["num_modes"], scenes["mode_map"])
+        return {f"val_{k}": v for k, v in scores.items() if k in ("iou", "validity", "mode_coverage")}
+
+    def run_eval(self, metric, model, run_dir, device, *, split="test", steps=None, solver=None, limit=200, seed=0,
+                 samples_per_scene=8, figure=True, **_):
+        """Placement quality on held-out scenes, beside two trivial baselines on the same scenes:
+        `stay` (the object left where it is) and `random_train_goal` (K random training goals)."""
+        if metric != "namo":
+            return super().run_eval(metric, model, run_dir, device)
+        scenes = self._test_scenes(split, limit)
+        context, truth = scenes["context"], scenes["target_goal"][:, 0]
+        start = time.perf_counter()
+        samples, nfe = self.generate(model, torch.from_numpy(context), samples_per_scene=samples_per_scene,
+                                     solver=solver, steps=steps, seed=seed)
+        seconds = time.perf_counter() - start
+        default_solver, default_steps = self.default_sampling()
+        result: dict[str, Any] = {"split": split, "scenes": len(context), "samples_per_scene": samples_per_scene,
+                                  "sampler": solver or default_solver, "steps": steps or default_steps, "nfe": nfe,
+                                  "seconds": seconds}
+        result.update(placement_metrics(context, truth, samples, scenes["num_modes"], scenes["mode_map"]))
+        for name, baseline in self.baselines(context, samples_per_scene, seed).items():
+            scores = placement_metrics(context, truth, baseline, scenes["num_modes"], scenes["mode_map"])
+            result.update({f"{name}_{k}": v for k, v in scores.items() if k in ("iou", "best_of_k_iou", "validity", "mode_coverage")})
+        if figure:
+            out = Path(run_dir) / "eval" / f"namo-{result['sampler']}-{result['steps']}.png"
+            plot_placements(context[:6], truth[:6], samples[:6, :6], out)
+            result["picture"] = str(out)
+        return result
+
+    def baselines(self, context: np.ndarray, k: int, seed: int) -> dict[str, np.ndarray]:
+        stay = context[:, 4:5].astype(bool)  # the target object where it stands
+        goals = load_split(self.config.data.data_dir, "train", ["target_goal"])["target_goal"][:, 0]
+        picks = np.random.default_rng(seed + 777).integers(len(goals), size=(len(context), k))
+        return {"stay": stay, "random_train_goal": goals[picks].astype(bool)}
+
+    def compare_settings(self) -> list[tuple[str, int]]:
+        """(sampler, steps) pairs `genflow eval compare` measures."""
+        raise NotImplementedError
+
+    # --- pictures and sampling --------------------------------------------------------------------------
+    def save_figures(self, model, val_data, run_dir, device):
+        scenes = self._test_scenes(limit=4)
+        samples, _ = self.generate(model, torch.from_numpy(scenes["context"]), samples_per_scene=3)
+        path = Path(run_dir) / "samples.png"
+        plot_placements(scenes["context"], scenes["target_goal"][:, 0], samples, path)
+        return {"samples": path}
+
+    def sample(self, model, run_dir, device, *, n=8, steps=None, solver=None, out=None, seed=0, samples_per_scene=4, **_):
+        scenes = self._test_scenes(limit=n)
+        samples, nfe = self.generate(model, torch.from_numpy(scenes["context"]), samples_per_scene=samples_per_scene,
+                                     solver=solver, steps=steps, seed=seed)
+        default_solver, default_steps = self.default_sampling()
+        out = Path(out) if out else Path(run_dir) / "samples" / f"{solver or default_solver}-{steps or default_steps}.png"
+        plot_placements(scenes["context"], scenes["target_goal"][:, 0], samples, out)
+        np.savez(out.with_suffix(".npz"), context=scenes["context"], target_goal=scenes["target_goal"], samples=samples)
+        return {"picture": out, "arrays": out.with_suffix(".npz"), "scenes": len(samples), "nfe_per_sample": nfe}
+
+
+class NamoFlowMatchingRecipe(_NamoRecipe):
+    name = "namo-fm"
+    aliases = ("train_fb_flow_matching",)
+    summary = "NAMO goal masks: DiT + flow matching (affine paths, ODE sampling)"
+    config_class = NamoFlowConfig
+    default_config = Path(__file__).with_name("namo_fm.yaml")
+
+    def __init__(self, config: NamoFlowConfig):
+        super().__init__(config)
+        self.objective = FlowMatchingObjective(AffinePath(make_scheduler(config.model.path.scheduler)),
+                                               prediction=config.model.prediction)
+
+    def objective_loss(self, model, x1, context, ctx):
+        b = x1.shape[0]
+        x0 = ctx.randn(b, *x1.shape[1:])
+        eps = self.objective.t_eps
+        t = eps + (1 - 2 * eps) * ctx.rand(b)
+        sample = self.objective.path.sample(x1, x0, t)
+        output = model(sample.x_t, t, context).float()
+        velocity = self.objective.to_velocity(output, sample.x_t, t)
+        clean = self.objective.path.velocity_to_target(velocity, sample.x_t, t)
+        return self.objective.loss(output, sample, x1, x0), clean, self.objective.path.scheduler(t).alpha
+
+    def draw(self, model, context, generator, solver, steps):
+        x0 = torch.randn(len(context), 1, *context.shape[-2:], generator=generator).to(context.device)
+        calls = [0]
+
+        def velocity(x, t):
+            calls[0] += 1
+            return self.objective.to_velocity(model(x, t, context).float(), x, t)
+
+        s = self.config.model.sampler
+        x1 = solve_ode(velocity, x0, steps=steps, solver=solver, atol=s.atol, rtol=s.rtol)
+        return x1, calls[0]
+
+    def default_sampling(self):
+        return self.config.model.sampler.method, self.config.model.sampler.steps
+
+    def compare_settings(self):
+        return [("euler", 10), ("midpoint", 5), ("midpoint", 10), ("rk4", 5), ("dopri5", 1)]
+
+
+class NamoDiffusionRecipe(_NamoRecipe):
+    name = "namo-diffusion"
+    aliases = ("train_hf_diffusion",)
+    summary = "NAMO goal masks: DiT + DDPM training, DDIM / DDPM sampling (diffusers schedulers)"
+    config_class = NamoDiffusionConfig
+    default_config = Path(__file__).with_name("namo_diffusion.yaml")
+
+    def __init__(self, config: NamoDiffusionConfig):
+        super().__init__(config)
+        p = config.model.path
+        self.objective = DiffusionObjective(p.num_train_timesteps, p.beta_schedule, p.prediction_type)
+
+    def objective_loss(self, model, x1, context, ctx):
+        b = x1.shape[0]
+        noise = ctx.randn(b, *x1.shape[1:])
+        timesteps = self.objective.sample_timesteps(ctx.rand(b))
+        x_t = self.objective.add_noise(x1, noise, timesteps)
+        output = model(x_t, self.objective.network_time(timesteps), context).float()
+        clean = self.objective.predicted_clean(output, x_t, timesteps)
+        signal = self.objective.alphas_cumprod.to(x1.device)[timesteps].sqrt()
+        return self.objective.loss(output, x1, noise, timesteps), clean, signal
+
+    def draw(self, model, context, generator, solver, steps):
+        if solver not in ("ddim", "ddpm"):
+            raise GenflowError(f"--solver {solver}: namo-diffusion samples with ddim or ddpm")
+        x = sample_diffusion(lambda x_t, t: model(x_t, t, context).float(), (len(context), 1, *context.shape[-2:]),
+                             self.objective, sampler=solver, steps=steps, eta=self.config.model.sampler.eta,
+                             generator=generator, device=context.device)
+        return x, steps
+
+    def default_sampling(self):
+        return self.config.model.sampler.sampler_type, self.config.model.sampler.steps
+
+    def compare_settings(self):
+        return [("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddpm", 50), ("ddpm", 100)]
+
+
+# --- pictures -----------------------------------------------------------------------------------------
+def scene_rgb(context: np.ndarray) -> np.ndarray:
+    """(5, S, S) masks -> (S, S, 3) picture: walls grey, objects blue, target red, robot green, goal outline."""
+    robot, goal, movable, static, target = (c.astype(bool) for c in context)
+    rgb = np.ones((*robot.shape, 3))
+    rgb[static] = (0.35, 0.35, 0.35)
+    rgb[movable] = (0.45, 0.6, 0.95)
+    rgb[target] = (0.9, 0.2, 0.2)
+    rgb[goal] = (0.95, 0.85, 0.2)
+    rgb[robot] = (0.1, 0.7, 0.2)
+    return rgb
+
+
+def plot_placements(context: np.ndarray, truth: np.ndarray, samples: np.ndarray, path: Path) -> None:
+    """One row per scene: the scene, the ground-truth placement, then K generated placements."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n, k = samples.shape[:2]
+    fig, axes = plt.subplots(n, k + 2, figsize=(1.5 * (k + 2), 1.55 * n), squeeze=False)
+    for i in range(n):
+        base = scene_rgb(context[i])
+        panels = [("scene", base, None), ("ground truth", base, truth[i])]
+        panels += [(f"sample {j + 1}", base, samples[i, j]) for j in range(k)]
+        for ax, (title, picture, overlay) in zip(axes[i], panels):
+            shown = picture.copy()
+            if overlay is not None:
+                shown[overlay.astype(bool)] = 0.5 * shown[overlay.astype(bool)] + 0.5 * np.array([0.6, 0.0, 0.8])
+            ax.imshow(shown, interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if i == 0:
+                ax.set_title(title, fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
