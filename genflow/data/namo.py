@@ -272,6 +272,8 @@ def generate_scene(rng: np.random.Generator, layout: np.ndarray | None = None, l
     Raises:
         DataSourceError: No valid scene was found in `attempts` tries (e.g. a layout without doors).
     """
+    if layout is not None and layout.shape != (GRID, GRID):
+        raise DataSourceError(f"layout '{layout_name}': expected a {GRID} x {GRID} wall grid, got {layout.shape}")
     for _ in range(attempts):
         static = layout.copy() if layout is not None else _procedural_layout(rng)
         occupied = static.copy()

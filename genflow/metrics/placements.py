@@ -20,7 +20,8 @@ def modes_hit(sample: np.ndarray, mode_map: np.ndarray) -> int:
     if rows.size == 0:
         return 0
     scale = GRID / sample.shape[-1]
-    r, c = int(round((rows.mean() + 0.5) * scale - 0.5)), int(round((cols.mean() + 0.5) * scale - 0.5))
+    # the cell under the centroid, halves rounded up: the generator writes a mode at top-left + size // 2
+    r, c = int(np.floor((rows.mean() + 0.5) * scale)), int(np.floor((cols.mean() + 0.5) * scale))
     window = mode_map[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2]
     if mode_map[min(max(r, 0), GRID - 1), min(max(c, 0), GRID - 1)]:
         return int(mode_map[min(max(r, 0), GRID - 1), min(max(c, 0), GRID - 1)])
