@@ -205,7 +205,7 @@ def train_command(
     from genflow.engine.session import prepare_training
     from genflow.engine.trainer import train
 
-    overrides = list(overrides or [])
+    overrides, gpus = _source_trainer_overrides(list(overrides or []), gpus)
     if precision is not None:
         overrides.append(f"train.precision={precision}")
     plan = prepare_training(recipe, config_path=config, overrides=overrides, name=name, resume=resume,
@@ -225,6 +225,29 @@ def train_command(
         best = result.best
         best_text = f"best {best['metric']} {best['value']:.4f} (epoch {best['epoch']})" if best.get("value") is not None else ""
         console.print(f"[green]done[/green]: {result.steps} steps in {result.seconds:.0f} s  {best_text}\nrun dir: {result.run_dir}")
+
+
+def _source_trainer_overrides(overrides: list[str], gpus: int) -> tuple[list[str], int]:
+    """The source trainers' `trainer=single_gpu|multi_gpu` and `trainer.devices=N` choose --gpus."""
+    kept = []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key == "trainer" and value in ("single_gpu", "multi_gpu"):
+            if value == "multi_gpu":
+                import torch
+
+                gpus = max(gpus, torch.cuda.device_count())
+                if gpus < 2:
+                    raise GenflowError("trainer=multi_gpu: no CUDA GPUs here; pass --gpus N for N CPU processes")
+        elif key == "trainer.devices":
+            if not value.isdigit() or int(value) < 1:
+                raise GenflowError(f"trainer.devices={value!r}: expected a number of GPUs >= 1")
+            gpus = int(value)
+        elif key == "trainer":
+            raise GenflowError(f"trainer={value!r}: expected single_gpu or multi_gpu")
+        else:
+            kept.append(item)
+    return kept, gpus
 
 
 # --- sample / eval / export ----------------------------------------------------------------------------

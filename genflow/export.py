@@ -53,6 +53,8 @@ def export_onnx(run: LoadedRun, out_dir: Path, opset: int = 17) -> dict[Path, st
             # number of points) for these graphs, where the torch.export-based one fails on them.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
+                # tracer notes about fixed-size unpacking (e.g. q, k, v): the graph is checked against torch below
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 torch.onnx.export(module, inputs, str(path), input_names=input_names, output_names=output_names,
                                   dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -56,7 +56,7 @@ class NetworkConfig:
 
     in_ch: int = 8
     out_ch: int = 1
-    patch_size: int = 4
+    patch_size: int = 8
     hidden_size: int = 128
     depth: int = 4
     num_heads: int = 4
@@ -90,7 +90,7 @@ class OdeSamplerConfig:
 class DiffusionPathConfig:
     num_train_timesteps: int = 1000
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
-    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "sample"
 
 
 @dataclass
@@ -110,9 +110,9 @@ class DiffusionSamplerConfig:
 class FlowModelConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     path: FlowPathConfig = field(default_factory=FlowPathConfig)
-    prediction: Literal["velocity", "target", "noise"] = "velocity"  # what the DiT outputs; sampled as a velocity
+    prediction: Literal["velocity", "target", "noise"] = "target"  # what the DiT outputs; sampled as a velocity
     sampler: OdeSamplerConfig = field(default_factory=OdeSamplerConfig)
-    aux_loss_weight: float = 0.001
+    aux_loss_weight: float = 0.1
 
 
 @dataclass
@@ -120,7 +120,7 @@ class DiffusionModelConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     path: DiffusionPathConfig = field(default_factory=DiffusionPathConfig)
     sampler: DiffusionSamplerConfig = field(default_factory=DiffusionSamplerConfig)
-    aux_loss_weight: float = 0.001
+    aux_loss_weight: float = 0.1
 
 
 @dataclass
@@ -137,8 +137,8 @@ class EvalConfig:
 
 
 def _default_train() -> TrainConfig:
-    return TrainConfig(epochs=30, batch_size=64, optimizer="adamw", lr=3e-4, weight_decay=0.0, warmup_steps=100,
-                       lr_schedule="cosine", min_lr=1e-5, grad_clip=1.0, seed=42, eval_every=5, checkpoint_every=10,
+    return TrainConfig(epochs=60, batch_size=64, optimizer="adamw", lr=5e-4, weight_decay=0.0, warmup_steps=100,
+                       lr_schedule="cosine", min_lr=1e-5, grad_clip=1.0, seed=42, eval_every=10, checkpoint_every=10,
                        best_metric="val_loss", best_mode="min")
 
 
@@ -211,7 +211,7 @@ class _NamoRecipe(Recipe):
     tensorboard_tags = {"train/loss": "train_loss", "val/val_loss": "val_loss", "val/val_loss_best": "val_loss_best",
                         "train/lr": "lr-AdamW", "samples": "Validation_Samples"}
     best_checkpoint_name = "epoch{epoch:03d}-val_loss{value:.4f}"
-    compare_metrics = ("validity", "best_of_k_iou", "iou", "mode_coverage")
+    compare_metrics = ("validity", "push_validity", "best_of_k_iou", "mode_coverage")
 
     # --- per objective ------------------------------------------------------------------------------
     def objective_loss(self, model, x1, context, ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -273,7 +273,7 @@ class _NamoRecipe(Recipe):
         scenes = self._test_scenes(limit=e.num_scenes)
         samples, _ = self.generate(model, torch.from_numpy(scenes["context"]), samples_per_scene=e.samples_per_scene)
         scores = placement_metrics(scenes["context"], scenes["target_goal"][:, 0], samples, scenes["num_modes"], scenes["mode_map"])
-        return {f"val_{k}": v for k, v in scores.items() if k in ("iou", "validity", "mode_coverage")}
+        return {f"val_{k}": v for k, v in scores.items() if k in ("iou", "validity", "push_validity", "mode_coverage")}
 
     def run_eval(self, metric, model, run_dir, device, *, split="test", steps=None, solver=None, limit=200, seed=0,
                  samples_per_scene=8, figure=True, **_):
@@ -294,7 +294,8 @@ class _NamoRecipe(Recipe):
         result.update(placement_metrics(context, truth, samples, scenes["num_modes"], scenes["mode_map"]))
         for name, baseline in self.baselines(context, samples_per_scene, seed).items():
             scores = placement_metrics(context, truth, baseline, scenes["num_modes"], scenes["mode_map"])
-            result.update({f"{name}_{k}": v for k, v in scores.items() if k in ("iou", "best_of_k_iou", "validity", "mode_coverage")})
+            result.update({f"{name}_{k}": v for k, v in scores.items()
+                           if k in ("iou", "best_of_k_iou", "validity", "push_validity", "mode_coverage")})
         if figure:
             out = Path(run_dir) / "eval" / f"namo-{result['sampler']}-{result['steps']}.png"
             plot_placements(context[:6], truth[:6], samples[:6, :6], out)
@@ -310,6 +311,14 @@ class _NamoRecipe(Recipe):
     def compare_settings(self) -> list[tuple[str, int]]:
         """(sampler, steps) pairs `genflow eval compare` measures."""
         raise NotImplementedError
+
+    def export_graphs(self, model):
+        """The network as used by the samplers: (noisy goal, time, scene context) -> network output."""
+        size = self.config.data.image_size
+        x_t, t = torch.randn(2, 1, size, size), torch.rand(2)
+        context = torch.randint(0, 2, (2, CONTEXT_CHANNELS, size, size), dtype=torch.uint8)
+        return {"goal_net": (model, (x_t, t, context), ["x_t", "t", "context"], ["output"],
+                             {"x_t": {0: "batch"}, "t": {0: "batch"}, "context": {0: "batch"}, "output": {0: "batch"}})}
 
     # --- pictures and sampling --------------------------------------------------------------------------
     def save_figures(self, model, val_data, run_dir, device):

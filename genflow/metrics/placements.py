@@ -43,8 +43,11 @@ def placement_metrics(context: np.ndarray, truth: np.ndarray, samples: np.ndarra
     Returns:
         iou, dice: mean over all samples against the ground truth; best_of_k_iou: mean over scenes
         of the best sample; validity: fraction of samples with no collision, a reachable robot goal
-        and a plausible size; collision_rate, goal_reachable_rate; mode_coverage: mean over scenes
-        of the fraction of modes hit by a valid sample; valid_scene_rate: scenes with >= 1 valid sample.
+        and a plausible size; push_validity: valid and also one of the placements the generator's
+        push search reaches (on a mode; scenes with known modes only) — teleporting the object to
+        any free spot is valid but not push-valid; collision_rate, goal_reachable_rate;
+        mode_coverage: mean over scenes of the fraction of modes hit by a valid sample;
+        valid_scene_rate: scenes with >= 1 valid sample.
     """
     n, k = samples.shape[:2]
     samples = samples.astype(bool)
@@ -54,15 +57,16 @@ def placement_metrics(context: np.ndarray, truth: np.ndarray, samples: np.ndarra
     valid = np.zeros((n, k), bool)
     collides = np.zeros((n, k), bool)
     reachable = np.zeros((n, k), bool)
-    coverage = []
+    coverage, push_valid = [], []
     for i in range(n):
         scene = scene_from_masks(context[i])
         hit = set()
         for j in range(k):
             check = check_placement(scene, samples[i, j])
             valid[i, j], collides[i, j], reachable[i, j] = check.valid, check.collides, check.goal_reachable
-            if check.valid and num_modes[i] > 0:
-                mode = modes_hit(samples[i, j], mode_map[i])
+            if num_modes[i] > 0:
+                mode = modes_hit(samples[i, j], mode_map[i]) if check.valid else 0
+                push_valid.append(mode > 0)
                 if mode:
                     hit.add(mode)
         if num_modes[i] > 0:
@@ -72,6 +76,7 @@ def placement_metrics(context: np.ndarray, truth: np.ndarray, samples: np.ndarra
         "dice": float(dice.mean()),
         "best_of_k_iou": float(iou.max(axis=1).mean()),
         "validity": float(valid.mean()),
+        "push_validity": float(np.mean(push_valid)) if push_valid else float("nan"),
         "valid_scene_rate": float(valid.any(axis=1).mean()),
         "collision_rate": float(collides.mean()),
         "goal_reachable_rate": float(reachable.mean()),

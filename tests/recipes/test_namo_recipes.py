@@ -164,3 +164,19 @@ def test_wrong_image_size_and_channels_are_config_errors(capsys, tmp_path, namo_
 def test_diffusion_recipe_refuses_an_ode_solver(capsys, diffusion_run):
     code, _, err = run(capsys, "sample", diffusion_run, "--solver", "midpoint")
     assert code == 2 and "ddim or ddpm" in err
+
+
+def test_export_safetensors_and_onnx_match_torch(capsys, fm_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    code, out, _ = run(capsys, "export", fm_run, "--format", "onnx", "--out", tmp_path)
+    assert code == 0 and (tmp_path / "goal_net.onnx").is_file() and "max |onnx - torch|" in out
+    code, _, _ = run(capsys, "export", fm_run, "--out", tmp_path / "st")
+    assert code == 0 and any((tmp_path / "st").glob("*.safetensors"))
+
+
+def test_source_trainer_choice_sets_processes(capsys, tmp_path, namo_data):
+    code, _, err = run(capsys, "train", "namo-fm", f"data.data_dir={namo_data}", "trainer=four_gpus", "--runs-dir", tmp_path)
+    assert code == 2 and "single_gpu or multi_gpu" in err
+    if not torch.cuda.is_available():
+        code, _, err = run(capsys, "train", "namo-fm", f"data.data_dir={namo_data}", "trainer=multi_gpu", "--runs-dir", tmp_path)
+        assert code == 2 and "--gpus N" in err
