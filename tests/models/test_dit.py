@@ -5,15 +5,6 @@ from genflow.errors import ConfigError
 from genflow.models import DiT
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models run faster on one thread, and stay fast when other jobs load the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_dit(**kwargs) -> DiT:
     sizes = {"in_channels": 3, "out_channels": 1, "image_size": 8, "patch_size": 2, "hidden_size": 32,
              "depth": 2, "num_heads": 2, "mlp_ratio": 2.0}

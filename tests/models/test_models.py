@@ -12,15 +12,6 @@ from genflow.models import (
 from genflow.objectives import AffinePath, FlowMatchingObjective, make_scheduler
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models run faster on one thread, and stay fast when other jobs load the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_field(**kwargs) -> AdaLNMLPVelocityField:
     sizes = {"point_dim": 2, "cond_dim": 16, "hidden": 32, "depth": 2, "time_dim": 16}
     return AdaLNMLPVelocityField(**{**sizes, **kwargs})
