@@ -16,7 +16,7 @@ data is genuinely multi-modal, and ``num_modes`` / ``mode_map`` record them for 
 
 Masks are rendered at 224 x 224 (7 px per cell), as the source system's ``.npz`` files. Reachability
 uses Python integers as bitboards (one bit per configuration), so a flood fill is a few big-integer
-shifts per step: ~0.5 ms per query, ~0.1 s per scene.
+shifts per step: ~0.05 ms per query and ~10 ms per scene (10 pushes) on one core of this machine.
 """
 
 from __future__ import annotations
