@@ -308,10 +308,6 @@ class _NamoRecipe(Recipe):
         picks = np.random.default_rng(seed + 777).integers(len(goals), size=(len(context), k))
         return {"stay": stay, "random_train_goal": goals[picks].astype(bool)}
 
-    def compare_settings(self) -> list[tuple[str, int]]:
-        """(sampler, steps) pairs `genflow eval compare` measures."""
-        raise NotImplementedError
-
     def export_graphs(self, model):
         """The network as used by the samplers: (noisy goal, time, scene context) -> network output."""
         size = self.config.data.image_size

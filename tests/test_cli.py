@@ -156,6 +156,11 @@ def test_eval_unknown_metric(capsys, trained_run):
     assert_user_error(code, err, "no 'fid' evaluation", "chamfer")
 
 
+def test_eval_compare_needs_a_recipe_with_samplers_to_compare(capsys, trained_run, tmp_path):
+    code, _, err = run(capsys, "eval", "compare", trained_run, "--out", tmp_path)
+    assert_user_error(code, err, "recipe 'digit4' has no sampler comparison")
+
+
 def test_export_safetensors_and_onnx(capsys, trained_run, tmp_path):
     from safetensors.torch import load_file
 

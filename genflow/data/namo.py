@@ -458,15 +458,10 @@ class PlannerScene:
 
 
 def _to_cells(mask: np.ndarray) -> np.ndarray:
-    """(S, S) mask (S a multiple of GRID, or any size: area-averaged) -> (G, G) bool at half coverage."""
-    mask = np.asarray(mask, np.float32)
-    size = mask.shape[-1]
-    if size % GRID == 0:
-        k = size // GRID
-        return mask.reshape(GRID, k, GRID, k).mean(axis=(1, 3)) >= 0.5
-    edges = np.linspace(0, size, GRID + 1).round().astype(int)
-    return np.array([[mask[edges[i]:edges[i + 1], edges[j]:edges[j + 1]].mean() >= 0.5 for j in range(GRID)]
-                     for i in range(GRID)])
+    """(S, S) binary mask -> (G, G) bool: a cell is on when at least half of its area is (area resize)."""
+    from genflow.data.npz_import import area_resize_masks
+
+    return area_resize_masks(np.asarray(mask)[None] > 0, GRID)[0].astype(bool)
 
 
 def scene_from_masks(context: np.ndarray) -> PlannerScene:

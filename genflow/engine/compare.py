@@ -15,7 +15,6 @@ from typing import Any
 import torch
 
 from genflow.engine.run_dir import load_run
-from genflow.errors import GenflowError
 
 __all__ = ["compare_runs"]
 
@@ -34,11 +33,9 @@ def compare_runs(run_dirs: list[Path], out: Path | None = None, *, split: str = 
     for run_dir in run_dirs:
         run = load_run(run_dir, checkpoint, device=device)
         recipe = run.recipe
-        if not hasattr(recipe, "compare_settings"):
-            raise GenflowError(f"{run_dir}: recipe '{recipe.name}' has no sampler comparison")
         metrics = metrics or recipe.compare_metrics
-        settings = [(solver or recipe.default_sampling()[0], steps or recipe.default_sampling()[1])] if (solver or steps) \
-            else recipe.compare_settings()
+        # one given setting (None parts: the recipe's defaults), else the recipe's list
+        settings = [(solver, steps)] if (solver or steps) else recipe.compare_settings()
         for sampler, n_steps in settings:
             result = recipe.run_eval(recipe.eval_metrics[0], run.model, run.run_dir, device, split=split, steps=n_steps,
                                      solver=sampler, limit=limit, seed=seed, samples_per_scene=samples_per_scene or 4,

@@ -75,6 +75,7 @@ class Recipe:
     # Also keep the best checkpoint under this name, formatted with epoch, metric, value
     # (e.g. "epoch{epoch:03d}-{metric}{value:.4f}"); `best.pt` is always written.
     best_checkpoint_name: ClassVar[str | None] = None
+    compare_metrics: ClassVar[tuple[str, ...]] = ()  # what `genflow eval compare` tabulates and plots
 
     def __init__(self, config: Any):
         self.config = config
@@ -106,6 +107,10 @@ class Recipe:
 
     def run_eval(self, metric: str, model: nn.Module, run_dir: Path, device: torch.device, **options: Any) -> dict[str, Any]:
         raise GenflowError(f"recipe '{self.name}' has no '{metric}' evaluation (it has: {', '.join(self.eval_metrics) or 'none'})")
+
+    def compare_settings(self) -> list[tuple[str, int]]:
+        """(sampler, steps) pairs `genflow eval compare` evaluates with `run_eval(eval_metrics[0], ...)`."""
+        raise GenflowError(f"recipe '{self.name}' has no sampler comparison")
 
     def export_graphs(self, model: nn.Module) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...], list[str], list[str], dict]]:
         """ONNX export: name -> (module, example inputs, input names, output names, dynamic axes)."""

@@ -21,10 +21,11 @@ def modes_hit(sample: np.ndarray, mode_map: np.ndarray) -> int:
         return 0
     scale = GRID / sample.shape[-1]
     # the cell under the centroid, halves rounded up: the generator writes a mode at top-left + size // 2
-    r, c = int(np.floor((rows.mean() + 0.5) * scale)), int(np.floor((cols.mean() + 0.5) * scale))
+    r = min(int(np.floor((rows.mean() + 0.5) * scale)), GRID - 1)
+    c = min(int(np.floor((cols.mean() + 0.5) * scale)), GRID - 1)
+    if mode_map[r, c]:
+        return int(mode_map[r, c])
     window = mode_map[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2]
-    if mode_map[min(max(r, 0), GRID - 1), min(max(c, 0), GRID - 1)]:
-        return int(mode_map[min(max(r, 0), GRID - 1), min(max(c, 0), GRID - 1)])
     labels = window[window > 0]
     return int(np.bincount(labels).argmax()) if labels.size else 0
 
