@@ -1,0 +1,117 @@
+"""Tests for genflow.models.video_transformer: sizes, output shape, temporal masks and action conditioning."""
+
+import pytest
+import torch
+
+from genflow.errors import ConfigError
+from genflow.models.video_transformer import SimpleVideoTransformer, temporal_attention_mask
+
+FRAMES, SIDE, LEVELS = 4, 8, 16
+
+
+def tiny_model(**kwargs) -> SimpleVideoTransformer:
+    torch.manual_seed(0)
+    sizes = {"num_frames": FRAMES, "height": SIDE, "width": SIDE, "embed_dim": 16, "num_layers": 1, "num_heads": 2}
+    return SimpleVideoTransformer(**{**sizes, **kwargs}).eval()
+
+
+def random_inputs(batch: int = 2, frames: int = FRAMES, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, LEVELS + 1, (batch, frames, SIDE, SIDE), generator=g)  # levels and mask ids
+    actions = torch.rand(batch, frames, 2, generator=g) * 2 - 1
+    return tokens, actions
+
+
+def with_frame_changed(tokens: torch.Tensor, frame: int) -> torch.Tensor:
+    changed = tokens.clone()
+    changed[:, frame] = (changed[:, frame] + 1) % (LEVELS + 1)
+    return changed
+
+
+def num_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_default_fast_model_has_667664_parameters():
+    assert num_parameters(SimpleVideoTransformer()) == 667_664
+
+
+def test_full_model_d384_6_layers_has_about_14_6m_parameters():
+    count = num_parameters(SimpleVideoTransformer(embed_dim=384, num_layers=6, num_heads=6))
+    assert abs(count - 14.6e6) / 14.6e6 < 0.02, count
+
+
+@pytest.mark.parametrize("frames", [FRAMES, 2])
+def test_logits_have_shape_batch_frames_height_width_levels(frames):
+    tokens, actions = random_inputs(batch=3, frames=frames)
+    logits = tiny_model(num_layers=2)(tokens, actions)
+    assert logits.shape == (3, frames, SIDE, SIDE, LEVELS) and logits.dtype == torch.float32
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_causal_mask_keeps_past_logits_independent_of_future_frames(num_layers):
+    model = tiny_model(num_layers=num_layers)
+    tokens, actions = random_inputs()
+    before = model(tokens, actions, "causal")
+    after = model(with_frame_changed(tokens, 2), actions, "causal")
+    torch.testing.assert_close(after[:, :2], before[:, :2], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(after[:, 2], before[:, 2])
+    assert not torch.allclose(after[:, 3], before[:, 3])  # a later frame sees the change
+
+
+@torch.no_grad()
+def test_identity_mask_makes_each_frame_ignore_all_others():
+    model = tiny_model(num_layers=2)
+    tokens, actions = random_inputs()
+    before = model(tokens, actions, "identity")
+    after = model(with_frame_changed(tokens, 1), actions, "identity")
+    for frame in (0, 2, 3):
+        torch.testing.assert_close(after[:, frame], before[:, frame], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(after[:, 1], before[:, 1])
+
+
+@torch.no_grad()
+def test_full_mask_lets_a_future_frame_change_past_logits():
+    model = tiny_model()
+    tokens, actions = random_inputs()
+    before = model(tokens, actions, "full")
+    after = model(with_frame_changed(tokens, FRAMES - 1), actions, "full")
+    assert not torch.allclose(after[:, 0], before[:, 0])
+
+
+@torch.no_grad()
+def test_actions_condition_the_logits():
+    """Changing frame 1's action changes frame 1 (and later frames), not frame 0, under the causal mask."""
+    model = tiny_model()
+    tokens, actions = random_inputs()
+    other = actions.clone()
+    other[:, 1] = -other[:, 1] + 0.5
+    before, after = model(tokens, actions), model(tokens, other)
+    torch.testing.assert_close(after[:, 0], before[:, 0], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(after[:, 1], before[:, 1])
+    assert not torch.allclose(after[:, 2], before[:, 2])
+
+
+@pytest.mark.parametrize("shape", [(1, 2, SIDE, SIDE - 1), (1, 2, SIDE + 1, SIDE + 1), (1, FRAMES + 1, SIDE, SIDE)])
+def test_wrong_frame_size_or_too_many_frames_raises_config_error(shape):
+    model = tiny_model()
+    with pytest.raises(ConfigError, match="model expects"):
+        model(torch.zeros(shape, dtype=torch.long), torch.zeros(*shape[:2], 2))
+
+
+def test_embed_dim_not_divisible_by_heads_raises_config_error():
+    with pytest.raises(ConfigError, match="divisible"):
+        tiny_model(embed_dim=18, num_heads=4)
+
+
+def test_unknown_temporal_mask_raises_config_error():
+    with pytest.raises(ConfigError, match="temporal mask"):
+        temporal_attention_mask("sideways", 3)
+
+
+def test_temporal_mask_matrices():
+    """True where row frame may attend to column frame: lower triangle, diagonal, or everything (None)."""
+    assert torch.equal(temporal_attention_mask("causal", 3), torch.tensor([[1, 0, 0], [1, 1, 0], [1, 1, 1]], dtype=torch.bool))
+    assert torch.equal(temporal_attention_mask("identity", 3), torch.eye(3, dtype=torch.bool))
+    assert temporal_attention_mask("full", 3) is None
