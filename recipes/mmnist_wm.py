@@ -1,0 +1,443 @@
+"""mmnist-wm: an action-conditioned world model of Moving MNIST by masked discrete diffusion.
+
+A small-scale CoPilot4D (Zhang et al., ICLR 2024). Frames are 32 x 32 tokens of 16 grey levels
+(`genflow data make-moving-mnist`); each frame carries the ego-centric action ``[dx, dy]`` of one
+tracked digit. A :class:`~genflow.models.video_transformer.SimpleVideoTransformer` predicts every
+token's level from a partly masked video; it is trained by cross-entropy on masked-token tasks
+(:mod:`genflow.objectives.masked_tokens`) and generates the future by MaskGIT decoding
+(:mod:`genflow.samplers.maskgit`), optionally with classifier-free guidance between the causal
+(conditional) and identity (unconditional) temporal masks.
+
+Configs: ``mmnist_wm.yaml`` is the source's "fast" model (D 128, 2 layers, future prediction only);
+``mmnist_wm_full.yaml`` the "full" one (D 384, 6 layers, tasks mixed 50/40/10, guidance possible).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Subset
+
+from genflow.config import TrainConfig
+from genflow.data import ShardDataset, load_split
+from genflow.data.moving_mnist import MASK_TOKEN, NUM_LEVELS, dequantise
+from genflow.engine.recipe import Recipe, StepContext
+from genflow.errors import ConfigError, GenflowError
+from genflow.metrics.video import (
+    all_black_prediction,
+    constant_velocity_prediction,
+    copy_last_prediction,
+    frame_mse,
+    frame_psnr,
+    frame_ssim,
+    upsample_frames,
+)
+from genflow.models.video_transformer import SimpleVideoTransformer
+from genflow.objectives.masked_tokens import MaskedTokenObjective
+from genflow.samplers.maskgit import maskgit_decode
+
+__all__ = ["MovingMnistWorldModelRecipe"]
+
+
+# --- configs ----------------------------------------------------------------------------------------
+@dataclass
+class DataConfig:
+    data_dir: str = "datasets/mmnist"  # genflow data make-moving-mnist | import-moving-mnist
+    num_past: int = 10  # clean context frames
+    train_sequences: int | None = None  # use only the first N training sequences (source: 2000 fast, 8000 full)
+    val_sequences: int = 32  # validation loss and quick metrics on the first N test sequences
+    in_memory: bool = True
+
+    def __post_init__(self) -> None:
+        if self.num_past < 1:
+            raise ConfigError(f"config key 'data.num_past': expected an integer >= 1, got {self.num_past}")
+        if self.val_sequences < 1 or (self.train_sequences is not None and self.train_sequences < 1):
+            raise ConfigError("config keys 'data.train_sequences' / 'data.val_sequences': expected integers >= 1")
+
+
+@dataclass
+class ModelConfig:
+    """SimpleVideoTransformer; ``fast``: 128 / 2 layers / 4 heads (0.67M), ``full``: 384 / 6 (14.6M)."""
+
+    num_frames: int = 20
+    frame_size: int = 32
+    embed_dim: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+
+
+@dataclass
+class TaskWeights:
+    """Probability of each masking task per batch (see genflow/objectives/masked_tokens.py)."""
+
+    future: float = 1.0
+    joint: float = 0.0
+    individual: float = 0.0
+
+
+@dataclass
+class ObjectiveConfig:
+    tasks: TaskWeights = field(default_factory=TaskWeights)
+    mask_ratio: tuple[float, float] = (0.5, 1.0)
+
+
+@dataclass
+class SamplingConfig:
+    """MaskGIT decoding (genflow/samplers/maskgit.py) used by `genflow sample` and `genflow eval video`."""
+
+    steps: int = 20
+    temperature: float = 1.0
+    confidence_noise: float = 4.5
+    guidance: float = 0.0  # classifier-free guidance weight; needs objective.tasks.individual > 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ConfigError(f"config key 'sampling.steps': expected an integer >= 1, got {self.steps}")
+        if self.temperature < 0 or self.confidence_noise < 0 or self.guidance < 0:
+            raise ConfigError("config keys 'sampling.temperature / confidence_noise / guidance' must be >= 0")
+
+
+@dataclass
+class EvalConfig:
+    """The quick check every `train.eval_every` epochs (`genflow eval video` is the full one)."""
+
+    num_sequences: int = 16
+
+
+def _default_train() -> TrainConfig:
+    return TrainConfig(epochs=1, batch_size=4, optimizer="adamw", lr=3e-4, weight_decay=0.01, lr_schedule="cosine",
+                       min_lr=1e-6, grad_clip=1.0, precision="bf16", seed=42, eval_every=1, checkpoint_every=10,
+                       best_metric="val_loss", best_mode="min")
+
+
+# The source scripts' argument names -> ours.
+SOURCE_ALIASES = {
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "learning_rate": "train.lr",
+    "num_past_frames": "data.num_past",
+    "num_sequences": "data.train_sequences",
+    "embed_dim": "model.embed_dim",
+    "num_layers": "model.num_layers",
+    "num_heads": "model.num_heads",
+}
+
+
+@dataclass
+class WorldModelConfig:
+    aliases = SOURCE_ALIASES
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    train: TrainConfig = field(default_factory=_default_train)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# --- the recipe --------------------------------------------------------------------------------------
+class MovingMnistWorldModelRecipe(Recipe):
+    name = "mmnist-wm"
+    aliases = ("train_mnist_fast", "train_mnist_full")
+    summary = "Moving MNIST world model: masked discrete diffusion (CoPilot4D), MaskGIT decoding, actions"
+    config_class = WorldModelConfig
+    default_config = Path(__file__).with_name("mmnist_wm.yaml")
+    eval_metrics = ("video",)
+    best_checkpoint_name = "epoch{epoch:03d}-val_loss{value:.4f}"
+
+    def __init__(self, config: WorldModelConfig):
+        super().__init__(config)
+        t = config.objective.tasks
+        self.objective = MaskedTokenObjective(MASK_TOKEN, config.data.num_past,
+                                              {"future": t.future, "joint": t.joint, "individual": t.individual},
+                                              tuple(config.objective.mask_ratio))
+        if config.data.num_past >= config.model.num_frames:
+            raise ConfigError(f"data.num_past={config.data.num_past} leaves no future frame of model.num_frames={config.model.num_frames}")
+
+    # --- training -------------------------------------------------------------------------------------
+    def build_datasets(self):
+        d, m = self.config.data, self.config.model
+        fields = ["tokens", "actions"]
+        train = ShardDataset(d.data_dir, "train", fields, in_memory=d.in_memory)
+        frames, height, width = train.field_shape("tokens")
+        if (height, width) != (m.frame_size, m.frame_size) or frames < m.num_frames:
+            raise ConfigError(f"{d.data_dir} holds {frames} frames of {height}x{width} tokens; the model expects "
+                              f"{m.num_frames} of {m.frame_size}x{m.frame_size} (model.num_frames / model.frame_size)")
+        test = ShardDataset(d.data_dir, "test", fields, in_memory=d.in_memory)
+        if d.train_sequences is not None:
+            train = Subset(train, range(min(d.train_sequences, len(train))))
+        return train, Subset(test, range(min(d.val_sequences, len(test))))
+
+    def build_model(self) -> SimpleVideoTransformer:
+        m = self.config.model
+        return SimpleVideoTransformer(num_levels=NUM_LEVELS, num_frames=m.num_frames, height=m.frame_size, width=m.frame_size,
+                                      embed_dim=m.embed_dim, num_layers=m.num_layers, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio)
+
+    def compute_loss(self, model, batch, ctx: StepContext):
+        frames = self.config.model.num_frames
+        tokens = batch["tokens"][:, :frames].long()
+        actions = batch["actions"][:, :frames].float()
+        # one task per step, the same on every process (all draw the same numbers from the shared generator)
+        task = self.objective.pick_task(float(torch.rand((), generator=ctx.generator)))
+        b = tokens.shape[0]
+        corrupted = self.objective.corrupt(tokens, task, ctx.rand(b, *tokens.shape[1:]), ctx.rand(b, frames, 2))
+        logits = model(corrupted.tokens, actions, corrupted.temporal_mask)
+        loss = self.objective.loss(logits, tokens, corrupted)
+        return loss, {f"loss_{task}": loss.item()}
+
+    # --- generation -----------------------------------------------------------------------------------
+    def _autocast(self, device: torch.device):
+        precision = self.config.train.precision
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None and (device.type == "cuda" or dtype == torch.bfloat16))
+
+    @torch.no_grad()
+    def predict(self, model, tokens: torch.Tensor, actions: torch.Tensor, *, num_past: int, steps: int | None = None,
+                temperature: float | None = None, confidence_noise: float | None = None, guidance: float | None = None,
+                seed: int = 0, batch_size: int = 16) -> torch.Tensor:
+        """Generates the masked frames of ``tokens`` ``(N, T, H, W)`` after ``num_past`` given ones.
+
+        ``num_past = 0`` generates whole sequences. Returns ``(N, T, H, W)`` tokens with the first
+        ``num_past`` frames unchanged.
+        """
+        s = self.config.sampling
+        steps = steps or s.steps
+        temperature = s.temperature if temperature is None else temperature
+        confidence_noise = s.confidence_noise if confidence_noise is None else confidence_noise
+        guidance = s.guidance if guidance is None else guidance
+        if guidance > 0 and self.config.objective.tasks.individual <= 0:
+            raise GenflowError("classifier-free guidance needs a model trained with the individual-frame task "
+                               "(objective.tasks.individual > 0, e.g. recipes/mmnist_wm_full.yaml)")
+        device = next(model.parameters()).device
+        generator = torch.Generator().manual_seed(seed)
+        out = []
+        for part_tokens, part_actions in zip(tokens.split(batch_size), actions.split(batch_size)):
+            x = part_tokens.long().clone()
+            x[:, num_past:] = MASK_TOKEN
+            x, a = x.to(device), part_actions.float().to(device)
+
+            def logits_fn(current: torch.Tensor) -> torch.Tensor:
+                with self._autocast(device):
+                    conditional = model(current, a, "causal").float()
+                    if guidance <= 0:
+                        return conditional
+                    unconditional = model(current, a, "identity").float()
+                return conditional + guidance * (conditional - unconditional)
+
+            out.append(maskgit_decode(logits_fn, x, MASK_TOKEN, steps=steps, temperature=temperature,
+                                      confidence_noise=confidence_noise, generator=generator).cpu())
+        return torch.cat(out)
+
+    def _test_sequences(self, split: str = "test", limit: int | None = None) -> dict[str, np.ndarray]:
+        data = load_split(self.config.data.data_dir, split, ["tokens", "actions", "frames"])
+        return {k: v[:limit] for k, v in data.items()}
+
+    # --- evaluation -----------------------------------------------------------------------------------
+    def evaluate(self, model, val_data, device):
+        """Quick pixel metrics of the decoded future on a few test sequences (32 x 32)."""
+        seqs = self._test_sequences(limit=self.config.eval.num_sequences)
+        scores = self._score(model, seqs, num_future=self.config.model.num_frames - self.config.data.num_past)
+        return {"val_mse": float(scores["model"]["mse_32"].mean()), "val_ssim": float(scores["model"]["ssim_32"].mean()),
+                "val_copy_last_mse": float(scores["copy_last"]["mse_32"].mean())}
+
+    def _score(self, model, seqs: dict[str, np.ndarray], *, num_future: int, shuffle_actions: bool = False, seed: int = 0,
+               full_resolution: bool = False, **sampling: Any) -> dict[str, Any]:
+        """Per-frame metrics ``(N, F)`` of the model and the baselines, and the predicted tokens."""
+        num_past = self.config.data.num_past
+        frames = num_past + num_future
+        if frames > min(self.config.model.num_frames, seqs["tokens"].shape[1]):
+            raise GenflowError(f"--past {num_past} + --future {num_future} exceeds the {min(self.config.model.num_frames, seqs['tokens'].shape[1])} frames "
+                               "the model and data hold")
+        tokens = torch.from_numpy(seqs["tokens"][:, :frames])
+        actions = seqs["actions"][:, :frames]
+        model_actions = actions[np.random.default_rng(seed + 1).permutation(len(actions))] if shuffle_actions else actions
+        start = time.perf_counter()
+        predicted = self.predict(model, tokens, torch.from_numpy(np.ascontiguousarray(model_actions)), num_past=num_past, seed=seed, **sampling)
+        seconds = time.perf_counter() - start
+        past = dequantise(seqs["tokens"][:, :num_past])
+        truth32 = dequantise(seqs["tokens"][:, num_past:frames])
+        pixels_per_unit = self.config.model.frame_size / 2
+        predictions = {
+            "model": dequantise(predicted[:, num_past:].numpy()),
+            "copy_last": copy_last_prediction(past, num_future),
+            "constant_velocity": constant_velocity_prediction(past, actions[:, num_past:frames], pixels_per_unit),
+            "all_black": all_black_prediction(past, num_future),
+        }
+        scores: dict[str, Any] = {"tokens": predicted, "seconds": seconds}
+        factor = seqs["frames"].shape[-1] // self.config.model.frame_size
+        truth64 = seqs["frames"][:, num_past:frames].astype(np.float32) / 255.0
+        for name, pred in predictions.items():
+            scores[name] = {"mse_32": frame_mse(pred, truth32), "psnr_32": frame_psnr(pred, truth32), "ssim_32": frame_ssim(pred, truth32)}
+            if full_resolution:
+                up = upsample_frames(pred, factor)
+                scores[name].update({"mse_64": frame_mse(up, truth64), "psnr_64": frame_psnr(up, truth64), "ssim_64": frame_ssim(up, truth64)})
+        return scores
+
+    def run_eval(self, metric, model, run_dir, device, *, split="test", limit=256, seed=0, steps=None, temperature=None,
+                 confidence_noise=None, guidance=None, future=None, shuffle_actions=False, figure=True, **_):
+        """Future-frame quality per horizon (MSE / PSNR / SSIM at 32 x 32 and upsampled to 64 x 64) of the
+        model and of three baselines on the same sequences: copy-last-frame, constant velocity (the last
+        frame shifted by the given actions), all-black."""
+        if metric != "video":
+            return super().run_eval(metric, model, run_dir, device)
+        num_future = future or (self.config.model.num_frames - self.config.data.num_past)
+        seqs = self._test_sequences(split, limit)
+        scores = self._score(model, seqs, num_future=num_future, shuffle_actions=shuffle_actions, seed=seed, full_resolution=True,
+                             steps=steps, temperature=temperature, confidence_noise=confidence_noise, guidance=guidance)
+        s = self.config.sampling
+        result: dict[str, Any] = {
+            "split": split, "sequences": len(seqs["tokens"]), "past": self.config.data.num_past, "future": num_future,
+            "steps": steps or s.steps, "temperature": s.temperature if temperature is None else temperature,
+            "guidance": s.guidance if guidance is None else guidance, "shuffled_actions": shuffle_actions,
+            "seconds": round(scores["seconds"], 2), "seconds_per_sequence": round(scores["seconds"] / len(seqs["tokens"]), 4),
+        }
+        per_horizon: dict[str, dict[str, list[float]]] = {}
+        for name in ("model", "copy_last", "constant_velocity", "all_black"):
+            for key, values in scores[name].items():
+                result[f"{name}_{key}"] = float(values.mean())
+                per_horizon.setdefault(name, {})[key] = [round(float(v), 4) for v in values.mean(axis=0)]
+        result["per_horizon"] = per_horizon
+        result["beats_baselines"] = all(
+            all(m < b for m, b in zip(per_horizon["model"]["mse_32"], per_horizon[base]["mse_32"]))
+            and all(m > b for m, b in zip(per_horizon["model"]["ssim_32"], per_horizon[base]["ssim_32"]))
+            for base in ("copy_last", "constant_velocity"))
+        if figure:
+            tag = f"video-k{result['steps']}{'-shuffled' if shuffle_actions else ''}"
+            out = Path(run_dir) / "eval"
+            plot_metrics_vs_horizon(per_horizon, out / f"{tag}.png")
+            (out / f"{tag}.md").write_text(horizon_table(per_horizon))
+            result["plot"] = str(out / f"{tag}.png")
+            result["table"] = str(out / f"{tag}.md")
+        return result
+
+    # --- pictures and sampling ------------------------------------------------------------------------
+    def save_figures(self, model, val_data, run_dir, device):
+        seqs = self._test_sequences(limit=3)
+        num_past = self.config.data.num_past
+        predicted = self.predict(model, torch.from_numpy(seqs["tokens"]), torch.from_numpy(seqs["actions"]), num_past=num_past)
+        path = Path(run_dir) / "samples.png"
+        plot_strips(dequantise(seqs["tokens"]), dequantise(predicted.numpy()), num_past, path)
+        return {"samples": path}
+
+    def sample(self, model, run_dir, device, *, n=4, past=None, future=None, steps=None, temperature=None, guidance=None,
+               confidence_noise=None, unconditional=False, out=None, seed=0, **_):
+        """PNG strips and an animated GIF (past | predicted | true) of `n` test sequences; with
+        `unconditional`, whole sequences generated from nothing (test actions)."""
+        num_past = 0 if unconditional else (self.config.data.num_past if past is None else past)
+        num_future = future or (self.config.model.num_frames - num_past)
+        frames = num_past + num_future
+        if frames > self.config.model.num_frames:
+            raise GenflowError(f"--past {num_past} + --future {num_future} exceeds the model's {self.config.model.num_frames} frames")
+        seqs = self._test_sequences(limit=n)
+        start = time.perf_counter()
+        predicted = self.predict(model, torch.from_numpy(seqs["tokens"][:, :frames]), torch.from_numpy(seqs["actions"][:, :frames]),
+                                 num_past=num_past, steps=steps, temperature=temperature, guidance=guidance,
+                                 confidence_noise=confidence_noise, seed=seed)
+        seconds = time.perf_counter() - start
+        tag = "unconditional" if unconditional else f"past{num_past}-future{num_future}"
+        out = Path(out) if out else Path(run_dir) / "samples" / f"{tag}-k{steps or self.config.sampling.steps}.png"
+        truth = dequantise(seqs["tokens"][:, :frames])
+        generated = dequantise(predicted.numpy())
+        plot_strips(truth, generated, num_past, out)
+        gif = out.with_suffix(".gif")
+        write_gif(truth, generated, num_past, gif)
+        np.savez(out.with_suffix(".npz"), tokens=predicted.numpy(), true_tokens=seqs["tokens"][:, :frames],
+                 actions=seqs["actions"][:, :frames], num_past=num_past)
+        return {"picture": out, "animation": gif, "arrays": out.with_suffix(".npz"), "sequences": len(predicted),
+                "seconds": round(seconds, 2)}
+
+    def export_graphs(self, model):
+        m = self.config.model
+        tokens = torch.randint(0, NUM_LEVELS + 1, (1, m.num_frames, m.frame_size, m.frame_size))
+        actions = torch.zeros(1, m.num_frames, 2)
+        return {"video_transformer": (model, (tokens, actions), ["tokens", "actions"], ["logits"],
+                                      {"tokens": {0: "batch"}, "actions": {0: "batch"}, "logits": {0: "batch"}})}
+
+    def model_card(self) -> dict[str, Any]:
+        return {**asdict(self.config.model), "num_levels": NUM_LEVELS, "mask_token_id": MASK_TOKEN,
+                "num_past": self.config.data.num_past, "dequantise": "level / 15"}
+
+
+# --- pictures ------------------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_strips(truth: np.ndarray, generated: np.ndarray, num_past: int, path: Path) -> None:
+    """Two rows per sequence: the true frames, then past + generated; a line marks where prediction starts."""
+    plt = _plt()
+    n, frames = generated.shape[:2]
+    fig, axes = plt.subplots(2 * n, frames, figsize=(0.6 * frames, 1.25 * n), squeeze=False)
+    for i in range(n):
+        for t in range(frames):
+            for row, video, label in ((2 * i, truth, "true"), (2 * i + 1, generated, "model")):
+                ax = axes[row, t]
+                ax.imshow(video[i, t], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                ax.set_xticks([]), ax.set_yticks([])
+                if t >= num_past and row % 2:
+                    for spine in ax.spines.values():
+                        spine.set_color("tab:red")
+                if t == 0:
+                    ax.set_ylabel(label, fontsize=6)
+            if i == 0:
+                axes[0, t].set_title(("past " if t < num_past else "future ") + str(t), fontsize=5)
+    fig.subplots_adjust(wspace=0.05, hspace=0.05, left=0.03, right=0.99, top=0.95, bottom=0.01)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_gif(truth: np.ndarray, generated: np.ndarray, num_past: int, path: Path, scale: int = 3) -> None:
+    """Animated GIF, one panel per sequence side by side: [true | model] each frame (model = truth for past frames)."""
+    from PIL import Image
+
+    n, frames, height, width = generated.shape
+    pictures = []
+    for t in range(frames):
+        row = []
+        for i in range(n):
+            pair = np.concatenate([truth[i, t], np.ones((height, 1)), generated[i, t]], axis=1)
+            row += [pair, np.ones((height, 2))]
+        canvas = (np.concatenate(row[:-1], axis=1) * 255).astype(np.uint8)
+        image = Image.fromarray(canvas).resize((canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST)
+        pictures.append(image)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=[250] * num_past + [400] * (frames - num_past) if num_past else 300, loop=0)
+
+
+def horizon_table(per_horizon: dict[str, dict[str, list[float]]]) -> str:
+    """Markdown: one row per predictor and metric, one column per future frame, then the mean."""
+    horizons = len(next(iter(per_horizon.values()))["mse_32"])
+    lines = ["| predictor | metric | " + " | ".join(str(h + 1) for h in range(horizons)) + " | mean |",
+             "|---|---|" + "---|" * (horizons + 1)]
+    for metric in ("mse_32", "psnr_32", "ssim_32", "mse_64", "psnr_64", "ssim_64"):
+        for name, values in per_horizon.items():
+            if metric in values:
+                row = values[metric]
+                lines.append(f"| {name} | {metric} | " + " | ".join(f"{v:.3g}" for v in row) + f" | {np.mean(row):.3g} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_metrics_vs_horizon(per_horizon: dict[str, dict[str, list[float]]], path: Path) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    for ax, metric, label in zip(axes, ("mse_32", "psnr_32", "ssim_32"), ("MSE per frame (32x32)", "PSNR (dB)", "SSIM")):
+        for name, values in per_horizon.items():
+            ax.plot(range(1, len(values[metric]) + 1), values[metric], marker="o", ms=3, label=name)
+        ax.set_xlabel("frames ahead"), ax.set_title(label, fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,163 @@
+"""mmnist-wm end to end on a few generated sequences with a tiny video transformer."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from genflow.cli import main
+from genflow.config import load_config
+from genflow.engine.metrics_log import read_metrics
+from genflow.engine.recipe import StepContext, get_recipe
+from genflow.engine.run_dir import load_run
+
+FRAMES, PAST = 6, 3
+TINY = [f"model.num_frames={FRAMES}", f"data.num_past={PAST}", "model.embed_dim=32", "model.num_layers=1", "model.num_heads=2",
+        "train.batch_size=4", "train.lr=0.003", "train.log_every=1", "sampling.steps=3", "eval.num_sequences=4",
+        "data.val_sequences=8"]
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def mmnist_data(tmp_path_factory, tiny_mnist_npz):
+    out = tmp_path_factory.mktemp("mmnist") / "data"
+    assert main(["data", "make-moving-mnist", "--sequences", "24", "--test-sequences", "8", "--frames", str(FRAMES),
+                 "--out", str(out), "--source", str(tiny_mnist_npz)]) == 0
+    return out
+
+
+def _train(runs, data, name, *extra, recipe="mmnist-wm"):
+    code = main(["train", recipe, "--runs-dir", str(runs), "--name", name, "--no-progress", f"data.data_dir={data}", *TINY, *extra])
+    assert code == 0
+    return runs / "mmnist-wm" / name
+
+
+@pytest.fixture(scope="module")
+def fast_run(tmp_path_factory, mmnist_data):
+    return _train(tmp_path_factory.mktemp("runs"), mmnist_data, "fast", "train.epochs=4")
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, mmnist_data):
+    tasks = ["objective.tasks.future=0.5", "objective.tasks.joint=0.4", "objective.tasks.individual=0.1"]
+    return _train(tmp_path_factory.mktemp("runs"), mmnist_data, "full", "train.epochs=1", *tasks)
+
+
+def test_loss_goes_down_on_a_fixed_batch(mmnist_data):
+    cls = get_recipe("mmnist-wm")
+    recipe = cls(load_config(cls.config_class, cls.default_config, [f"data.data_dir={mmnist_data}", *TINY]))
+    train, _ = recipe.build_datasets()
+    batch = {k: torch.stack([train[i][k] for i in range(4)]) for k in ("tokens", "actions")}
+    torch.manual_seed(0)
+    model = recipe.build_model()
+    optimizer = torch.optim.Adam(model.parameters(), 3e-3)
+    losses = []
+    for step in range(30):
+        ctx = StepContext(step=step, micro_step=step, epoch=0, device=torch.device("cpu"), generator=torch.Generator().manual_seed(step))
+        loss, _ = recipe.compute_loss(model, batch, ctx)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+
+
+def test_training_logs_validation_and_quick_video_metrics(fast_run):
+    val = [r for r in read_metrics(fast_run) if r["kind"] == "val"]
+    assert len(val) == 4 and all({"val_loss", "val_mse", "val_ssim", "val_copy_last_mse"} <= set(r) for r in val)
+    assert val[-1]["val_loss"] < val[0]["val_loss"]
+    assert (fast_run / "samples.png").is_file() and (fast_run / "checkpoints" / "best.pt").is_file()
+
+
+def test_source_argument_names_work(mmnist_data):
+    cls = get_recipe("train_mnist_fast")
+    config = load_config(cls.config_class, cls.default_config, ["learning_rate=0.001", "batch_size=8", "epochs=3",
+                                                                "num_past_frames=5", "num_sequences=100"])
+    assert (config.train.lr, config.train.batch_size, config.train.epochs) == (0.001, 8, 3)
+    assert (config.data.num_past, config.data.train_sequences) == (5, 100)
+
+
+def test_full_config_is_the_large_model_with_three_tasks():
+    cls = get_recipe("mmnist-wm")
+    config = load_config(cls.config_class, cls.default_config.with_name("mmnist_wm_full.yaml"))
+    model = cls(config).build_model()
+    assert 14.3e6 < sum(p.numel() for p in model.parameters()) < 14.9e6
+    tasks = config.objective.tasks
+    assert (tasks.future, tasks.joint, tasks.individual) == (0.5, 0.4, 0.1)
+
+
+def test_sample_writes_strips_and_gif_and_keeps_the_past(capsys, fast_run, mmnist_data, tmp_path):
+    out = tmp_path / "strip.png"
+    code, stdout, _ = run(capsys, "sample", fast_run, "--n", "2", "--past", PAST, "--future", FRAMES - PAST, "--steps", "2",
+                          "--temperature", "0.5", "--out", out)
+    assert code == 0 and out.is_file() and out.with_suffix(".gif").is_file()
+    arrays = np.load(out.with_suffix(".npz"))
+    assert arrays["tokens"].shape == (2, FRAMES, 32, 32) and arrays["tokens"].max() < 16
+    np.testing.assert_array_equal(arrays["tokens"][:, :PAST], arrays["true_tokens"][:, :PAST])
+
+
+def test_unconditional_sampling_generates_whole_sequences(capsys, full_run, tmp_path):
+    out = tmp_path / "uncond.png"
+    code, _, _ = run(capsys, "sample", full_run, "--n", "2", "--unconditional", "--steps", "2", "--out", out)
+    assert code == 0
+    tokens = np.load(out.with_suffix(".npz"))["tokens"]
+    assert tokens.shape == (2, FRAMES, 32, 32) and tokens.max() < 16
+
+
+def test_eval_video_reports_every_horizon_and_the_baselines(capsys, fast_run):
+    code, out, _ = run(capsys, "eval", "video", fast_run, "--json", "--limit", "4", "--steps", "2")
+    assert code == 0
+    result = json.loads(out)
+    for name in ("model", "copy_last", "constant_velocity", "all_black"):
+        for metric in ("mse_32", "psnr_32", "ssim_32", "mse_64", "psnr_64", "ssim_64"):
+            assert len(result["per_horizon"][name][metric]) == FRAMES - PAST
+    assert result["all_black_mse_32"] > 0 and isinstance(result["beats_baselines"], bool)
+    assert (fast_run / "eval" / "video-k2.png").is_file() and (fast_run / "eval" / "video-k2.md").is_file()
+
+
+def test_eval_with_shuffled_actions_changes_the_prediction(capsys, fast_run):
+    results = []
+    for extra in ([], ["--shuffle-actions"]):
+        code, out, _ = run(capsys, "eval", "video", fast_run, "--json", "--limit", "8", "--steps", "1", "--temperature", "0", *extra)
+        assert code == 0
+        results.append(json.loads(out))
+    assert results[1]["shuffled_actions"] and results[0]["copy_last_mse_32"] == results[1]["copy_last_mse_32"]
+
+
+def test_guidance_needs_the_unconditional_task(capsys, fast_run, full_run, tmp_path):
+    code, _, err = run(capsys, "sample", fast_run, "--guidance", "2", "--out", tmp_path / "g.png")
+    assert code == 2 and "objective.tasks.individual" in err and "Traceback" not in err
+    code, _, _ = run(capsys, "sample", full_run, "--guidance", "2", "--steps", "2", "--n", "1", "--out", tmp_path / "g.png")
+    assert code == 0
+
+
+def test_frame_size_mismatch_is_a_clear_error(capsys, tmp_path, mmnist_data):
+    code, _, err = run(capsys, "train", "mmnist-wm", f"data.data_dir={mmnist_data}", *TINY, "model.frame_size=16", "--runs-dir", tmp_path)
+    assert code == 2 and "model.frame_size" in err
+
+
+def test_missing_dataset_is_a_clear_error(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "mmnist-wm", f"data.data_dir={tmp_path / 'nowhere'}", "--runs-dir", tmp_path)
+    assert code == 2 and "nowhere" in err
+
+
+def test_resume_continues_from_the_last_checkpoint(capsys, tmp_path, mmnist_data):
+    run_dir = _train(tmp_path, mmnist_data, "r", "train.epochs=1")
+    code, _, _ = run(capsys, "train", "mmnist-wm", "train.epochs=2", "--resume", run_dir, "--runs-dir", tmp_path, "--no-progress")
+    assert code == 0
+    assert [r["epoch"] for r in read_metrics(run_dir) if r["kind"] == "val"] == [1, 2]
+
+
+def test_export_safetensors_and_onnx(capsys, fast_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    code, out, _ = run(capsys, "export", fast_run, "--format", "onnx", "--out", tmp_path)
+    assert code == 0 and (tmp_path / "video_transformer.onnx").is_file() and "max |onnx - torch|" in out
+    code, _, _ = run(capsys, "export", fast_run, "--out", tmp_path / "st")
+    assert code == 0 and any((tmp_path / "st").glob("*.safetensors"))
+    assert load_run(fast_run).config.model.embed_dim == 32
