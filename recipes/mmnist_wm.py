@@ -218,20 +218,23 @@ class MovingMnistWorldModelRecipe(Recipe):
         generator = torch.Generator().manual_seed(seed)
         out = []
         for part_tokens, part_actions in zip(tokens.split(batch_size), actions.split(batch_size)):
-            x = part_tokens.long().clone()
-            x[:, num_past:] = MASK_TOKEN
-            x, a = x.to(device), part_actions.float().to(device)
+            given, a = part_tokens.long().to(device), part_actions.float().to(device)
+            future_actions = a[:, num_past:]
+            with self._autocast(device):  # the past is clean and causal: computed once, not at every step
+                past = model.encode_past(given[:, :num_past], a[:, :num_past]) if num_past > 0 else None
 
             def logits_fn(current: torch.Tensor) -> torch.Tensor:
                 with self._autocast(device):
-                    conditional = model(current, a, "causal").float()
+                    conditional = model(current, future_actions, "causal", past=past).float()
                     if guidance <= 0:
                         return conditional
-                    unconditional = model(current, a, "identity").float()
+                    unconditional = model(current, future_actions, "identity", first_frame=num_past).float()
                 return conditional + guidance * (conditional - unconditional)
 
-            out.append(maskgit_decode(logits_fn, x, MASK_TOKEN, steps=steps, temperature=temperature,
-                                      confidence_noise=confidence_noise, generator=generator).cpu())
+            masked = torch.full_like(given[:, num_past:], MASK_TOKEN)
+            future = maskgit_decode(logits_fn, masked, MASK_TOKEN, steps=steps, temperature=temperature,
+                                    confidence_noise=confidence_noise, generator=generator)
+            out.append(torch.cat([given[:, :num_past], future], dim=1).cpu())
         return torch.cat(out)
 
     def _test_sequences(self, split: str = "test", limit: int | None = None) -> dict[str, np.ndarray]:
@@ -356,12 +359,23 @@ class MovingMnistWorldModelRecipe(Recipe):
         m = self.config.model
         tokens = torch.randint(0, NUM_LEVELS + 1, (1, m.num_frames, m.frame_size, m.frame_size))
         actions = torch.zeros(1, m.num_frames, 2)
-        return {"video_transformer": (model, (tokens, actions), ["tokens", "actions"], ["logits"],
+        return {"video_transformer": (CausalLogits(model), (tokens, actions), ["tokens", "actions"], ["logits"],
                                       {"tokens": {0: "batch"}, "actions": {0: "batch"}, "logits": {0: "batch"}})}
 
     def model_card(self) -> dict[str, Any]:
         return {**asdict(self.config.model), "num_levels": NUM_LEVELS, "mask_token_id": MASK_TOKEN,
                 "num_past": self.config.data.num_past, "dequantise": "level / 15"}
+
+
+class CausalLogits(nn.Module):
+    """The network as a two-input graph (tokens, actions) -> logits under the causal temporal mask."""
+
+    def __init__(self, model: SimpleVideoTransformer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return self.model(tokens, actions, "causal")
 
 
 # --- pictures ------------------------------------------------------------------------------------------

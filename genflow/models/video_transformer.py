@@ -16,6 +16,7 @@ The temporal mask decides what a frame may see:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 
 from genflow.errors import ConfigError
 
-__all__ = ["SimpleVideoTransformer", "TemporalMask", "temporal_attention_mask"]
+__all__ = ["PastFrames", "SimpleVideoTransformer", "TemporalMask", "temporal_attention_mask"]
 
 TemporalMask = Literal["causal", "full", "identity"]
 TEMPORAL_MASKS = ("causal", "full", "identity")
@@ -63,16 +64,23 @@ class _SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """``x (B, L, D)``; ``mask (L, L)`` bool, True = may attend."""
+    def forward(self, x: Tensor, mask: Tensor | None = None, cached: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """``x (B, L, D)``; ``mask (L, S)`` bool, True = may attend; ``cached``: keys and values
+        ``(B, heads, S - L, D / heads)`` of earlier positions, attended before ``x``'s own.
+
+        Returns the output ``(B, L, D)`` and ``x``'s own keys and values (for a later cache).
+        """
         batch, length, dim = x.shape
         qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
-        query, key, value = qkv[0], qkv[1], qkv[2]
+        query, own_key, own_value = qkv[0], qkv[1], qkv[2]
+        key, value = own_key, own_value
+        if cached is not None:
+            key, value = torch.cat([cached[0].to(key.dtype), key], dim=2), torch.cat([cached[1].to(value.dtype), value], dim=2)
         if self.upcast_on_cpu and query.device.type == "cpu" and query.dtype != torch.float32:
             # PyTorch's CPU flash kernel is ~5x slower in bf16 than in fp32 on short sequences (measured).
             query, key, value = query.float(), key.float(), value.float()
         attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask).to(qkv.dtype)
-        return self.out(attended.transpose(1, 2).reshape(batch, length, dim))
+        return self.out(attended.transpose(1, 2).reshape(batch, length, dim)), (own_key, own_value)
 
 
 class SpatioTemporalBlock(nn.Module):
@@ -88,15 +96,19 @@ class SpatioTemporalBlock(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
-    def forward(self, x: Tensor, temporal_mask: Tensor | None) -> Tensor:
-        """``x (B, T, N, D)`` -> same shape."""
+    def forward(self, x: Tensor, temporal_mask: Tensor | None, cached: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """``x (B, T, N, D)`` -> same shape, and the temporal keys/values of these frames.
+
+        ``cached``: temporal keys/values ``(B * N, heads, P, D / heads)`` of ``P`` earlier frames.
+        """
         batch, frames, tokens, dim = x.shape
         spatial = x.reshape(batch * frames, tokens, dim)
-        spatial = spatial + self.spatial_attention(self.spatial_norm(spatial))
+        spatial = spatial + self.spatial_attention(self.spatial_norm(spatial))[0]
         temporal = spatial.reshape(batch, frames, tokens, dim).transpose(1, 2).reshape(batch * tokens, frames, dim)
-        temporal = temporal + self.temporal_attention(self.temporal_norm(temporal), temporal_mask)
+        attended, kv = self.temporal_attention(self.temporal_norm(temporal), temporal_mask, cached)
+        temporal = temporal + attended
         temporal = temporal + self.mlp(self.mlp_norm(temporal))
-        return temporal.reshape(batch, tokens, frames, dim).transpose(1, 2)
+        return temporal.reshape(batch, tokens, frames, dim).transpose(1, 2), kv
 
 
 class SimpleVideoTransformer(nn.Module):
@@ -142,28 +154,69 @@ class SimpleVideoTransformer(nn.Module):
         self.head_norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_levels)
 
-    def forward(self, tokens: Tensor, actions: Tensor, temporal_mask: TemporalMask = "causal") -> Tensor:
+    def forward(self, tokens: Tensor, actions: Tensor, temporal_mask: TemporalMask = "causal", past: PastFrames | None = None,
+                first_frame: int = 0) -> Tensor:
         """Logits of every token's level.
 
         Args:
             tokens: ``(B, T, H, W)`` integer ids in ``[0, V]`` (``V`` = mask).
             actions: ``(B, T, action_dim)``.
             temporal_mask: ``"causal" | "full" | "identity"`` (see module docstring).
+            past: Cached earlier frames from :meth:`encode_past` (causal mask only): ``tokens`` are
+                then the frames that follow them, and see them as a causal model would.
+            first_frame: Index of ``tokens``' first frame in the sequence (its temporal position),
+                without ``past``; e.g. unconditional logits of the future frames alone.
 
         Returns:
             ``(B, T, H, W, V)`` logits (float32).
         """
+        logits, _ = self._run(tokens, actions, temporal_mask, past, first_frame)
+        return logits
+
+    @torch.no_grad()
+    def encode_past(self, tokens: Tensor, actions: Tensor) -> PastFrames:
+        """Runs clean past frames ``(B, P, H, W)`` once (causal), keeping what later frames attend to.
+
+        Under the causal mask nothing in the past depends on later frames, so decoding the future
+        step by step can reuse this instead of recomputing the past at every step.
+        """
+        _, cache = self._run(tokens, actions, "causal", None, 0, keep_cache=True)
+        return cache
+
+    def _run(self, tokens: Tensor, actions: Tensor, temporal_mask: TemporalMask, past: PastFrames | None, first_frame: int,
+             keep_cache: bool = False) -> tuple[Tensor | None, PastFrames | None]:
         batch, frames, height, width = tokens.shape
-        if frames > self.num_frames or (height, width) != (self.height, self.width):
+        if past is not None:
+            if temporal_mask != "causal":
+                raise ConfigError("cached past frames need the causal temporal mask")
+            first_frame = past.num_frames
+        if first_frame + frames > self.num_frames or (height, width) != (self.height, self.width):
             raise ConfigError(
                 f"model expects at most {self.num_frames} frames of {self.height}x{self.width} tokens, "
-                f"got {frames} of {height}x{width}"
+                f"got {first_frame + frames} of {height}x{width}"
             )
         x = self.token_embedding(tokens.reshape(batch, frames, height * width))
-        x = x + self.spatial_position + self.temporal_position[:frames, None, :]
+        x = x + self.spatial_position + self.temporal_position[first_frame : first_frame + frames, None, :]
         x = x + self.action_projection(actions.to(x.dtype))[:, :, None, :]
-        mask = temporal_attention_mask(temporal_mask, frames, tokens.device)
-        for block in self.blocks:
-            x = block(x, mask)
+        if past is None:
+            mask = temporal_attention_mask(temporal_mask, frames, tokens.device)
+        else:  # new frame i sees every cached frame and new frames <= i
+            mask = torch.ones(frames, past.num_frames + frames, dtype=torch.bool, device=tokens.device)
+            mask[:, past.num_frames :] = torch.ones(frames, frames, dtype=torch.bool, device=tokens.device).tril()
+        kept = []
+        for index, block in enumerate(self.blocks):
+            x, kv = block(x, mask, past.keys_values[index] if past is not None else None)
+            if keep_cache:
+                kept.append(kv)
+        if keep_cache:
+            return None, PastFrames(kept, frames)
         logits = self.head(self.head_norm(x)).float()
-        return logits.reshape(batch, frames, height, width, self.num_levels)
+        return logits.reshape(batch, frames, height, width, self.num_levels), None
+
+
+@dataclass
+class PastFrames:
+    """Per-layer temporal keys and values ``(B * H * W, heads, P, D / heads)`` of ``P`` clean past frames."""
+
+    keys_values: list[tuple[Tensor, Tensor]]
+    num_frames: int
