@@ -115,3 +115,16 @@ def test_temporal_mask_matrices():
     assert torch.equal(temporal_attention_mask("causal", 3), torch.tensor([[1, 0, 0], [1, 1, 0], [1, 1, 1]], dtype=torch.bool))
     assert torch.equal(temporal_attention_mask("identity", 3), torch.eye(3, dtype=torch.bool))
     assert temporal_attention_mask("full", 3) is None
+
+
+def test_cached_past_frames_give_the_same_future_logits_as_the_full_causal_pass():
+    torch.manual_seed(0)
+    model = SimpleVideoTransformer(num_frames=6, height=8, width=8, embed_dim=16, num_layers=2, num_heads=2).eval()
+    tokens, actions = torch.randint(0, 17, (2, 6, 8, 8)), torch.randn(2, 6, 2)
+    with torch.no_grad():
+        full = model(tokens, actions, "causal")
+        past = model.encode_past(tokens[:, :4], actions[:, :4])
+        cached = model(tokens[:, 4:], actions[:, 4:], "causal", past=past)
+        alone = model(tokens[:, 4:], actions[:, 4:], "identity", first_frame=4)
+    torch.testing.assert_close(cached, full[:, 4:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(alone, model(tokens, actions, "identity")[:, 4:], atol=1e-5, rtol=1e-5)
