@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= runs/digit4/demo
 DEMO_OVERRIDES ?= train.epochs=12 train.eval_every=4 train.checkpoint_every=4
 
-.PHONY: install demo demo-namo namo-data test test-fast bench clean-demo
+.PHONY: install demo demo-namo namo-data demo-mmnist mmnist-data test test-fast bench clean-demo
 
 # torch is installed first and pinned so pip does not pull a multi-GB CUDA build on CPU machines;
 # GPU users: `make install TORCH=torch` (or any torch>=2.4 build) .
@@ -40,6 +40,16 @@ demo-namo: namo-data
 	$(VENV)/bin/genflow eval namo runs/namo-fm/demo
 	$(VENV)/bin/genflow eval namo runs/namo-diffusion/demo
 	$(VENV)/bin/genflow eval compare runs/namo-fm/demo runs/namo-diffusion/demo --out runs/namo-compare
+
+# Moving MNIST world model: 4000 + 1000 sequences, the "fast" model with its default config (~1 h on 2 CPU cores).
+mmnist-data: install
+	test -f datasets/mmnist/manifest.json || $(VENV)/bin/genflow data make-moving-mnist --out datasets/mmnist --overwrite
+
+demo-mmnist: mmnist-data
+	rm -rf runs/mmnist-wm/demo
+	$(VENV)/bin/genflow train mmnist-wm --name demo
+	$(VENV)/bin/genflow sample runs/mmnist-wm/demo --n 4
+	$(VENV)/bin/genflow eval video runs/mmnist-wm/demo --limit 200
 
 test: install
 	bash .ci/pytest.sh

@@ -282,7 +282,7 @@ class MovingMnistWorldModelRecipe(Recipe):
                 scores[name].update({"mse_64": frame_mse(up, truth64), "psnr_64": frame_psnr(up, truth64), "ssim_64": frame_ssim(up, truth64)})
         return scores
 
-    def run_eval(self, metric, model, run_dir, device, *, split="test", limit=256, seed=0, steps=None, temperature=None,
+    def run_eval(self, metric, model, run_dir, device, *, split="test", limit=200, seed=0, steps=None, temperature=None,
                  confidence_noise=None, guidance=None, future=None, shuffle_actions=False, figure=True, **_):
         """Future-frame quality per horizon (MSE / PSNR / SSIM at 32 x 32 and upsampled to 64 x 64) of the
         model and of three baselines on the same sequences: copy-last-frame, constant velocity (the last
