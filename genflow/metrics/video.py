@@ -16,7 +16,7 @@ import numpy as np
 __all__ = [
     "PSNR_CAP_DB",
     "all_black_prediction",
-    "constant_velocity_prediction",
+    "shifted_last_frame_prediction",
     "copy_last_prediction",
     "frame_mse",
     "frame_psnr",
@@ -71,8 +71,11 @@ def all_black_prediction(past: np.ndarray, num_future: int) -> np.ndarray:
     return np.zeros((past.shape[0], num_future, *past.shape[2:]), dtype=past.dtype)
 
 
-def constant_velocity_prediction(past: np.ndarray, future_actions: np.ndarray, pixels_per_unit: float) -> np.ndarray:
-    """The last past frame shifted by the cumulative future actions (the tracked digit's motion).
+def shifted_last_frame_prediction(past: np.ndarray, future_actions: np.ndarray, pixels_per_unit: float) -> np.ndarray:
+    """The last past frame shifted by cumulative per-frame displacements (actions).
+
+    A constant-velocity predictor passes the last observed action at every step; passing the true
+    future actions moves the frame exactly as the tracked digit moves.
 
     Args:
         past: ``(N, P, H, W)`` frames.

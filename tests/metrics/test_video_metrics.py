@@ -6,7 +6,7 @@ import pytest
 from genflow.metrics.video import (
     PSNR_CAP_DB,
     all_black_prediction,
-    constant_velocity_prediction,
+    shifted_last_frame_prediction,
     copy_last_prediction,
     frame_mse,
     frame_psnr,
@@ -64,7 +64,7 @@ def test_constant_velocity_shifts_one_pixel_right_per_frame_with_black_fill():
     """Action dx = 1/16 in 32 px frames (16 px per unit) moves the last frame 1 px right per future frame."""
     past = smooth_frames(n=1, t=2, size=32)
     actions = np.tile([1 / 16, 0.0], (1, 3, 1))
-    out = constant_velocity_prediction(past, actions, pixels_per_unit=16)
+    out = shifted_last_frame_prediction(past, actions, pixels_per_unit=16)
     last = past[0, -1]
     assert out.shape == (1, 3, 32, 32) and out.dtype == past.dtype
     for f in range(3):
@@ -75,14 +75,14 @@ def test_constant_velocity_shifts_one_pixel_right_per_frame_with_black_fill():
 
 def test_constant_velocity_shifts_up_and_left_for_negative_actions():
     past = smooth_frames(n=1, t=1, size=32)
-    out = constant_velocity_prediction(past, np.array([[[-2 / 16, -1 / 16]]]), pixels_per_unit=16)
+    out = shifted_last_frame_prediction(past, np.array([[[-2 / 16, -1 / 16]]]), pixels_per_unit=16)
     np.testing.assert_array_equal(out[0, 0, :-1, :-2], past[0, -1, 1:, 2:])
     assert not out[0, 0, -1:, :].any() and not out[0, 0, :, -2:].any()
 
 
 def test_constant_velocity_beyond_the_canvas_is_black():
     past = smooth_frames(n=1, t=1, size=32)
-    out = constant_velocity_prediction(past, np.array([[[3.0, 0.0]]]), pixels_per_unit=16)  # 48 px
+    out = shifted_last_frame_prediction(past, np.array([[[3.0, 0.0]]]), pixels_per_unit=16)  # 48 px
     assert not out.any()
 
 
