@@ -60,3 +60,5 @@ bench: install
 	$(PY) benchmarks/bench_train.py
 	$(MAKE) namo-data
 	$(PY) benchmarks/bench_namo_loader.py
+	$(MAKE) mmnist-data
+	$(PY) benchmarks/bench_mmnist_baselines.py
