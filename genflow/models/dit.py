@@ -25,22 +25,23 @@ from genflow.models.embeddings import TimestepMLP
 __all__ = ["DiT", "DiTBlock", "sincos_position_embedding_2d"]
 
 
-def sincos_position_embedding_2d(dim: int, grid_size: int) -> Tensor:
-    """Fixed 2-D sin/cos position features of a square grid of tokens (row-major, as the patches).
+def sincos_position_embedding_2d(dim: int, grid_size: int, width: int | None = None) -> Tensor:
+    """Fixed 2-D sin/cos position features of a grid of tokens (row-major, as the patches).
 
     Half of the features encode the row, half the column, each with 1-D transformer sinusoids.
 
     Args:
         dim: Feature size, divisible by 4.
-        grid_size: Tokens per side ``G``.
+        grid_size: Tokens per side ``G`` (rows).
+        width: Tokens per row if the grid is not square (default ``G``).
 
     Returns:
-        Features, shape ``(G * G, dim)``, float32.
+        Features, shape ``(G * width, dim)``, float32.
     """
     quarter = dim // 4
     frequencies = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
-    coords = torch.arange(grid_size, dtype=torch.float64)
-    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+    rows, cols = torch.meshgrid(torch.arange(grid_size, dtype=torch.float64),
+                                torch.arange(width or grid_size, dtype=torch.float64), indexing="ij")
 
     def encode(positions: Tensor) -> Tensor:
         angles = positions.reshape(-1, 1) * frequencies[None, :]

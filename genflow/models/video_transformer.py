@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genflow.errors import ConfigError
+from genflow.models.dit import sincos_position_embedding_2d
+from genflow.models.embeddings import SinusoidalTimeEmbedding
 
 __all__ = ["PastFrames", "SimpleVideoTransformer", "TemporalMask", "temporal_attention_mask"]
 
@@ -40,20 +42,6 @@ def temporal_attention_mask(kind: TemporalMask, num_frames: int, device: torch.d
     if kind == "identity":
         return torch.eye(num_frames, dtype=torch.bool, device=device)
     raise ConfigError(f"temporal mask must be one of {', '.join(TEMPORAL_MASKS)}, got '{kind}'")
-
-
-def _sincos_1d(dim: int, positions: Tensor) -> Tensor:
-    """Transformer sinusoids of ``positions`` ``(L,)`` -> ``(L, dim)`` float32 (dim even)."""
-    half = dim // 2
-    frequencies = 1.0 / 10000 ** (torch.arange(half, dtype=torch.float64) / half)
-    angles = positions.reshape(-1, 1) * frequencies[None, :]
-    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1).float()
-
-
-def _sincos_2d(dim: int, height: int, width: int) -> Tensor:
-    """Row features in the first half, column features in the second: ``(H * W, dim)``, row-major."""
-    rows, cols = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64), indexing="ij")
-    return torch.cat([_sincos_1d(dim // 2, rows), _sincos_1d(dim - dim // 2, cols)], dim=1)
 
 
 class _SelfAttention(nn.Module):
@@ -148,8 +136,9 @@ class SimpleVideoTransformer(nn.Module):
         self.action_projection = nn.Linear(action_dim, embed_dim)
         # Learned positions, started from sin/cos features: a random start must first discover the 2-D
         # layout that shifting digits needs, which costs thousands of steps on a CPU budget.
-        self.spatial_position = nn.Parameter(_sincos_2d(embed_dim, height, width))
-        self.temporal_position = nn.Parameter(_sincos_1d(embed_dim, torch.arange(num_frames, dtype=torch.float64)))
+        self.spatial_position = nn.Parameter(sincos_position_embedding_2d(embed_dim, height, width))
+        frame_index = torch.arange(num_frames, dtype=torch.float32)
+        self.temporal_position = nn.Parameter(SinusoidalTimeEmbedding(embed_dim, scale=1.0)(frame_index).detach())
         self.blocks = nn.ModuleList(SpatioTemporalBlock(embed_dim, num_heads, mlp_ratio) for _ in range(num_layers))
         self.head_norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_levels)
