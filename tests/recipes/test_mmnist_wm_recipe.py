@@ -121,7 +121,7 @@ def test_eval_video_reports_every_horizon_and_the_baselines(capsys, fast_run):
     assert (fast_run / "eval" / "video-k2.png").is_file() and (fast_run / "eval" / "video-k2.md").is_file()
 
 
-def test_eval_with_shuffled_actions_changes_the_prediction(capsys, fast_run):
+def test_shuffled_actions_are_reported_and_baselines_keep_the_true_actions(capsys, fast_run):
     results = []
     for extra in ([], ["--shuffle-actions"]):
         code, out, _ = run(capsys, "eval", "video", fast_run, "--json", "--limit", "8", "--steps", "1", "--temperature", "0", *extra)
