@@ -45,6 +45,7 @@ class TrainConfig:
     epochs: int = 50
     batch_size: int = 32  # global batch per optimiser micro-step, split evenly over processes
     max_steps: int | None = None  # stop after this many optimiser steps (None: run all epochs)
+    batches_per_epoch: int | None = None  # epoch length of a streamed training set (caps a finite one)
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -68,7 +69,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         at_least_one = ("epochs", "batch_size", "grad_accum_steps", "eval_every", "checkpoint_every", "log_every")
-        for key in at_least_one + ("max_steps", "checkpoint_every_steps"):
+        for key in at_least_one + ("max_steps", "checkpoint_every_steps", "batches_per_epoch"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"config key 'train.{key}': expected an integer >= 1, got {value}")

@@ -14,8 +14,10 @@ from genflow.config import TrainConfig
 __all__ = ["build_optimizer", "build_lr_schedule", "ExponentialMovingAverage", "EpochBatchSampler"]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def build_optimizer(model: nn.Module, cfg: TrainConfig, groups: list[dict] | None = None) -> torch.optim.Optimizer:
+    """Adam / AdamW over the model's trainable parameters, or over the recipe's parameter `groups`
+    (dicts with "params" and optionally their own "lr" / "weight_decay")."""
+    params = groups if groups is not None else [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)

@@ -92,6 +92,10 @@ class Recipe:
         """Scalar loss of one (per-process) batch and extra scalars to log (e.g. loss terms)."""
         raise NotImplementedError
 
+    def parameter_groups(self, model: nn.Module) -> list[dict] | None:
+        """Optimiser parameter groups with their own "lr" / "weight_decay" (None: one group)."""
+        return None
+
     def evaluate(self, model: nn.Module, val_data: Dataset | None, device: torch.device) -> dict[str, float]:
         """Metrics beyond the validation loss, computed on the main process every `eval_every` epochs."""
         return {}

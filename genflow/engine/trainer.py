@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 import genflow
 from genflow.config import TrainConfig
@@ -59,7 +59,10 @@ def make_accelerator(precision: str) -> Accelerator:
     return Accelerator(mixed_precision=precision, cpu=on_cpu)
 
 
-def _loader(dataset: Dataset, sampler: EpochBatchSampler, cfg: TrainConfig, pin: bool) -> DataLoader:
+def _loader(dataset: Dataset, sampler: EpochBatchSampler | None, cfg: TrainConfig, pin: bool, local_batch: int) -> DataLoader:
+    if isinstance(dataset, IterableDataset):  # a stream: workers produce batches in the background
+        return DataLoader(dataset, batch_size=local_batch, num_workers=cfg.num_workers, pin_memory=pin, drop_last=True,
+                          prefetch_factor=4 if cfg.num_workers else None)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers, pin_memory=pin,
                       persistent_workers=False)
 
@@ -97,9 +100,19 @@ def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_p
 
     # --- data, model, optimiser --------------------------------------------------------------------
     train_data, val_data = recipe.build_datasets()
-    batches_per_epoch = len(train_data) // cfg.batch_size // cfg.grad_accum_steps * cfg.grad_accum_steps
+    streaming = isinstance(train_data, IterableDataset)
+    if streaming:  # an iterator of samples (simulator, generator): no length, no replay
+        if cfg.batches_per_epoch is None:
+            raise ConfigError("config key 'train.batches_per_epoch': a streamed training set has no length; "
+                              "set how many batches make an epoch")
+        batches_per_epoch = cfg.batches_per_epoch // cfg.grad_accum_steps * cfg.grad_accum_steps
+    else:
+        batches_per_epoch = len(train_data) // cfg.batch_size // cfg.grad_accum_steps * cfg.grad_accum_steps
+        if cfg.batches_per_epoch is not None:
+            batches_per_epoch = min(batches_per_epoch, cfg.batches_per_epoch // cfg.grad_accum_steps * cfg.grad_accum_steps)
     if batches_per_epoch == 0:
-        raise ConfigError(f"the training set has {len(train_data)} samples, fewer than one step of "
+        size = "the stream" if streaming else f"the training set has {len(train_data)} samples,"
+        raise ConfigError(f"{size} fewer than one step of "
                           f"train.batch_size={cfg.batch_size} x grad_accum_steps={cfg.grad_accum_steps}")
     steps_per_epoch = batches_per_epoch // cfg.grad_accum_steps
     total_steps = steps_per_epoch * cfg.epochs
@@ -109,7 +122,7 @@ def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_p
     model = recipe.build_model()
     if world > 1 and device.type == "cuda":  # batch statistics over the global batch (no-op without BatchNorm)
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg, recipe.parameter_groups(model))
     schedule = build_lr_schedule(optimizer, cfg, steps_per_epoch * cfg.epochs)
     ema = ExponentialMovingAverage(model, cfg.ema_decay) if cfg.ema_decay else None
     progress = {"epoch": 0, "batch": 0, "step": 0, "micro_step": 0}
@@ -193,16 +206,23 @@ def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_p
     # --- the loop ------------------------------------------------------------------------------------
     progress_bar = _ProgressBar(enabled=show_progress and is_main, total=total_steps, done=progress["step"], notes=is_main)
     start_time = time.perf_counter()
-    window = {"n": 0, "t": start_time, "sums": {}}  # running sums of logged values between log lines
+    window = {"n": 0, "t": start_time, "sums": {}, "data_wait_s": 0.0}  # sums of logged values between log lines
     last_metrics: dict[str, float] = {}
     model.train()
     stop = progress["step"] >= total_steps
     try:
         while not stop and progress["epoch"] < cfg.epochs:
             epoch = progress["epoch"]
-            sampler = EpochBatchSampler(len(train_data), cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=rank,
-                                        world_size=world, start_batch=progress["batch"], num_batches=batches_per_epoch)
-            for batch in _loader(train_data, sampler, cfg, pin=device.type == "cuda"):
+            sampler = None if streaming else EpochBatchSampler(
+                len(train_data), cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=rank, world_size=world,
+                start_batch=progress["batch"], num_batches=batches_per_epoch)
+            batches = iter(_loader(train_data, sampler, cfg, pin=device.type == "cuda", local_batch=cfg.batch_size // world))
+            for _ in range(batches_per_epoch - progress["batch"]):
+                wait_start = time.perf_counter()
+                batch = next(batches, None)
+                if batch is None:  # a finite stream ran out: the epoch ends here
+                    break
+                window["data_wait_s"] += time.perf_counter() - wait_start
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 is_update = (progress["micro_step"] + 1) % cfg.grad_accum_steps == 0
                 ctx = StepContext(step=progress["step"], micro_step=progress["micro_step"], epoch=epoch, device=device,
@@ -240,16 +260,19 @@ def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_p
                 if progress["step"] % cfg.log_every == 0 or progress["step"] == total_steps:
                     elapsed = time.perf_counter() - window["t"]
                     values = {**{k: v / window["n"] for k, v in window["sums"].items()}, "lr": schedule.get_last_lr()[0],
-                              "samples_per_s": window["n"] * cfg.batch_size / max(elapsed, 1e-9)}
+                              "samples_per_s": window["n"] * cfg.batch_size / max(elapsed, 1e-9),
+                              "data_wait_fraction": window["data_wait_s"] / max(elapsed, 1e-9)}
                     logger.log("train", progress["step"], epoch, values)
                     progress_bar.update(progress["step"], epoch, values)
-                    window = {"n": 0, "t": time.perf_counter(), "sums": {}}
+                    window = {"n": 0, "t": time.perf_counter(), "sums": {}, "data_wait_s": 0.0}
                 if cfg.checkpoint_every_steps and progress["step"] % cfg.checkpoint_every_steps == 0:
                     save_checkpoint("last")
                 if progress["step"] >= total_steps:
                     stop = True
                     break
 
+            if streaming and progress["batch"] != 0 and not stop:  # the stream ran out early: next epoch
+                progress["epoch"], progress["batch"] = epoch + 1, 0
             if progress["batch"] != 0:  # stopped mid-epoch (max_steps): keep the exact position
                 save_checkpoint("last")
                 break
