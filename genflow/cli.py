@@ -178,6 +178,26 @@ def make_moving_mnist_command(
     _print_info(dataset_info(out), out)
 
 
+@data_app.command("make-mnist-images")
+def make_mnist_images_command(
+    out: Optional[Path] = typer.Option(None, help="Output dataset directory (default datasets/mnist-images, "
+                                       "datasets/fashion-mnist-images with --fashion)."),
+    fashion: bool = typer.Option(False, help="Fashion-MNIST (Debian package dataset-fashion-mnist, or --source DIR)."),
+    source: Optional[Path] = typer.Option(None, help="IDX directory or .npz (default: cached / registry copy of MNIST)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing dataset."),
+) -> None:
+    """Labelled 28 x 28 images (official train / test split) -> HDF5 shards, for dtm."""
+    from genflow.data import dataset_info
+    from genflow.data.image_shards import load_image_source, make_image_shards
+
+    name = "fashion-mnist" if fashion else "mnist"
+    out = out or Path(f"datasets/{name}-images")
+    arrays = load_image_source(source, fashion=fashion)
+    make_image_shards(arrays, out, name=name, overwrite=overwrite,
+                      command=f"genflow data make-mnist-images --out {out}{' --fashion' if fashion else ''} --overwrite")
+    _print_info(dataset_info(out), out)
+
+
 @data_app.command("import-moving-mnist")
 def import_moving_mnist_command(
     npy: Path = typer.Argument(..., help="The canonical mnist_test_seq.npy, shape (T, N, 64, 64) uint8."),
@@ -327,7 +347,7 @@ def sample_command(
 
 @app.command("eval")
 def eval_command(
-    metric: str = typer.Argument(..., help="What to measure: chamfer (digit4), namo, video (mmnist-wm), or compare (several runs)."),
+    metric: str = typer.Argument(..., help="What to measure: chamfer (digit4), namo, video (mmnist-wm), dtm, or compare (several runs)."),
     run_dirs: list[Path] = typer.Argument(..., help="A run directory (several for `compare`)."),
     split: str = typer.Option("test", help="Dataset split to evaluate on."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
