@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= runs/digit4/demo
 DEMO_OVERRIDES ?= train.epochs=12 train.eval_every=4 train.checkpoint_every=4
 
-.PHONY: install demo demo-namo namo-data demo-mmnist mmnist-data test test-fast bench clean-demo
+.PHONY: install demo demo-namo namo-data demo-mmnist mmnist-data dtm-data demo-dtm demo-dtm-lunar bench-gibbs test test-fast bench clean-demo
 
 # torch is installed first and pinned so pip does not pull a multi-GB CUDA build on CPU machines;
 # GPU users: `make install TORCH=torch` (or any torch>=2.4 build) .
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,export]"
+	$(PY) -m pip install -q -e ".[dev,export,gym]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -51,6 +51,28 @@ demo-mmnist: mmnist-data
 	$(VENV)/bin/genflow sample runs/mmnist-wm/demo --n 4
 	$(VENV)/bin/genflow eval video runs/mmnist-wm/demo --limit 200
 
+# Denoising Thermodynamic Model: binarised MNIST shards, the default CPU config (~30 min on 2 cores), eval.
+dtm-data: install
+	test -f datasets/mnist-images/manifest.json || $(VENV)/bin/genflow data make-mnist-images --out datasets/mnist-images --overwrite
+
+demo-dtm: dtm-data
+	rm -rf runs/dtm/demo
+	$(VENV)/bin/genflow train dtm --name demo
+	$(VENV)/bin/genflow sample runs/dtm/demo --n 100
+	$(VENV)/bin/genflow eval dtm runs/dtm/demo
+
+# DTM from a stream of LunarLander frames (rendered by a background worker; no dataset on disk).
+demo-dtm-lunar: install
+	rm -rf runs/dtm-lunar/demo
+	SDL_VIDEODRIVER=dummy $(VENV)/bin/genflow train dtm-lunar --name demo
+
+# Gibbs sampling speed vs THRML (JAX), which lives in its own environment, never in genflow's.
+THRML_VENV ?= .venv-thrml
+bench-gibbs: install
+	test -x $(THRML_VENV)/bin/python || ( python3 -m venv $(THRML_VENV) && \
+	  $(THRML_VENV)/bin/pip install -q thrml==0.1.4 "jax[cpu]==0.10.2" jaxlib==0.10.2 numpy==2.4.6 )
+	$(PY) benchmarks/gibbs.py --thrml-python $(THRML_VENV)/bin/python
+
 test: install
 	bash .ci/pytest.sh
 
@@ -62,3 +84,4 @@ bench: install
 	$(PY) benchmarks/bench_namo_loader.py
 	$(MAKE) mmnist-data
 	$(PY) benchmarks/bench_mmnist_baselines.py
+	$(MAKE) bench-gibbs
