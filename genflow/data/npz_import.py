@@ -351,7 +351,13 @@ def import_namo_npz(
     )
 
 
-IMPORTERS: dict[str, Callable[..., ImportSummary]] = {"namo": import_namo_npz}
+def _import_hands(src_dir, out_dir, **options) -> ImportSummary:
+    from genflow.data.hands import import_hands_npz  # many poses per file: its own reader and split
+
+    return import_hands_npz(src_dir, out_dir, **options)
+
+
+IMPORTERS: dict[str, Callable[..., ImportSummary]] = {"namo": import_namo_npz, "hands": _import_hands}
 
 
 def import_npz(kind: str, src_dir: str | Path, out_dir: str | Path, **options) -> ImportSummary:
