@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= runs/digit4/demo
 DEMO_OVERRIDES ?= train.epochs=12 train.eval_every=4 train.checkpoint_every=4
 
-.PHONY: install demo demo-namo namo-data demo-mmnist mmnist-data dtm-data demo-dtm demo-dtm-lunar bench-gibbs test test-fast bench clean-demo
+.PHONY: install demo demo-namo namo-data demo-mmnist mmnist-data dtm-data demo-dtm demo-dtm-lunar bench-gibbs hands-data demo-hands test test-fast bench clean-demo
 
 # torch is installed first and pinned so pip does not pull a multi-GB CUDA build on CPU machines;
 # GPU users: `make install TORCH=torch` (or any torch>=2.4 build) .
@@ -65,6 +65,17 @@ demo-dtm: dtm-data
 demo-dtm-lunar: install
 	rm -rf runs/dtm-lunar/demo
 	SDL_VIDEODRIVER=dummy $(VENV)/bin/genflow train dtm-lunar --name demo
+
+# Hand pose VAE priors: 200k procedural poses, both model types (100 epochs each, minutes on 2 cores), eval.
+hands-data: install
+	test -f datasets/hands/manifest.json || $(VENV)/bin/genflow data make-hands --out datasets/hands --overwrite
+
+demo-hands: hands-data
+	rm -rf runs/hand-vae/demo-standard runs/hand-vae/demo-so3
+	$(VENV)/bin/genflow train hand-vae --name demo-standard
+	$(VENV)/bin/genflow train hand-vae --name demo-so3 model_type=so3
+	$(VENV)/bin/genflow eval hands runs/hand-vae/demo-standard
+	$(VENV)/bin/genflow eval hands runs/hand-vae/demo-so3
 
 # Gibbs sampling speed vs THRML (JAX), which lives in its own environment, never in genflow's.
 THRML_VENV ?= .venv-thrml

@@ -124,7 +124,7 @@ def make_namo(scenes: int = typer.Option(3000, min=1, help="How many scenes."),
 
 @data_app.command("import-npz")
 def import_npz_command(src: Path = typer.Argument(..., help="Directory of .npz files (searched recursively)."),
-                       kind: str = typer.Option(..., help="What the files hold: namo."),
+                       kind: str = typer.Option(..., help="What the files hold: namo, hands."),
                        out: Optional[Path] = typer.Option(None, help="Output dataset directory (default datasets/<kind>)."),
                        image_size: int = typer.Option(64, min=8, help="Side of the resized masks."),
                        val_fraction: float = typer.Option(0.1, min=0.0, max=0.9, help="Fraction of files for the test split."),
@@ -195,6 +195,21 @@ def make_mnist_images_command(
     arrays = load_image_source(source, fashion=fashion)
     make_image_shards(arrays, out, name=name, overwrite=overwrite,
                       command=f"genflow data make-mnist-images --out {out}{' --fashion' if fashion else ''} --overwrite")
+    _print_info(dataset_info(out), out)
+
+
+@data_app.command("make-hands")
+def make_hands_command(
+    n: int = typer.Option(200_000, "--n", min=10, help="How many two-hand poses."),
+    out: Path = typer.Option(Path("datasets/hands"), help="Output dataset directory."),
+    seed: int = typer.Option(0, help="Seed of poses and split."),
+    overwrite: bool = typer.Option(False, help="Replace an existing dataset."),
+) -> None:
+    """Procedural MANO-style two-hand poses (joint limits, finger synergies, grasp families) -> shards."""
+    from genflow.data import dataset_info
+    from genflow.data.hands import make_hands_dataset
+
+    make_hands_dataset(out, n, seed, overwrite=overwrite, command=f"genflow data make-hands --n {n} --out {out} --overwrite")
     _print_info(dataset_info(out), out)
 
 
@@ -306,7 +321,13 @@ def _source_trainer_overrides(overrides: list[str], gpus: int) -> tuple[list[str
                 gpus = max(gpus, torch.cuda.device_count())
                 if gpus < 2:
                     raise GenflowError("trainer=multi_gpu: no CUDA GPUs here; pass --gpus N for N CPU processes")
-        elif key == "trainer.devices":
+        elif key in ("accelerator", "strategy") and value in ("gpu", "cuda", "cpu", "auto", "ddp"):
+            # Lightning flags of the source: the engine picks the device and uses DDP for N processes
+            import torch
+
+            if value in ("gpu", "cuda") and not torch.cuda.is_available():
+                raise GenflowError(f"{key}={value}: no CUDA GPU here; leave it out to train on the CPU")
+        elif key in ("trainer.devices", "devices"):
             if not value.isdigit() or int(value) < 1:
                 raise GenflowError(f"trainer.devices={value!r}: expected a number of GPUs >= 1")
             gpus = int(value)
@@ -331,6 +352,7 @@ def sample_command(
     future: Optional[int] = typer.Option(None, min=1, help="mmnist-wm: frames to predict (default: the rest)."),
     temperature: Optional[float] = typer.Option(None, min=0.0, help="mmnist-wm: token sampling temperature (0 = most likely)."),
     guidance: Optional[float] = typer.Option(None, min=0.0, help="mmnist-wm: classifier-free guidance weight (full model)."),
+    energy: Optional[Path] = typer.Option(None, help="hand-vae: energies of the poses in this MANO-style npz instead of sampling."),
     seed: int = typer.Option(0, help="Seed of the sampling noise."),
     checkpoint: str = typer.Option("best", help="best | last | epoch_XXXX."),
 ) -> None:
@@ -339,7 +361,7 @@ def sample_command(
 
     run = load_run(run_dir, checkpoint, device=_device())
     options = _given(steps=steps, solver=solver, samples_per_scene=samples_per_scene, past=past, future=future,
-                     temperature=temperature, guidance=guidance)
+                     temperature=temperature, guidance=guidance, energy=str(energy) if energy else None)
     result = run.recipe.sample(run.model, run.run_dir, _device(), n=n, out=out, unconditional=unconditional, seed=seed, **options)
     for key, value in result.items():
         console.print(f"{key}: {value}")
@@ -347,7 +369,7 @@ def sample_command(
 
 @app.command("eval")
 def eval_command(
-    metric: str = typer.Argument(..., help="What to measure: chamfer (digit4), namo, video (mmnist-wm), dtm, or compare (several runs)."),
+    metric: str = typer.Argument(..., help="What to measure: chamfer (digit4), namo, video (mmnist-wm), dtm, hands (hand-vae), or compare (several runs)."),
     run_dirs: list[Path] = typer.Argument(..., help="A run directory (several for `compare`)."),
     split: str = typer.Option("test", help="Dataset split to evaluate on."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),

@@ -71,13 +71,15 @@ def prepare_training(recipe_name: str, *, config_path: Path | None = None, overr
 
 
 def _take_ckpt_path(overrides: list[str], resume: str | None) -> str | None:
-    """The source trainers' `ckpt_path=FILE` override means `--resume FILE`; it is removed from `overrides`."""
+    """The source trainers' `ckpt_path=FILE` / `resume_from_checkpoint=FILE` override means `--resume FILE`;
+    it is removed from `overrides`."""
     for item in list(overrides):
-        if item.startswith("ckpt_path="):
+        key, _, value = item.partition("=")
+        if key in ("ckpt_path", "resume_from_checkpoint"):
             overrides.remove(item)
             if resume is not None:
-                raise ConfigError("ckpt_path=... and --resume both given; pass one of them")
-            resume = item.split("=", 1)[1]
+                raise ConfigError(f"{key}=... and --resume both given; pass one of them")
+            resume = value
             if not resume:
-                raise ConfigError("ckpt_path: expected a checkpoint file (RUN/checkpoints/last.pt) or a run directory")
+                raise ConfigError(f"{key}: expected a checkpoint file (RUN/checkpoints/last.pt) or a run directory")
     return resume

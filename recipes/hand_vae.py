@@ -1,0 +1,321 @@
+"""hand-vae: VAE priors of two-hand poses (flat or SO(3)) with an energy for ranking hypotheses.
+
+Data: `genflow data make-hands` (procedural MANO-style poses with grasp families) or
+`genflow data import-npz DIR --kind hands` (real MANO-style npz files). Model:
+:class:`~genflow.models.hand_vae.HandPoseVAE`. The source's flags are config keys (``model_type``,
+``z_dim``, ``hidden``, ``batch_size``, ``learning_rate``, ``kl_warmup_epochs``, ``beta_max``,
+``free_bits``, ``max_epochs``); ``resume_from_checkpoint=FILE`` resumes; ``--gpus N`` (or
+``devices=N``) trains on N processes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from genflow.config import TrainConfig
+from genflow.data import ShardDataset, load_split
+from genflow.data.hands import FAMILIES, hand_joint_positions, inside_limits, read_hands_npz
+from genflow.engine.metrics_log import read_metrics
+from genflow.engine.recipe import Recipe, StepContext
+from genflow.errors import ConfigError
+from genflow.metrics.hand_poses import CORRUPTIONS, GaussianPosePrior, auroc, corrupt, per_joint_error_degrees
+from genflow.models.hand_vae import HandPoseVAE, kl_weight
+
+__all__ = ["HandVaeRecipe", "HandVaeConfig"]
+
+
+@dataclass
+class DataConfig:
+    data_dir: str = "datasets/hands"  # genflow data make-hands | import-npz DIR --kind hands
+    val_limit: int | None = 20_000  # validation loss / energy on at most this many val poses
+
+
+@dataclass
+class ModelConfig:
+    model_type: str = "standard"  # standard: (B, 90) Gaussian; so3: 30 rotations, geodesic, 6-D decoder
+    z_dim: int = 24
+    hidden: int = 256
+    learn_sigma: bool = True  # reconstruction sigma learned (standard: per dimension; so3: one, radians)
+    init_sigma: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.model_type not in ("standard", "so3"):
+            raise ConfigError(f"config key 'model.model_type': expected 'standard' or 'so3', got '{self.model_type}'")
+        if self.z_dim < 1 or self.hidden < 1:
+            raise ConfigError("config keys 'model.z_dim' / 'model.hidden': expected integers >= 1")
+
+
+@dataclass
+class LossConfig:
+    kl_warmup_epochs: float = 10  # β rises linearly from 0 to beta_max over these epochs
+    beta_max: float = 1.0
+    free_bits: float = 0.0  # nats per latent dimension below which KL is not penalised
+
+    def __post_init__(self) -> None:
+        if self.kl_warmup_epochs < 0 or self.beta_max < 0 or self.free_bits < 0:
+            raise ConfigError("config keys 'loss.kl_warmup_epochs' / 'beta_max' / 'free_bits': expected values >= 0")
+
+
+@dataclass
+class EvalConfig:
+    poses: int = 5000  # test poses for reconstruction and AUROC
+    prior_samples: int = 5000  # samples for plausibility
+    energy_samples: int = 0  # K > 0: importance-weighted energy with K samples
+    figure_poses: int = 2000
+
+
+def _default_train() -> TrainConfig:
+    return TrainConfig(epochs=100, batch_size=8192, optimizer="adam", lr=3e-4, grad_clip=None, eval_every=5,
+                       checkpoint_every=10, best_metric="val_loss", best_mode="min", log_every=5)
+
+
+SOURCE_ALIASES = {
+    "model_type": "model.model_type",
+    "z_dim": "model.z_dim",
+    "hidden": "model.hidden",
+    "batch_size": "train.batch_size",
+    "learning_rate": "train.lr",
+    "kl_warmup_epochs": "loss.kl_warmup_epochs",
+    "beta_max": "loss.beta_max",
+    "free_bits": "loss.free_bits",
+    "max_epochs": "train.epochs",
+    "precision": "train.precision",
+    "num_workers": "train.num_workers",
+}
+
+
+@dataclass
+class HandVaeConfig:
+    aliases = SOURCE_ALIASES
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=_default_train)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+class HandVaeRecipe(Recipe):
+    name = "hand-vae"
+    summary = "VAE priors of two-hand MANO-style poses (flat Gaussian or SO(3) geodesic) with a ranking energy"
+    config_class = HandVaeConfig
+    default_config = Path(__file__).with_name("hand_vae.yaml")
+    eval_metrics = ("hands",)
+    aliases = ("train_hand_vae_lightning",)
+    best_checkpoint_name = "hand_vae_epoch_{epoch:02d}_val_loss_{value:.3f}"
+    tensorboard_tags = {"val/val_loss": "val/loss", "val/val_energy_mean": "val/energy_mean"}
+
+    def __init__(self, config: HandVaeConfig):
+        super().__init__(config)
+        self._steps_per_epoch = 1
+
+    # --- data / model -------------------------------------------------------------------------------
+    def build_datasets(self):
+        d = self.config.data
+        train = ShardDataset(d.data_dir, "train", ["pose", "family"], in_memory=True)
+        val = ShardDataset(d.data_dir, "val", ["pose", "family"], in_memory=True)
+        if d.val_limit is not None and len(val) > d.val_limit:
+            val = torch.utils.data.Subset(val, range(d.val_limit))
+        self._steps_per_epoch = max(1, len(train) // self.config.train.batch_size)
+        return train, val
+
+    def build_model(self) -> HandPoseVAE:
+        m = self.config.model
+        return HandPoseVAE(m.model_type, m.z_dim, m.hidden, m.learn_sigma, m.init_sigma)
+
+    def beta(self, ctx: StepContext) -> float:
+        epochs = ctx.step / self._steps_per_epoch  # fractional epochs done
+        return kl_weight(epochs, self.config.loss.kl_warmup_epochs, self.config.loss.beta_max)
+
+    def compute_loss(self, model, batch, ctx: StepContext):
+        poses = batch["pose"].float()
+        noise = ctx.randn(poses.shape[0], self.config.model.z_dim)
+        beta = self.beta(ctx)
+        terms = model(poses, noise, beta, self.config.loss.free_bits)
+        return terms["loss"], {"recon_nll": float(terms["recon_nll"]), "kl": float(terms["kl"]), "beta": beta}
+
+    # --- evaluation during training ------------------------------------------------------------------
+    def _val_poses(self, val_data, limit: int) -> torch.Tensor:
+        return torch.stack([val_data[i]["pose"] for i in range(min(limit, len(val_data)))]).float()
+
+    def evaluate(self, model, val_data, device):
+        poses = self._val_poses(val_data, self.config.data.val_limit or len(val_data)).to(device)
+        energy = model.energy(poses)
+        _, errors = model.reconstruct(poses)
+        return {"val_energy_mean": float(energy.mean()), "val_recon_deg": float(torch.rad2deg(errors).mean())}
+
+    def save_figures(self, model, val_data, run_dir, device):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        out = Path(run_dir) / "figures"
+        out.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(0)
+        n = min(self.config.eval.figure_poses, len(val_data))
+        items = [val_data[i] for i in range(n)]
+        poses = torch.stack([it["pose"] for it in items]).float()
+        families = torch.stack([it["family"] for it in items]).numpy()[:, 1]
+        paths = {}
+        # energy histograms: real vs perturbed
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        clean = model.energy(poses.to(device)).cpu().numpy()
+        ax.hist(clean, bins=60, alpha=0.6, label="real (val)", density=True)
+        for kind in ("noise_0.1", "random_joint", "joint_limits"):
+            bad = model.energy(torch.from_numpy(corrupt(poses.numpy(), kind, rng)).float().to(device)).cpu().numpy()
+            ax.hist(np.clip(bad, None, np.percentile(bad, 99)), bins=60, alpha=0.4, label=kind, density=True)
+        ax.set_xlabel("energy (-ELBO, β = 1)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths["energy_hist"] = out / "energy_hist.png"
+        fig.savefig(paths["energy_hist"], dpi=100)
+        plt.close(fig)
+        # latent scatter (first two principal directions of the posterior means), by grasp family
+        mu = model.latent_means(poses.to(device)).cpu().numpy()
+        mu = mu - mu.mean(0)
+        basis = np.linalg.svd(mu, full_matrices=False)[2][:2].T
+        xy = mu @ basis
+        fig, ax = plt.subplots(figsize=(5, 4.5))
+        for f, name in enumerate(FAMILIES):
+            sel = families == f
+            if sel.any():
+                ax.scatter(xy[sel, 0], xy[sel, 1], s=3, label=name)
+        ax.set_title("posterior means (2 principal directions), right-hand family")
+        ax.legend(fontsize=7, markerscale=3)
+        fig.tight_layout()
+        paths["latent_scatter"] = out / "latent_scatter.png"
+        fig.savefig(paths["latent_scatter"], dpi=100)
+        plt.close(fig)
+        # loss components so far
+        rows = [r for r in read_metrics(run_dir) if r["kind"] == "train"]
+        if rows:
+            fig, axes = plt.subplots(1, 3, figsize=(10, 3))
+            for ax, key in zip(axes, ("recon_nll", "kl", "beta")):
+                ax.plot([r["step"] for r in rows], [r.get(key, np.nan) for r in rows])
+                ax.set_title(key)
+                ax.set_xlabel("step")
+            fig.tight_layout()
+            paths["loss_components"] = out / "loss_components.png"
+            fig.savefig(paths["loss_components"], dpi=100)
+            plt.close(fig)
+        paths["beta_sensitivity"] = self.beta_sensitivity(model, poses, out / "beta_sensitivity.png", rng, device)
+        return paths
+
+    @torch.no_grad()
+    def beta_sensitivity(self, model, poses: torch.Tensor, path: Path, rng, device) -> Path:
+        """AUROC (real vs noise 0.1 / random joint) of -(recon + β KL) as β varies: how much the ranking
+        depends on the KL weight used in the energy."""
+        import matplotlib.pyplot as plt
+
+        def parts(x: torch.Tensor):
+            mu, logvar = model.encode(x.to(device))
+            recon = model.recon_nll(x.to(device), model.decoder(mu))
+            kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(-1)
+            return recon.cpu().numpy(), kl.cpu().numpy()
+
+        betas = np.linspace(0, 2, 9)
+        clean = parts(poses)
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for kind in ("noise_0.1", "random_joint"):
+            bad = parts(torch.from_numpy(corrupt(poses.numpy(), kind, rng)).float())
+            ax.plot(betas, [auroc(clean[0] + b * clean[1], bad[0] + b * bad[1]) for b in betas], marker="o", label=kind)
+        ax.set_xlabel("β in the energy")
+        ax.set_ylabel("AUROC")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+    # --- after training -------------------------------------------------------------------------------
+    def sample(self, model, run_dir, device, *, n: int = 16, out: str | None = None, seed: int = 0,
+               energy: str | None = None, **_):
+        """`--energy poses.npz`: energies of the poses in a MANO-style npz (written next to it as
+        <name>_energy.npz, lowest first in the printout); otherwise `n` prior samples + skeleton picture."""
+        generator = torch.Generator().manual_seed(seed)
+        if energy is not None:
+            poses = torch.from_numpy(read_hands_npz(energy))
+            values = model.energy(poses.to(device), samples=self.config.eval.energy_samples, generator=generator).cpu().numpy()
+            target = Path(out) if out else Path(energy).with_name(Path(energy).stem + "_energy.npz")
+            np.savez(target, energy=values, ranking=np.argsort(values))
+            order = np.argsort(values)
+            return {"poses": len(values), "energy_min": float(values.min()), "energy_mean": float(values.mean()),
+                    "energy_max": float(values.max()), "best_5": order[:5].tolist(), "written": str(target)}
+        poses = model.sample(n, generator).cpu().numpy()
+        target = Path(out) if out else Path(run_dir) / "samples" / "hand_samples.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(target.with_suffix(".npz"), pose=poses)
+        render_skeletons(poses[:16], target)
+        inside = inside_limits(poses)
+        return {"samples": n, "inside_limits": float(inside.all(1).mean()), "picture": str(target),
+                "npz": str(target.with_suffix(".npz"))}
+
+    def run_eval(self, metric, model, run_dir, device, *, limit: int | None = None, seed: int = 0, **_):
+        """Reconstruction error (mean per-joint geodesic, degrees), energy AUROC per corruption, sample
+        plausibility (prior samples with all 30 joints inside the limits), for the model and for the
+        Gaussian (PCA / Mahalanobis) prior fitted on the same training poses; a skeleton picture."""
+        if metric != "hands":
+            return super().run_eval(metric, model, run_dir, device)
+        e = self.config.eval
+        n = limit or e.poses
+        test = torch.from_numpy(load_split(self.config.data.data_dir, "test", ["pose"])["pose"][:n]).float()
+        train = load_split(self.config.data.data_dir, "train", ["pose"])["pose"]
+        rng = np.random.default_rng(seed)
+        generator = torch.Generator().manual_seed(seed)
+        start = time.perf_counter()
+        baseline = GaussianPosePrior(train, components=self.config.model.z_dim)
+        result: dict[str, Any] = {"test_poses": len(test)}
+        recon, _ = model.reconstruct(test.to(device))
+        result["model_recon_deg"] = float(per_joint_error_degrees(test, recon.cpu()).mean())
+        result["gaussian_recon_deg"] = float(per_joint_error_degrees(test, torch.from_numpy(baseline.reconstruct(test.numpy()))).mean())
+        clean_model = model.energy(test.to(device), samples=e.energy_samples, generator=generator).cpu().numpy()
+        clean_base = baseline.energy(test.numpy())
+        for kind in CORRUPTIONS:
+            bad = corrupt(test.numpy(), kind, rng)
+            result[f"model_auroc_{kind}"] = auroc(clean_model, model.energy(torch.from_numpy(bad).float().to(device),
+                                                                            samples=e.energy_samples, generator=generator).cpu().numpy())
+            result[f"gaussian_auroc_{kind}"] = auroc(clean_base, baseline.energy(bad))
+        samples = model.sample(e.prior_samples, generator).cpu().numpy()
+        result["model_plausible"] = float(inside_limits(samples).all(1).mean())
+        result["gaussian_plausible"] = float(inside_limits(baseline.sample(e.prior_samples, rng)).all(1).mean())
+        result["data_plausible"] = float(inside_limits(test.numpy()).all(1).mean())
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        picture = Path(run_dir) / "eval" / "hand_samples.png"
+        picture.parent.mkdir(parents=True, exist_ok=True)
+        render_skeletons(samples[:16], picture)
+        result["picture"] = str(picture)
+        return result
+
+
+def render_skeletons(poses: np.ndarray, path: Path) -> None:
+    """Both hands of each pose, forward kinematics of a simple skeleton, seen from the palm side (x-y)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = 4
+    rows = max(1, int(np.ceil(len(poses) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.6, rows * 1.6))
+    colours = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
+    for ax, pose in zip(np.atleast_1d(axes).flat, poses):
+        for hand in (0, 1):  # left hand drawn mirrored on the left, right hand on the right
+            points = hand_joint_positions(pose[hand * 45 : (hand + 1) * 45], left=hand == 0)
+            side = -1 if hand == 0 else 1
+            for f in range(5):
+                chain = np.vstack([[0, 0, 0], points[f]])
+                ax.plot(side * (chain[:, 0] + 0.02), chain[:, 1], color=colours[f], lw=1.2, marker="o", ms=1.5)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(np.atleast_1d(axes).flat)[len(poses):]:
+        ax.axis("off")
+    fig.tight_layout(pad=0.2)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
