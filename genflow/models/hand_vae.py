@@ -70,7 +70,11 @@ class HandPoseVAE(nn.Module):
 
     # --- pieces ---------------------------------------------------------------------------------------
     def encode(self, poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = poses if self.model_type == "standard" else axis_angle_to_matrix(poses.view(-1, NUM_JOINTS, 3)).flatten(1)
+        if self.model_type == "standard":
+            x = poses
+        else:
+            with torch.autocast(poses.device.type, enabled=False):  # rotation algebra in fp32 under mixed precision
+                x = axis_angle_to_matrix(poses.float().view(-1, NUM_JOINTS, 3)).flatten(1)
         mu, logvar = self.encoder(x).chunk(2, dim=-1)
         return mu, logvar.clamp(-12, 8)
 
@@ -94,13 +98,15 @@ class HandPoseVAE(nn.Module):
         return (0.5 * theta.pow(2) / (2 * log_sigma).exp() + 3 * log_sigma + 1.5 * math.log(2 * math.pi)).sum(-1)
 
     def joint_errors(self, poses: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
-        """Geodesic angle (B, 30) between each input joint rotation and its reconstruction."""
-        target = axis_angle_to_matrix(poses.view(-1, NUM_JOINTS, 3))
-        if self.model_type == "standard":
-            recon = axis_angle_to_matrix(raw.view(-1, NUM_JOINTS, 3))
-        else:
-            recon = rotation_6d_to_matrix(raw.view(-1, NUM_JOINTS, 6))
-        return geodesic_angle(target, recon)
+        """Geodesic angle (B, 30) between each input joint rotation and its reconstruction (fp32 always)."""
+        with torch.autocast(poses.device.type, enabled=False):
+            target = axis_angle_to_matrix(poses.float().view(-1, NUM_JOINTS, 3))
+            raw = raw.float()
+            if self.model_type == "standard":
+                recon = axis_angle_to_matrix(raw.view(-1, NUM_JOINTS, 3))
+            else:
+                recon = rotation_6d_to_matrix(raw.view(-1, NUM_JOINTS, 6))
+            return geodesic_angle(target, recon)
 
     # --- training -------------------------------------------------------------------------------------
     def forward(self, poses: torch.Tensor, noise: torch.Tensor, beta: float, free_bits: float = 0.0) -> dict[str, torch.Tensor]:

@@ -280,8 +280,8 @@ def test_worker_processes_write_the_same_shards(tmp_path):
 
 
 def test_unknown_kind_names_the_known_kinds(tmp_path):
-    with pytest.raises(GenflowError, match="unknown npz kind 'hands'.*namo"):
-        import_npz("hands", tmp_path, tmp_path / "out")
+    with pytest.raises(GenflowError, match="unknown npz kind 'faces'.*hands, namo"):
+        import_npz("faces", tmp_path, tmp_path / "out")
 
 
 def test_import_npz_dispatches_to_the_kind(tmp_path):
