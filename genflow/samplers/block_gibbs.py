@@ -119,6 +119,7 @@ class BlockGibbsSampler:
         self.compiled = compile
         update = [self._make_update(colour) for colour in (0, 1)]
         correlate = self._edge_correlation
+        self._eager = (list(update), correlate)
         if compile:
             # one compiled kernel per (colour, batch size): training, validation, generation and
             # diagnostics use different batches, more than dynamo's default of 8 variants
@@ -194,12 +195,30 @@ class BlockGibbsSampler:
             for colour in (0, 1):
                 call = torch.tensor(2 * sweep + colour, dtype=torch.int64, device=device)
                 if colour == 0:
-                    state.colour0 = self._update[0](state.colour0, state.colour1, w[0], b[0], beta_t[sweep], f[0], key, call)
+                    state.colour0 = self._call(0, state.colour0, state.colour1, w[0], b[0], beta_t[sweep], f[0], key, call)
                 else:
-                    state.colour1 = self._update[1](state.colour1, state.colour0, w[1], b[1], beta_t[sweep], f[1], key, call)
+                    state.colour1 = self._call(1, state.colour1, state.colour0, w[1], b[1], beta_t[sweep], f[1], key, call)
             if collect and sweep + 1 in sample_at:
                 self.accumulate(moments, state)
         return moments
+
+    def _call(self, colour: int | None, *args: torch.Tensor) -> torch.Tensor:
+        """One colour update (`colour` None: the edge correlations); if torch.compile cannot build its
+        kernel here (e.g. no C++ compiler), say so once and continue with the eager sampler, which draws
+        from the same distribution."""
+        pick = lambda: self._correlate if colour is None else self._update[colour]  # noqa: E731
+        if not self.compiled:
+            return pick()(*args)
+        try:
+            return pick()(*args)
+        except Exception as err:  # noqa: BLE001 - any backend failure: inductor, missing compiler, ...
+            import warnings
+
+            warnings.warn(f"torch.compile of the Gibbs sampler failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                          "continuing eager (slower). Set model.compile=false to skip compiling.", RuntimeWarning, stacklevel=2)
+            self.compiled = False
+            self._update, self._correlate = self._eager
+            return pick()(*args)
 
     # --- statistics -----------------------------------------------------------------------------------
     def new_moments(self, device: torch.device | None = None) -> MomentSums:
@@ -216,7 +235,7 @@ class BlockGibbsSampler:
 
     def edge_correlation(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
         """mean over the last (batch) axis of s_i s_j for every edge: (2, D, H, H) in storage order."""
-        return self._correlate(s0, s1)
+        return self._call(None, s0, s1)
 
     def accumulate(self, moments: MomentSums, state: SpinState) -> None:
         """Add this sample's batch-mean spins and edge correlations s_i s_j (i on colour 0)."""

@@ -94,6 +94,17 @@ def test_gibbs_marginals_match_exact_enumeration_on_a_tiny_torus():
     assert exact_mean.abs().max() > 0.2  # the model is far from uniform: the check is not vacuous
 
 
+def test_compiled_sampler_matches_exact_enumeration_too():
+    """The fast path (torch.compile: fused stencil, draw and clamp) samples the same distribution."""
+    graph = TorusGraph(4, 4)
+    sampler = BlockGibbsSampler(graph, compile=True)
+    w0, w1, b0, b1 = random_model(graph, scale=0.4, seed=7)
+    exact_mean, exact_corr = exact_moments(graph, w0, b0, b1, beta=1.0)
+    mean, corr = sampled_moments(graph, sampler, w0, w1, b0, b1, beta=1.0)
+    assert sampler.compiled  # it really compiled (no eager fallback)
+    assert (mean - exact_mean).abs().max() < 0.04 and (corr - exact_corr).abs().max() < 0.04
+
+
 def test_clamped_sites_keep_their_values_and_the_rest_sample_the_conditional():
     graph = TorusGraph(4, 4)
     sampler = BlockGibbsSampler(graph)
@@ -137,3 +148,20 @@ def test_annealed_run_needs_one_beta_per_sweep():
     with pytest.raises(ValueError, match="3 beta values for a schedule of 5 sweeps"):
         sampler.run(state, (w0, w1), (b0, b1), SamplingSchedule(5, 1, 1), torch.tensor([1, 2]), beta=[0.8, 1.0, 1.2])
     assert isinstance(state, SpinState) and state.batch == 4
+
+
+def test_a_failing_compiler_falls_back_to_eager_with_one_warning(monkeypatch):
+    def broken_compile(fn, **_):
+        def fail(*args, **kwargs):
+            raise RuntimeError("no C++ compiler found")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    graph = TorusGraph(4, 4)
+    sampler = BlockGibbsSampler(graph, compile=True)
+    w0, w1, b0, b1 = (t.float() for t in random_model(graph))
+    state = sampler.chains(4, (b0, b1), 1.0, torch.tensor([1, 2]))
+    with pytest.warns(RuntimeWarning, match="no C.. compiler found.*continuing eager"):
+        moments = sampler.run(state, (w0, w1), (b0, b1), SamplingSchedule(3, 2, 1), torch.tensor([1, 2]))
+    assert not sampler.compiled and moments.count == 2
+    assert set(state.colour0.unique().tolist()) <= {-1.0, 1.0}
