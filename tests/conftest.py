@@ -1,4 +1,5 @@
-"""Shared fixtures: a toy recipe for engine tests, tiny synthetic MNIST-like digits for CLI tests."""
+"""Shared fixtures: a toy recipe for engine tests, tiny synthetic MNIST-like digits and an in-process
+`genflow` runner for CLI tests."""
 
 from __future__ import annotations
 
@@ -97,3 +98,16 @@ def tiny_mnist_npz(tmp_path_factory):
     y_train, y_test = np.array([4, 7] * 40, dtype=np.int64), np.array([4, 7] * 10, dtype=np.int64)
     np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     return path
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `genflow ARGS...` in this process: returns (exit code, stdout, stderr)."""
+    from genflow.cli import main
+
+    def run(*args):
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -14,12 +14,6 @@ TINY_MODEL = ["model.latent_dim=16", "model.encoder_hidden=[16,32]", "model.fiel
               "model.time_dim=16", "train.batch_size=8", "train.log_every=2", "eval.num_clouds=8", "eval.steps=4"]
 
 
-def run(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def assert_user_error(code, err, *fragments):
     assert code == 2
     assert "Traceback" not in err and err.strip().startswith("error:")
@@ -43,19 +37,19 @@ def trained_run(tmp_path_factory, digit4_dir):
     return runs / "digit4" / "tiny"
 
 
-def test_recipes_lists_digit4(capsys):
-    code, out, _ = run(capsys, "recipes")
+def test_recipes_lists_digit4(cli):
+    code, out, _ = cli("recipes")
     assert code == 0 and "digit4" in out and "digit4.yaml" in out
 
 
-def test_data_info_and_verify(capsys, digit4_dir):
-    code, out, _ = run(capsys, "data", "info", digit4_dir)
+def test_data_info_and_verify(cli, digit4_dir):
+    code, out, _ = cli("data", "info", digit4_dir)
     assert code == 0 and "train" in out and "points" in out and "(64, 2)" in out
-    code, out, _ = run(capsys, "data", "verify", digit4_dir)
+    code, out, _ = cli("data", "verify", digit4_dir)
     assert code == 0 and "all shards match" in out
 
 
-def test_verify_reports_a_corrupt_shard(capsys, digit4_dir, tmp_path):
+def test_verify_reports_a_corrupt_shard(cli, digit4_dir, tmp_path):
     import shutil
 
     copy = tmp_path / "copy"
@@ -64,18 +58,18 @@ def test_verify_reports_a_corrupt_shard(capsys, digit4_dir, tmp_path):
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
-    code, _, err = run(capsys, "data", "verify", copy)
+    code, _, err = cli("data", "verify", copy)
     assert_user_error(code, err.splitlines()[-1], "problem")
     assert shard.name in err
 
 
-def test_make_mnist_points_rejects_bad_digits(capsys):
-    code, _, err = run(capsys, "data", "make-mnist-points", "--digits", "4,x")
+def test_make_mnist_points_rejects_bad_digits(cli):
+    code, _, err = cli("data", "make-mnist-points", "--digits", "4,x")
     assert_user_error(code, err, "--digits")
 
 
-def test_data_info_on_missing_dir(capsys, tmp_path):
-    code, _, err = run(capsys, "data", "info", tmp_path / "nope")
+def test_data_info_on_missing_dir(cli, tmp_path):
+    code, _, err = cli("data", "info", tmp_path / "nope")
     assert_user_error(code, err, "nope")
 
 
@@ -94,29 +88,29 @@ def test_train_writes_a_complete_run_dir(trained_run):
     (["train", "digit4", "eval.num_clouds=0"], "eval.num_clouds"),
     (["train", "digit4", "--resume", "/nonexistent/run"], "no checkpoints/last.pt"),
 ])
-def test_train_bad_input(capsys, tmp_path, args, fragment):
-    code, _, err = run(capsys, *args, "--runs-dir", tmp_path)
+def test_train_bad_input(cli, tmp_path, args, fragment):
+    code, _, err = cli(*args, "--runs-dir", tmp_path)
     assert_user_error(code, err, fragment)
 
 
-def test_train_on_missing_dataset_names_it(capsys, tmp_path):
-    code, _, err = run(capsys, "train", "digit4", "--runs-dir", tmp_path, f"data.path={tmp_path / 'no-data'}", "--no-progress")
+def test_train_on_missing_dataset_names_it(cli, tmp_path):
+    code, _, err = cli("train", "digit4", "--runs-dir", tmp_path, f"data.path={tmp_path / 'no-data'}", "--no-progress")
     assert_user_error(code, err, "no-data")
 
 
-def test_cli_resume_matches_uninterrupted(capsys, tmp_path, digit4_dir):
+def test_cli_resume_matches_uninterrupted(cli, tmp_path, digit4_dir):
     common = ["--runs-dir", tmp_path, "--no-progress", f"data.path={digit4_dir}", *TINY_MODEL]
-    assert run(capsys, "train", "digit4", "--name", "straight", "train.max_steps=9", *common)[0] == 0
-    assert run(capsys, "train", "digit4", "--name", "split", "train.max_steps=4", *common)[0] == 0
-    assert run(capsys, "train", "digit4", "--resume", tmp_path / "digit4" / "split", "train.max_steps=9", "--runs-dir", tmp_path, "--no-progress")[0] == 0
+    assert cli("train", "digit4", "--name", "straight", "train.max_steps=9", *common)[0] == 0
+    assert cli("train", "digit4", "--name", "split", "train.max_steps=4", *common)[0] == 0
+    assert cli("train", "digit4", "--resume", tmp_path / "digit4" / "split", "train.max_steps=9", "--runs-dir", tmp_path, "--no-progress")[0] == 0
     a = load_checkpoint(tmp_path / "digit4" / "straight" / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "digit4" / "split" / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_sample_writes_picture_and_arrays(capsys, trained_run, tmp_path):
+def test_sample_writes_picture_and_arrays(cli, trained_run, tmp_path):
     out = tmp_path / "s.png"
-    code, stdout, _ = run(capsys, "sample", trained_run, "--n", 4, "--steps", 3, "--solver", "midpoint", "--out", out)
+    code, stdout, _ = cli("sample", trained_run, "--n", 4, "--steps", 3, "--solver", "midpoint", "--out", out)
     assert code == 0 and out.stat().st_size > 0
     import numpy as np
 
@@ -124,53 +118,53 @@ def test_sample_writes_picture_and_arrays(capsys, trained_run, tmp_path):
     assert arrays["generated"].shape == (4, 64, 2) and np.isfinite(arrays["generated"]).all()
 
 
-def test_sample_unconditional_needs_a_prior_flow(capsys, trained_run):
-    code, _, err = run(capsys, "sample", trained_run, "--unconditional")
+def test_sample_unconditional_needs_a_prior_flow(cli, trained_run):
+    code, _, err = cli("sample", trained_run, "--unconditional")
     assert_user_error(code, err, "use_prior_flow")
 
 
 @pytest.mark.parametrize("args", [["sample", "{run}", "--n", "0"], ["eval", "chamfer", "{run}", "--limit", "0"],
                                   ["train", "digit4", "--gpus", "0"]])
-def test_out_of_range_options_are_usage_errors(capsys, trained_run, args):
-    code, _, err = run(capsys, *[a.format(run=trained_run) for a in args])
+def test_out_of_range_options_are_usage_errors(cli, trained_run, args):
+    code, _, err = cli(*[a.format(run=trained_run) for a in args])
     assert code == 2 and "Traceback" not in err and "Invalid value" in err
 
 
-def test_sample_bad_solver_and_missing_run(capsys, trained_run, tmp_path):
-    code, _, err = run(capsys, "sample", trained_run, "--solver", "leapfrog")
+def test_sample_bad_solver_and_missing_run(cli, trained_run, tmp_path):
+    code, _, err = cli("sample", trained_run, "--solver", "leapfrog")
     assert_user_error(code, err, "leapfrog")
-    code, _, err = run(capsys, "sample", tmp_path / "no-run")
+    code, _, err = cli("sample", tmp_path / "no-run")
     assert_user_error(code, err, "not a genflow run directory")
 
 
-def test_eval_chamfer_json(capsys, trained_run):
-    code, out, _ = run(capsys, "eval", "chamfer", trained_run, "--json", "--steps", 3)
+def test_eval_chamfer_json(cli, trained_run):
+    code, out, _ = cli("eval", "chamfer", trained_run, "--json", "--steps", 3)
     assert code == 0
     result = json.loads(out)
     assert result["clouds"] > 0 and 0 < result["noise_floor_l2"] < result["chamfer_l2"]
     assert result["ratio_to_floor_l2"] == pytest.approx(result["chamfer_l2"] / result["noise_floor_l2"])
 
 
-def test_eval_unknown_metric(capsys, trained_run):
-    code, _, err = run(capsys, "eval", "fid", trained_run)
+def test_eval_unknown_metric(cli, trained_run):
+    code, _, err = cli("eval", "fid", trained_run)
     assert_user_error(code, err, "no 'fid' evaluation", "chamfer")
 
 
-def test_eval_compare_needs_a_recipe_with_samplers_to_compare(capsys, trained_run, tmp_path):
-    code, _, err = run(capsys, "eval", "compare", trained_run, "--out", tmp_path)
+def test_eval_compare_needs_a_recipe_with_samplers_to_compare(cli, trained_run, tmp_path):
+    code, _, err = cli("eval", "compare", trained_run, "--out", tmp_path)
     assert_user_error(code, err, "recipe 'digit4' has no sampler comparison")
 
 
-def test_export_safetensors_and_onnx(capsys, trained_run, tmp_path):
+def test_export_safetensors_and_onnx(cli, trained_run, tmp_path):
     from safetensors.torch import load_file
 
-    code, _, _ = run(capsys, "export", trained_run, "--format", "safetensors", "--out", tmp_path)
+    code, _, _ = cli("export", trained_run, "--format", "safetensors", "--out", tmp_path)
     assert code == 0
     weights = load_file(tmp_path / "model.safetensors")
     state = load_checkpoint(trained_run / "checkpoints" / "best.pt")["model"]
     assert weights.keys() == state.keys() and all(torch.equal(weights[k], state[k]) for k in state)
     pytest.importorskip("onnxruntime")
-    code, out, _ = run(capsys, "export", trained_run, "--format", "onnx", "--out", tmp_path)
+    code, out, _ = cli("export", trained_run, "--format", "onnx", "--out", tmp_path)
     assert code == 0 and (tmp_path / "encoder.onnx").exists() and (tmp_path / "velocity_field.onnx").exists()
     # parity on shapes other than the export's example inputs (dynamic batch and point axes)
     import onnxruntime
@@ -188,7 +182,7 @@ def test_export_safetensors_and_onnx(capsys, trained_run, tmp_path):
     onnx_velocity = field.run(None, {"x": x.numpy(), "t": t.numpy(), "context": context.numpy()})[0]
     assert abs(onnx_context - context.numpy()).max() < 1e-4
     assert abs(onnx_velocity - velocity.numpy()).max() < 1e-4
-    code, _, err = run(capsys, "export", trained_run, "--format", "tflite")
+    code, _, err = cli("export", trained_run, "--format", "tflite")
     assert_user_error(code, err, "safetensors or onnx")
 
 
@@ -216,15 +210,15 @@ def test_two_cpu_processes_train_like_one(tmp_path, digit4_dir):
         torch.testing.assert_close(two["model"][key], value, atol=1e-5, rtol=1e-4)
 
 
-def test_resume_auto_continues_the_latest_run(capsys, tmp_path, digit4_dir):
+def test_resume_auto_continues_the_latest_run(cli, tmp_path, digit4_dir):
     common = ["--runs-dir", tmp_path, "--no-progress", f"data.path={digit4_dir}", *TINY_MODEL]
-    assert run(capsys, "train", "digit4", "--name", "a", "train.epochs=1", *common)[0] == 0
-    code, out, _ = run(capsys, "train", "digit4", "--resume", "auto", "train.epochs=2", "--runs-dir", tmp_path, "--no-progress")
+    assert cli("train", "digit4", "--name", "a", "train.epochs=1", *common)[0] == 0
+    code, out, _ = cli("train", "digit4", "--resume", "auto", "train.epochs=2", "--runs-dir", tmp_path, "--no-progress")
     assert code == 0 and str(tmp_path / "digit4" / "a") in out
     assert load_checkpoint(tmp_path / "digit4" / "a" / "checkpoints" / "last.pt")["progress"]["epoch"] == 2
 
 
-def test_vae_with_prior_flow_samples_unconditionally(capsys, tmp_path, digit4_dir):
+def test_vae_with_prior_flow_samples_unconditionally(cli, tmp_path, digit4_dir):
     code = main(["train", "digit4", "--runs-dir", str(tmp_path), "--name", "prior", "--no-progress", f"data.path={digit4_dir}",
                  "train.epochs=1", "model.use_vae=true", "model.use_prior_flow=true", "model.prior_hidden=32",
                  "model.prior_depth=2", *TINY_MODEL])
@@ -232,8 +226,15 @@ def test_vae_with_prior_flow_samples_unconditionally(capsys, tmp_path, digit4_di
     run_dir = tmp_path / "digit4" / "prior"
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert {"kl", "prior_loss", "flow_loss"} <= set(metrics[0])
-    code, _, _ = run(capsys, "sample", run_dir, "--unconditional", "--n", 3, "--steps", 3, "--out", tmp_path / "u.png")
+    code, _, _ = cli("sample", run_dir, "--unconditional", "--n", 3, "--steps", 3, "--out", tmp_path / "u.png")
     assert code == 0 and (tmp_path / "u.png").exists()
-    code, out, _ = run(capsys, "eval", "chamfer", run_dir, "--json", "--steps", 3)
+    code, out, _ = cli("eval", "chamfer", run_dir, "--json", "--steps", 3)
     result = json.loads(out)
     assert code == 0 and 0 <= result["cov_cd"] <= 1 and 0 <= result["1nna_cd"] <= 1 and result["mmd_cd"] > 0
+
+
+def test_an_option_the_recipe_does_not_take_is_a_clear_error(cli, trained_run, tmp_path):
+    code, _, err = cli("sample", trained_run, "--energy", tmp_path / "poses.npz")
+    assert code == 2 and "--energy does not apply to recipe 'digit4'" in err
+    code, _, err = cli("eval", "chamfer", trained_run, "--temperature", "0.5")
+    assert code == 2 and "--temperature does not apply" in err

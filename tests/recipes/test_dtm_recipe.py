@@ -17,12 +17,6 @@ TINY = ["model.compile=false", "model.num_steps=2", "model.num_label_spots=2", "
         "correlation_penalty.images=1", "train.batch_size=16", "train.epochs=1", "train.log_every=1"]
 
 
-def run(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory, tiny_mnist_npz):
     out = tmp_path_factory.mktemp("digits") / "images"
@@ -67,8 +61,8 @@ def test_input_couplings_stay_fixed_under_weight_decay(tmp_path, digits):
     assert state["steps.0.weight"].abs().max() > 0  # the decayed couplings did train
 
 
-def test_eval_reports_fd_against_floor_and_ceiling(capsys, trained):
-    code, out, _ = run(capsys, "eval", "dtm", trained, "--json", "--limit", "40")
+def test_eval_reports_fd_against_floor_and_ceiling(cli, trained):
+    code, out, _ = cli("eval", "dtm", trained, "--json", "--limit", "40")
     assert code == 0
     result = json.loads(out)
     for key in ("fd_free", "fd_clamped", "fd_floor", "fd_noise_ceiling", "clamped_label_accuracy", "autocorr_step0"):
@@ -76,8 +70,8 @@ def test_eval_reports_fd_against_floor_and_ceiling(capsys, trained):
     assert result["fd_floor"] < result["fd_noise_ceiling"]
 
 
-def test_sample_writes_a_grid_and_images(capsys, trained, tmp_path):
-    code, _, _ = run(capsys, "sample", trained, "--n", "6", "--out", tmp_path)
+def test_sample_writes_a_grid_and_images(cli, trained, tmp_path):
+    code, _, _ = cli("sample", trained, "--n", "6", "--out", tmp_path)
     assert code == 0
     data = np.load(tmp_path / "samples.npz")
     assert data["images"].shape == (6, 28, 28) and set(np.unique(data["images"])) <= {0.0, 1.0}
@@ -85,8 +79,8 @@ def test_sample_writes_a_grid_and_images(capsys, trained, tmp_path):
     assert (tmp_path / "grid.png").is_file()
 
 
-def test_reference_option_names_work(capsys, tmp_path, digits):
-    code, _, err = run(capsys, "train", "dtm", f"data.data_dir={digits}", *TINY, "graph_preset_architecture=4412",
+def test_reference_option_names_work(cli, tmp_path, digits):
+    code, _, err = cli("train", "dtm", f"data.data_dir={digits}", *TINY, "graph_preset_architecture=4412",
                        "steps_warmup=2", "n_samples=1", "target_classes=[4,7]", "train.max_steps=1", "--runs-dir", tmp_path,
                        "--no-progress")
     assert code == 0, err
@@ -94,22 +88,22 @@ def test_reference_option_names_work(capsys, tmp_path, digits):
     assert "graph: '44_12'" in config and "steps_warmup: 2" in config
 
 
-def test_too_small_graph_is_a_clear_error(capsys, tmp_path, digits):
-    code, _, err = run(capsys, "train", "dtm", f"data.data_dir={digits}", *TINY, "model.graph=20_8", "--runs-dir", tmp_path)
+def test_too_small_graph_is_a_clear_error(cli, tmp_path, digits):
+    code, _, err = cli("train", "dtm", f"data.data_dir={digits}", *TINY, "model.graph=20_8", "--runs-dir", tmp_path)
     assert code == 2
     assert "graph 20_8 is too small for 804 visible nodes" in err and "44_12" in err and "Traceback" not in err
 
 
-def test_ema_is_refused(capsys, tmp_path, digits):
-    code, _, err = run(capsys, "train", "dtm", f"data.data_dir={digits}", *TINY, "train.ema_decay=0.99", "--runs-dir", tmp_path)
+def test_ema_is_refused(cli, tmp_path, digits):
+    code, _, err = cli("train", "dtm", f"data.data_dir={digits}", *TINY, "train.ema_decay=0.99", "--runs-dir", tmp_path)
     assert code == 2 and "ema_decay" in err
 
 
-def test_resume_is_exact(capsys, tmp_path, digits):
+def test_resume_is_exact(cli, tmp_path, digits):
     extra = ["data.train_images=32", "eval.fd_every_eval=false"]
     straight = _train(tmp_path / "a", digits, "straight", *extra, "train.epochs=2")
     resumed = _train(tmp_path / "b", digits, "resumed", *extra, "train.epochs=2", "train.max_steps=2")  # stops after epoch 1
-    code, _, _ = run(capsys, "train", "dtm", "train.max_steps=null", "--resume", resumed, "--runs-dir", tmp_path / "b", "--no-progress")
+    code, _, _ = cli("train", "dtm", "train.max_steps=null", "--resume", resumed, "--runs-dir", tmp_path / "b", "--no-progress")
     assert code == 0
     a = load_checkpoint(straight / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(resumed / "checkpoints" / "last.pt")["model"]

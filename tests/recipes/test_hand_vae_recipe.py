@@ -13,12 +13,6 @@ TINY = ["z_dim=8", "hidden=64", "batch_size=256", "learning_rate=0.003", "kl_war
         "train.log_every=2", "eval.poses=300", "eval.prior_samples=300", "eval.figure_poses=200"]
 
 
-def run(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture(scope="module")
 def hands(tmp_path_factory):
     out = tmp_path_factory.mktemp("hands") / "shards"
@@ -51,8 +45,8 @@ def test_training_logs_the_source_metrics_figures_and_checkpoint_names(runs, mod
     assert list((run_dir / "tb").iterdir())
 
 
-def test_eval_reports_model_and_gaussian_baseline(capsys, runs):
-    code, out, _ = run(capsys, "eval", "hands", runs / "standard", "--json")
+def test_eval_reports_model_and_gaussian_baseline(cli, runs):
+    code, out, _ = cli("eval", "hands", runs / "standard", "--json")
     assert code == 0
     result = json.loads(out)
     for who in ("model", "gaussian"):
@@ -64,31 +58,31 @@ def test_eval_reports_model_and_gaussian_baseline(capsys, runs):
     assert (runs / "standard" / "eval" / "hand_samples.png").is_file()
 
 
-def test_energy_of_a_users_npz_from_the_cli(capsys, runs, tmp_path):
+def test_energy_of_a_users_npz_from_the_cli(cli, runs, tmp_path):
     poses, _ = make_hand_poses(20, seed=9)
     bad = poses.copy()
     bad[:, 45:48] = [2.5, -2.0, 1.0]  # a wild right index MCP
     np.savez(tmp_path / "hyp.npz", lhand=np.concatenate([poses, bad])[:, :45], rhand=np.concatenate([poses, bad])[:, 45:])
-    code, out, _ = run(capsys, "sample", runs / "so3", "--energy", tmp_path / "hyp.npz")
+    code, out, _ = cli("sample", runs / "so3", "--energy", tmp_path / "hyp.npz")
     assert code == 0
     energy = np.load(tmp_path / "hyp_energy.npz")["energy"]
     assert energy.shape == (40,) and energy[:20].mean() < energy[20:].mean()
 
 
-def test_sampling_writes_skeletons(capsys, runs, tmp_path):
-    code, out, _ = run(capsys, "sample", runs / "standard", "--n", "8", "--out", tmp_path / "s.png")
+def test_sampling_writes_skeletons(cli, runs, tmp_path):
+    code, out, _ = cli("sample", runs / "standard", "--n", "8", "--out", tmp_path / "s.png")
     assert code == 0 and (tmp_path / "s.png").is_file() and np.load(tmp_path / "s.npz")["pose"].shape == (8, 90)
 
 
-def test_resume_from_checkpoint_flag(capsys, hands, tmp_path):
+def test_resume_from_checkpoint_flag(cli, hands, tmp_path):
     args = ["train", "hand-vae", "--runs-dir", tmp_path, "--no-progress", f"data.data_dir={hands}", *TINY]
-    assert run(capsys, *args, "--name", "r", "max_epochs=2")[0] == 0
+    assert cli(*args, "--name", "r", "max_epochs=2")[0] == 0
     last = tmp_path / "hand-vae" / "r" / "checkpoints" / "last.pt"
-    code, _, err = run(capsys, "train", "hand-vae", "--runs-dir", tmp_path, "--no-progress", f"resume_from_checkpoint={last}", "max_epochs=4")
+    code, _, err = cli("train", "hand-vae", "--runs-dir", tmp_path, "--no-progress", f"resume_from_checkpoint={last}", "max_epochs=4")
     assert code == 0, err
     assert [r["epoch"] for r in read_metrics(tmp_path / "hand-vae" / "r") if r["kind"] == "val"] == [2, 4]
 
 
-def test_bad_model_type_is_one_clear_line(capsys, hands, tmp_path):
-    code, _, err = run(capsys, "train", "hand-vae", f"data.data_dir={hands}", "model_type=quat", "--runs-dir", tmp_path)
+def test_bad_model_type_is_one_clear_line(cli, hands, tmp_path):
+    code, _, err = cli("train", "hand-vae", f"data.data_dir={hands}", "model_type=quat", "--runs-dir", tmp_path)
     assert code == 2 and "model_type" in err and "Traceback" not in err

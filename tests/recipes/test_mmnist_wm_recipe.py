@@ -18,12 +18,6 @@ TINY = [f"model.num_frames={FRAMES}", f"data.num_past={PAST}", "model.embed_dim=
         "data.val_sequences=8"]
 
 
-def run(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture(scope="module")
 def mmnist_data(tmp_path_factory, tiny_mnist_npz):
     out = tmp_path_factory.mktemp("mmnist") / "data"
@@ -92,9 +86,9 @@ def test_full_config_is_the_large_model_with_three_tasks():
     assert (tasks.future, tasks.joint, tasks.individual) == (0.5, 0.4, 0.1)
 
 
-def test_sample_writes_strips_and_gif_and_keeps_the_past(capsys, fast_run, mmnist_data, tmp_path):
+def test_sample_writes_strips_and_gif_and_keeps_the_past(cli, fast_run, mmnist_data, tmp_path):
     out = tmp_path / "strip.png"
-    code, stdout, _ = run(capsys, "sample", fast_run, "--n", "2", "--past", PAST, "--future", FRAMES - PAST, "--steps", "2",
+    code, stdout, _ = cli("sample", fast_run, "--n", "2", "--past", PAST, "--future", FRAMES - PAST, "--steps", "2",
                           "--temperature", "0.5", "--out", out)
     assert code == 0 and out.is_file() and out.with_suffix(".gif").is_file()
     arrays = np.load(out.with_suffix(".npz"))
@@ -102,16 +96,16 @@ def test_sample_writes_strips_and_gif_and_keeps_the_past(capsys, fast_run, mmnis
     np.testing.assert_array_equal(arrays["tokens"][:, :PAST], arrays["true_tokens"][:, :PAST])
 
 
-def test_unconditional_sampling_generates_whole_sequences(capsys, full_run, tmp_path):
+def test_unconditional_sampling_generates_whole_sequences(cli, full_run, tmp_path):
     out = tmp_path / "uncond.png"
-    code, _, _ = run(capsys, "sample", full_run, "--n", "2", "--unconditional", "--steps", "2", "--out", out)
+    code, _, _ = cli("sample", full_run, "--n", "2", "--unconditional", "--steps", "2", "--out", out)
     assert code == 0
     tokens = np.load(out.with_suffix(".npz"))["tokens"]
     assert tokens.shape == (2, FRAMES, 32, 32) and tokens.max() < 16
 
 
-def test_eval_video_reports_every_horizon_and_the_baselines(capsys, fast_run):
-    code, out, _ = run(capsys, "eval", "video", fast_run, "--json", "--limit", "4", "--steps", "2")
+def test_eval_video_reports_every_horizon_and_the_baselines(cli, fast_run):
+    code, out, _ = cli("eval", "video", fast_run, "--json", "--limit", "4", "--steps", "2")
     assert code == 0
     result = json.loads(out)
     for name in ("model", "copy_last", "constant_velocity", "action_shift", "all_black"):
@@ -121,43 +115,43 @@ def test_eval_video_reports_every_horizon_and_the_baselines(capsys, fast_run):
     assert (fast_run / "eval" / "video-k2.png").is_file() and (fast_run / "eval" / "video-k2.md").is_file()
 
 
-def test_shuffled_actions_are_reported_and_baselines_keep_the_true_actions(capsys, fast_run):
+def test_shuffled_actions_are_reported_and_baselines_keep_the_true_actions(cli, fast_run):
     results = []
     for extra in ([], ["--shuffle-actions"]):
-        code, out, _ = run(capsys, "eval", "video", fast_run, "--json", "--limit", "8", "--steps", "1", "--temperature", "0", *extra)
+        code, out, _ = cli("eval", "video", fast_run, "--json", "--limit", "8", "--steps", "1", "--temperature", "0", *extra)
         assert code == 0
         results.append(json.loads(out))
     assert results[1]["shuffled_actions"] and results[0]["copy_last_mse_32"] == results[1]["copy_last_mse_32"]
 
 
-def test_guidance_needs_the_unconditional_task(capsys, fast_run, full_run, tmp_path):
-    code, _, err = run(capsys, "sample", fast_run, "--guidance", "2", "--out", tmp_path / "g.png")
+def test_guidance_needs_the_unconditional_task(cli, fast_run, full_run, tmp_path):
+    code, _, err = cli("sample", fast_run, "--guidance", "2", "--out", tmp_path / "g.png")
     assert code == 2 and "objective.tasks.individual" in err and "Traceback" not in err
-    code, _, _ = run(capsys, "sample", full_run, "--guidance", "2", "--steps", "2", "--n", "1", "--out", tmp_path / "g.png")
+    code, _, _ = cli("sample", full_run, "--guidance", "2", "--steps", "2", "--n", "1", "--out", tmp_path / "g.png")
     assert code == 0
 
 
-def test_frame_size_mismatch_is_a_clear_error(capsys, tmp_path, mmnist_data):
-    code, _, err = run(capsys, "train", "mmnist-wm", f"data.data_dir={mmnist_data}", *TINY, "model.frame_size=16", "--runs-dir", tmp_path)
+def test_frame_size_mismatch_is_a_clear_error(cli, tmp_path, mmnist_data):
+    code, _, err = cli("train", "mmnist-wm", f"data.data_dir={mmnist_data}", *TINY, "model.frame_size=16", "--runs-dir", tmp_path)
     assert code == 2 and "model.frame_size" in err
 
 
-def test_missing_dataset_is_a_clear_error(capsys, tmp_path):
-    code, _, err = run(capsys, "train", "mmnist-wm", f"data.data_dir={tmp_path / 'nowhere'}", "--runs-dir", tmp_path)
+def test_missing_dataset_is_a_clear_error(cli, tmp_path):
+    code, _, err = cli("train", "mmnist-wm", f"data.data_dir={tmp_path / 'nowhere'}", "--runs-dir", tmp_path)
     assert code == 2 and "nowhere" in err
 
 
-def test_resume_continues_from_the_last_checkpoint(capsys, tmp_path, mmnist_data):
+def test_resume_continues_from_the_last_checkpoint(cli, tmp_path, mmnist_data):
     run_dir = _train(tmp_path, mmnist_data, "r", "train.epochs=1")
-    code, _, _ = run(capsys, "train", "mmnist-wm", "train.epochs=2", "--resume", run_dir, "--runs-dir", tmp_path, "--no-progress")
+    code, _, _ = cli("train", "mmnist-wm", "train.epochs=2", "--resume", run_dir, "--runs-dir", tmp_path, "--no-progress")
     assert code == 0
     assert [r["epoch"] for r in read_metrics(run_dir) if r["kind"] == "val"] == [1, 2]
 
 
-def test_export_safetensors_and_onnx(capsys, fast_run, tmp_path):
+def test_export_safetensors_and_onnx(cli, fast_run, tmp_path):
     pytest.importorskip("onnxruntime")
-    code, out, _ = run(capsys, "export", fast_run, "--format", "onnx", "--out", tmp_path)
+    code, out, _ = cli("export", fast_run, "--format", "onnx", "--out", tmp_path)
     assert code == 0 and (tmp_path / "video_transformer.onnx").is_file() and "max |onnx - torch|" in out
-    code, _, _ = run(capsys, "export", fast_run, "--out", tmp_path / "st")
+    code, _, _ = cli("export", fast_run, "--out", tmp_path / "st")
     assert code == 0 and any((tmp_path / "st").glob("*.safetensors"))
     assert load_run(fast_run).config.model.embed_dim == 32

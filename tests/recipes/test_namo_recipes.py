@@ -17,12 +17,6 @@ TINY = ["model.network.hidden_size=32", "model.network.depth=1", "model.network.
         "train.batch_size=8", "train.lr=0.003", "train.log_every=1", "train.warmup_steps=0", "eval.num_scenes=2", "eval.samples_per_scene=1"]
 
 
-def run(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture(scope="module")
 def namo_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("namo")
@@ -120,8 +114,8 @@ def test_diffusion_sampling_shapes_for_every_sampler(diffusion_run, namo_data, s
     assert samples.shape == (2, 2, 64, 64) and used == 5
 
 
-def test_eval_namo_reports_metrics_and_baselines(capsys, fm_run):
-    code, out, _ = run(capsys, "eval", "namo", fm_run, "--json", "--limit", 3, "--samples-per-scene", 2, "--steps", 2)
+def test_eval_namo_reports_metrics_and_baselines(cli, fm_run):
+    code, out, _ = cli("eval", "namo", fm_run, "--json", "--limit", 3, "--samples-per-scene", 2, "--steps", 2)
     assert code == 0
     result = json.loads(out)
     for key in ("iou", "dice", "best_of_k_iou", "validity", "mode_coverage", "stay_validity", "random_train_goal_validity"):
@@ -130,8 +124,8 @@ def test_eval_namo_reports_metrics_and_baselines(capsys, fm_run):
     assert (fm_run / "eval" / "namo-midpoint-2.png").is_file()
 
 
-def test_eval_compare_writes_table_and_plot(capsys, fm_run, diffusion_run, tmp_path):
-    code, out, _ = run(capsys, "eval", "compare", fm_run, diffusion_run, "--limit", 2, "--samples-per-scene", 1, "--out", tmp_path)
+def test_eval_compare_writes_table_and_plot(cli, fm_run, diffusion_run, tmp_path):
+    code, out, _ = cli("eval", "compare", fm_run, diffusion_run, "--limit", 2, "--samples-per-scene", 1, "--out", tmp_path)
     assert code == 0
     rows = json.loads((tmp_path / "compare.json").read_text())
     assert {r["recipe"] for r in rows} == {"namo-fm", "namo-diffusion"}
@@ -140,44 +134,44 @@ def test_eval_compare_writes_table_and_plot(capsys, fm_run, diffusion_run, tmp_p
     assert (tmp_path / "compare.png").is_file() and "| nfe |" in header and "| push_validity |" in header
 
 
-def test_ckpt_path_resumes_training(capsys, tmp_path, namo_data):
+def test_ckpt_path_resumes_training(cli, tmp_path, namo_data):
     run_dir = _train(tmp_path, "namo-fm", namo_data, "resumed", "max_epochs=1")
-    code, _, err = run(capsys, "train", "namo-fm", f"ckpt_path={run_dir}/checkpoints/last.pt", "max_epochs=2", "--no-progress",
+    code, _, err = cli("train", "namo-fm", f"ckpt_path={run_dir}/checkpoints/last.pt", "max_epochs=2", "--no-progress",
                        "--runs-dir", tmp_path)
     assert code == 0, err
     assert load_run(run_dir, "last").state["progress"]["epoch"] == 2
 
 
-def test_sample_writes_picture(capsys, diffusion_run, tmp_path):
-    code, out, _ = run(capsys, "sample", diffusion_run, "--n", 2, "--samples-per-scene", 2, "--solver", "ddpm", "--steps", 3,
+def test_sample_writes_picture(cli, diffusion_run, tmp_path):
+    code, out, _ = cli("sample", diffusion_run, "--n", 2, "--samples-per-scene", 2, "--solver", "ddpm", "--steps", 3,
                        "--out", tmp_path / "s.png")
     assert code == 0 and (tmp_path / "s.png").is_file()
     assert np.load(tmp_path / "s.npz")["samples"].shape == (2, 2, 64, 64)
 
 
-def test_wrong_image_size_and_channels_are_config_errors(capsys, tmp_path, namo_data):
-    code, _, err = run(capsys, "train", "namo-fm", f"data.data_dir={namo_data}", "data.image_size=32", "--runs-dir", tmp_path)
+def test_wrong_image_size_and_channels_are_config_errors(cli, tmp_path, namo_data):
+    code, _, err = cli("train", "namo-fm", f"data.data_dir={namo_data}", "data.image_size=32", "--runs-dir", tmp_path)
     assert code == 2 and "data.image_size=32" in err and "64 x 64" in err
     with pytest.raises(ConfigError, match="in_ch"):
         load_config(get_recipe("namo-fm").config_class, None, ["model.network.in_ch=3"])
 
 
-def test_diffusion_recipe_refuses_an_ode_solver(capsys, diffusion_run):
-    code, _, err = run(capsys, "sample", diffusion_run, "--solver", "midpoint")
+def test_diffusion_recipe_refuses_an_ode_solver(cli, diffusion_run):
+    code, _, err = cli("sample", diffusion_run, "--solver", "midpoint")
     assert code == 2 and "ddim or ddpm" in err
 
 
-def test_export_safetensors_and_onnx_match_torch(capsys, fm_run, tmp_path):
+def test_export_safetensors_and_onnx_match_torch(cli, fm_run, tmp_path):
     pytest.importorskip("onnxruntime")
-    code, out, _ = run(capsys, "export", fm_run, "--format", "onnx", "--out", tmp_path)
+    code, out, _ = cli("export", fm_run, "--format", "onnx", "--out", tmp_path)
     assert code == 0 and (tmp_path / "goal_net.onnx").is_file() and "max |onnx - torch|" in out
-    code, _, _ = run(capsys, "export", fm_run, "--out", tmp_path / "st")
+    code, _, _ = cli("export", fm_run, "--out", tmp_path / "st")
     assert code == 0 and any((tmp_path / "st").glob("*.safetensors"))
 
 
-def test_source_trainer_choice_sets_processes(capsys, tmp_path, namo_data):
-    code, _, err = run(capsys, "train", "namo-fm", f"data.data_dir={namo_data}", "trainer=four_gpus", "--runs-dir", tmp_path)
+def test_source_trainer_choice_sets_processes(cli, tmp_path, namo_data):
+    code, _, err = cli("train", "namo-fm", f"data.data_dir={namo_data}", "trainer=four_gpus", "--runs-dir", tmp_path)
     assert code == 2 and "single_gpu or multi_gpu" in err
     if not torch.cuda.is_available():
-        code, _, err = run(capsys, "train", "namo-fm", f"data.data_dir={namo_data}", "trainer=multi_gpu", "--runs-dir", tmp_path)
+        code, _, err = cli("train", "namo-fm", f"data.data_dir={namo_data}", "trainer=multi_gpu", "--runs-dir", tmp_path)
         assert code == 2 and "--gpus N" in err
