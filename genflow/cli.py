@@ -362,6 +362,7 @@ def sample_command(
     run = load_run(run_dir, checkpoint, device=_device())
     options = _given(steps=steps, solver=solver, samples_per_scene=samples_per_scene, past=past, future=future,
                      temperature=temperature, guidance=guidance, energy=str(energy) if energy else None)
+    _check_options(run.recipe.sample, options, "sample", run.recipe.name)
     result = run.recipe.sample(run.model, run.run_dir, _device(), n=n, out=out, unconditional=unconditional, seed=seed, **options)
     for key, value in result.items():
         console.print(f"{key}: {value}")
@@ -405,6 +406,7 @@ def eval_command(
         raise GenflowError(f"eval {metric}: expected one run directory, got {len(run_dirs)} (only `compare` takes several)")
     run_dir = run_dirs[0]
     run = load_run(run_dir, checkpoint, device=_device())
+    _check_options(run.recipe.run_eval, options, f"eval {metric}", run.recipe.name)
     result = run.recipe.run_eval(metric, run.model, run.run_dir, _device(), split=split, seed=seed, **options)
     result = {"run_dir": str(run_dir), "checkpoint": run.checkpoint.name, **result}
     if as_json:
@@ -444,6 +446,17 @@ def export_command(
 def _given(**options: Any) -> dict[str, Any]:
     """The options the user set (None: leave the recipe's default)."""
     return {k: v for k, v in options.items() if v is not None}
+
+
+def _check_options(method: Any, options: dict[str, Any], command: str, recipe: str) -> None:
+    """Options the user set that the recipe's method does not take are an error, not silently ignored."""
+    import inspect
+
+    accepted = {p.name for p in inspect.signature(method).parameters.values() if p.kind is not p.VAR_KEYWORD}
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        raise GenflowError(f"genflow {command}: {flags} does not apply to recipe '{recipe}'")
 
 
 def _device() -> "Any":
