@@ -48,7 +48,7 @@ JOINT_LIMITS = np.array(_FINGER * 4 + _THUMB, dtype=np.float64)
 
 
 def _mirror(axis_angle: np.ndarray) -> np.ndarray:
-    """Right-hand frame <-> left-hand frame (reflection through the x-z... plane of the hand): (x, -y, -z)."""
+    """Right-hand axis-angle <-> left-hand axis-angle (the mirror image across the y-z plane): (x, -y, -z)."""
     return axis_angle * np.array([1.0, -1.0, -1.0])
 
 

@@ -77,23 +77,12 @@ def corrupt(poses: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarra
 
 
 def auroc(clean: np.ndarray, corrupted: np.ndarray) -> float:
-    """P(corrupted > clean) + ½ P(tie), by ranks (Mann-Whitney U / (n m))."""
-    scores = np.concatenate([clean, corrupted])
-    order = scores.argsort(kind="mergesort")
-    ranks = np.empty(len(scores))
-    ranks[order] = np.arange(1, len(scores) + 1)
-    # tied scores share their average rank
-    sorted_scores = scores[order]
-    start = 0
-    while start < len(scores):
-        end = start
-        while end + 1 < len(scores) and sorted_scores[end + 1] == sorted_scores[start]:
-            end += 1
-        if end > start:
-            ranks[order[start:end + 1]] = (start + end) / 2 + 1
-        start = end + 1
-    n, m = len(clean), len(corrupted)
-    return float((ranks[n:].sum() - m * (m + 1) / 2) / (n * m))
+    """P(corrupted > clean) + ½ P(tie) over all pairs (Mann-Whitney U / (n m))."""
+    ordered = np.sort(np.asarray(clean, dtype=np.float64))
+    bad = np.asarray(corrupted, dtype=np.float64)
+    below = np.searchsorted(ordered, bad, side="left")
+    ties = np.searchsorted(ordered, bad, side="right") - below
+    return float((below + 0.5 * ties).sum() / (len(ordered) * len(bad)))
 
 
 def per_joint_error_degrees(poses: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
