@@ -17,6 +17,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from genflow.engine.precision import normalise_precision
 from genflow.errors import ConfigError
 
 __all__ = [
@@ -27,15 +28,6 @@ __all__ = [
     "apply_overrides",
     "parse_override",
 ]
-
-
-def _sixteen_mixed() -> str:
-    import torch
-
-    return "fp16" if torch.cuda.is_available() else "bf16"
-
-
-LIGHTNING_PRECISION = {"16-mixed": _sixteen_mixed, "bf16-mixed": lambda: "bf16", "32": lambda: "no", "32-true": lambda: "no"}
 
 
 @dataclasses.dataclass
@@ -56,8 +48,10 @@ class TrainConfig:
     grad_clip: float | None = 1.0  # max global grad norm; None disables clipping
     grad_accum_steps: int = 1
     ema_decay: float | None = None  # e.g. 0.999; evaluation and sampling then use the EMA weights
-    # Lightning names are accepted too: 16-mixed (fp16 on a GPU, bf16 on CPU), bf16-mixed, 32 / 32-true
-    precision: Literal["no", "fp16", "bf16", "16-mixed", "bf16-mixed", "32", "32-true"] = "no"
+    # auto: bf16 where the GPU / CPU computes it natively, else fp32 (GPU without bf16: fp16). Also
+    # no | fp32 | 32 | 32-true | bf16 | bf16-mixed | fp16 | 16-mixed (Lightning: fp16 on a GPU, bf16 on CPU).
+    # The request is kept; the engine resolves it on the hardware of each run (and resume).
+    precision: str | bool | int = "auto"  # bool / int: YAML's reading of `no` and `32`
     seed: int = 42
     eval_every: int = 5  # epochs
     checkpoint_every: int = 10  # epochs (`last` is written every epoch regardless)
@@ -78,8 +72,7 @@ class TrainConfig:
                 raise ConfigError(f"config key 'train.{key}': expected a value >= 0, got {getattr(self, key)}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"config key 'train.grad_clip': expected a positive norm or null, got {self.grad_clip}")
-        if self.precision in LIGHTNING_PRECISION:
-            self.precision = LIGHTNING_PRECISION[self.precision]()
+        self.precision = normalise_precision(self.precision)
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ConfigError(f"config key 'train.ema_decay': expected a value in (0, 1) or null, got {self.ema_decay}")
 

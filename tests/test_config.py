@@ -69,9 +69,3 @@ def test_out_of_range_training_values_are_config_errors(override):
         load_config(Cfg, None, [override])
 
 
-def test_lightning_precision_names_map_to_ours():
-    import torch
-
-    assert TrainConfig(precision="16-mixed").precision == ("fp16" if torch.cuda.is_available() else "bf16")
-    assert TrainConfig(precision="bf16-mixed").precision == "bf16"
-    assert TrainConfig(precision="32").precision == "no"
