@@ -111,3 +111,19 @@ def cli(capsys):
         return code, out, err
 
     return run
+
+
+@pytest.fixture
+def opened_splits(monkeypatch):
+    """Every dataset split any reader opens while the test runs, as a list of split names."""
+    from genflow.data import shards
+
+    opened: list[str] = []
+    original = shards._SplitReader.__init__
+
+    def spy(self, path, split, fields):
+        opened.append(split)
+        original(self, path, split, fields)
+
+    monkeypatch.setattr(shards._SplitReader, "__init__", spy)
+    return opened

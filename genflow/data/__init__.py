@@ -13,8 +13,10 @@ from genflow.data.shards import (
     ShardWriter,
     StreamingShardDataset,
     dataset_info,
+    first_samples,
     load_split,
     read_manifest,
+    split_indices,
     verify_shards,
 )
 
@@ -28,6 +30,8 @@ __all__ = [
     "StreamingShardDataset",
     "dataset_info",
     "load_split",
+    "first_samples",
+    "split_indices",
     "read_manifest",
     "verify_shards",
 ]

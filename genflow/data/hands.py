@@ -198,7 +198,8 @@ def read_hands_npz(path: str | Path) -> np.ndarray:
     return pose.astype(np.float32)
 
 
-def import_hands_npz(src_dir: str | Path, out_dir: str | Path, *, val_fraction: float = 0.1, seed: int = 42,
+def import_hands_npz(src_dir: str | Path, out_dir: str | Path, *, val_fraction: float = 0.1, test_fraction: float = 0.1,
+                     seed: int = 42,
                      limit: int | None = None, overwrite: bool = False, command: str | None = None, progress=None,
                      **_ignored):
     """Every *.npz under `src_dir` (many poses per file) -> shards (train / val / test); unreadable or
@@ -221,7 +222,7 @@ def import_hands_npz(src_dir: str | Path, out_dir: str | Path, *, val_fraction: 
         raise DataSourceError(f"{src_dir}: none of {len(files)} .npz files holds hand poses (first: {skipped[0][0]}: {skipped[0][1]})")
     pose = np.concatenate(poses)
     families = np.full((len(pose), 2), -1, dtype=np.int64)  # unknown for real data
-    parts = _split(len(pose), seed, val_fraction, val_fraction)
+    parts = _split(len(pose), seed, val_fraction, test_fraction)
     manifest = _write(out_dir, {k: (pose[i], families[i]) for k, i in parts.items()},
                       source={"npz_dir": str(src_dir), "command": command or f"genflow data import-npz {src_dir} --kind hands"},
                       attrs={"files": len(files), "skipped": len(skipped)}, overwrite=overwrite)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from genflow.data.mnist import MnistArrays, load_mnist, load_mnist_idx_dir
-from genflow.data.shards import ShardWriter
+from genflow.data.shards import ShardWriter, split_indices
 from genflow.errors import DataSourceError
 
 __all__ = ["FASHION_MNIST_DIR", "load_image_source", "make_image_shards"]
@@ -34,16 +34,22 @@ def load_image_source(source: str | Path | None, fashion: bool = False) -> Mnist
     return load_mnist(source)
 
 
-def make_image_shards(arrays: MnistArrays, out_dir: str | Path, *, name: str, overwrite: bool = False,
-                      command: str | None = None) -> dict:
-    """Write `arrays` (official split: the first `num_train` images are train) into shards."""
+def make_image_shards(arrays: MnistArrays, out_dir: str | Path, *, name: str, val_fraction: float = 0.1, seed: int = 0,
+                      overwrite: bool = False, command: str | None = None) -> dict:
+    """Write `arrays` into train / val / test shards.
+
+    Test is the official test set; val is a seeded `val_fraction` of the official training images,
+    held out of train (both keep the original order).
+    """
     fields = {"image": (tuple(arrays.images.shape[1:]), "uint8"), "label": ((), "int64")}
     source = {"images": arrays.source, "name": name}
     if command:
         source["command"] = command
     n = arrays.num_train
-    with ShardWriter(out_dir, fields, source=source, attrs={"dataset": name, "num_train": n},
-                     overwrite=overwrite) as writer:
-        writer.write("train", image=arrays.images[:n], label=arrays.labels[:n].astype(np.int64))
-        writer.write("test", image=arrays.images[n:], label=arrays.labels[n:].astype(np.int64))
+    parts = split_indices(np.random.default_rng(seed).permutation(n), val_fraction=val_fraction, test_fraction=0.0)
+    splits = {"train": np.sort(parts["train"]), "val": np.sort(parts["val"]), "test": np.arange(n, len(arrays.images))}
+    attrs = {"dataset": name, "num_official_train": n, "val_fraction": val_fraction, "val_seed": seed}
+    with ShardWriter(out_dir, fields, seed=seed, source=source, attrs=attrs, overwrite=overwrite) as writer:
+        for split, indices in splits.items():
+            writer.write(split, image=arrays.images[indices], label=arrays.labels[indices].astype(np.int64))
     return writer.close()

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from genflow.data.mnist import load_mnist
-from genflow.data.shards import ShardWriter
+from genflow.data.shards import ShardWriter, split_indices
 from genflow.errors import DataSourceError
 
 __all__ = [
@@ -52,6 +52,7 @@ DIGIT_SIZE = 28
 NUM_LEVELS = 16
 MASK_TOKEN = NUM_LEVELS  # token id 16
 STEP_LENGTH = 0.1
+VAL_DIGIT_FRACTION = 0.1  # of the official MNIST training digits, reserved for val sequences
 
 
 # --- generator -------------------------------------------------------------------------------------
@@ -231,6 +232,7 @@ def make_moving_mnist(
     out_dir: str | Path,
     *,
     sequences: int = 4000,
+    val_sequences: int = 500,
     test_sequences: int = 1000,
     frames: int = 20,
     digits: int = 2,
@@ -244,7 +246,10 @@ def make_moving_mnist(
     chunk: int = 500,
     command: str | None = None,
 ) -> dict:
-    """Generates Moving MNIST train/test splits from real MNIST digits and writes token shards.
+    """Generates Moving MNIST train / val / test splits from real MNIST digits and writes token shards.
+
+    Test sequences use the official MNIST test digits. A seeded 10 % of the official training digits
+    is kept for the val sequences only, so validation digits never appear in a training sequence.
 
     Fields per sequence: ``tokens`` ``(T, F, F)`` uint8 levels, ``actions`` ``(T, 2)`` float32,
     ``frames`` ``(T, S, S)`` uint8 (the full-resolution frames, for evaluation) and ``digit_labels``
@@ -257,23 +262,28 @@ def make_moving_mnist(
         raise DataSourceError(f"--size must be at least {DIGIT_SIZE} (the digit size), got {size}")
     if size % frame_size:
         raise DataSourceError(f"--size {size} must be a multiple of the token frame size {frame_size}")
-    if digits < 1 or frames < 2 or sequences < 1 or test_sequences < 0:
+    if digits < 1 or frames < 2 or sequences < 1 or test_sequences < 0 or val_sequences < 0:
         raise DataSourceError("need at least 1 digit, 2 frames and 1 training sequence")
     if not 0 <= ego_digit_id < digits:
         raise DataSourceError(f"--ego-digit-id must be in [0, {digits - 1}], got {ego_digit_id}")
     mnist = load_mnist(mnist_source, cache_dir=cache_dir)
-    pools = {"train": mnist.images[: mnist.num_train], "test": mnist.images[mnist.num_train :]}
-    label_pools = {"train": mnist.labels[: mnist.num_train], "test": mnist.labels[mnist.num_train :]}
+    digit_parts = split_indices(np.random.default_rng([seed, 2]).permutation(mnist.num_train), val_fraction=VAL_DIGIT_FRACTION,
+                                test_fraction=0.0)
+    digit_indices = {"train": np.sort(digit_parts["train"]), "val": np.sort(digit_parts["val"]),
+                     "test": np.arange(mnist.num_train, len(mnist.images))}
     attrs = {
         "frames": frames, "digits": digits, "size": size, "frame_size": frame_size, "levels": NUM_LEVELS,
         "ego_digit_id": ego_digit_id, "actions": "exact generator trajectories", "step_length": STEP_LENGTH,
+        "val_digit_fraction": VAL_DIGIT_FRACTION,
     }
     source = {"mnist": mnist.source, "generator": "bouncing digits (Srivastava et al. 2015)", "command": command or "genflow data make-moving-mnist"}
     with ShardWriter(out_dir, _fields(frames, size, frame_size, digits), seed=seed, source=source, attrs=attrs, overwrite=overwrite) as writer:
-        for split, count in (("train", sequences), ("test", test_sequences)):
-            pool, label_pool = pools[split], label_pools[split]
+        for split, count in (("train", sequences), ("val", val_sequences), ("test", test_sequences)):
+            pool, label_pool = mnist.images[digit_indices[split]], mnist.labels[digit_indices[split]]
+            writer.write(split, **{name: np.zeros((0, *shape), dtype)
+                                   for name, (shape, dtype) in _fields(frames, size, frame_size, digits).items()})
             for index, start in enumerate(range(0, count, chunk)):
-                rng = np.random.default_rng([seed, 0 if split == "train" else 1, index])
+                rng = np.random.default_rng([seed, {"train": 0, "test": 1, "val": 2}[split], index])
                 n = min(chunk, count - start)
                 chosen = rng.integers(0, len(pool), size=(n, digits))
                 _, offsets = bouncing_trajectories(rng, n, frames, digits, size)
@@ -294,6 +304,7 @@ def import_moving_mnist(
     *,
     frame_size: int = 32,
     ego_digit_id: int = 0,
+    val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     limit: int | None = None,
     seed: int = 0,
@@ -304,7 +315,8 @@ def import_moving_mnist(
     """Converts a canonical ``mnist_test_seq.npy`` ``(T, N, S, S)`` uint8 into token shards.
 
     Actions are estimated by :func:`track_ego_actions`. A seeded permutation sends
-    ``test_fraction`` of the sequences to ``test``. Digit labels are unknown (-1).
+    ``test_fraction`` of the sequences to ``test`` and ``val_fraction`` to ``val``. Digit labels are
+    unknown (-1).
     """
     path = Path(npy_path)
     if not path.is_file():
@@ -318,12 +330,12 @@ def import_moving_mnist(
     num_frames, num_sequences, size, _ = array.shape
     if size % frame_size:
         raise DataSourceError(f"{path}: frame size {size} is not a multiple of the token frame size {frame_size}")
-    if not 0.0 <= test_fraction < 1.0:
-        raise DataSourceError(f"--test-fraction must be in [0, 1), got {test_fraction}")
+    if not (0.0 <= val_fraction < 1.0 and 0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
+        raise DataSourceError(f"--val-fraction {val_fraction} and --test-fraction {test_fraction}: expected each in [0, 1) "
+                              "and together below 1")
     order = np.random.default_rng(seed).permutation(num_sequences)[: limit or num_sequences]
-    num_test = int(round(len(order) * test_fraction))
-    splits = {"train": np.sort(order[num_test:]), "test": np.sort(order[:num_test])}
-    attrs = {"frames": num_frames, "size": size, "frame_size": frame_size, "levels": NUM_LEVELS, "ego_digit_id": ego_digit_id,
+    splits = {k: np.sort(v) for k, v in split_indices(order, val_fraction=val_fraction, test_fraction=test_fraction).items()}
+    attrs = {"val_fraction": val_fraction, "test_fraction": test_fraction,"frames": num_frames, "size": size, "frame_size": frame_size, "levels": NUM_LEVELS, "ego_digit_id": ego_digit_id,
              "actions": "tracked (template matching of the ego digit)"}
     source = {"file": str(path.resolve()), "command": command or f"genflow data import-moving-mnist {path}"}
     fields = _fields(num_frames, size, frame_size, 1)

@@ -290,6 +290,7 @@ def import_namo_npz(
     *,
     image_size: int = 64,
     val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
     seed: int = 42,
     overwrite: bool = False,
     limit: int | None = None,
@@ -298,7 +299,7 @@ def import_namo_npz(
     command: str | None = None,
     max_shard_bytes: int = 256 * 2**20,
 ) -> ImportSummary:
-    """Converts a directory of NAMO scene ``.npz`` files into a shard dataset with splits train/test.
+    """Converts a directory of NAMO scene ``.npz`` files into a shard dataset with splits train / val / test.
 
     Fields per sample: ``context`` (5, S, S) uint8 {0,1} (channels robot, goal, movable_objects,
     static_objects, target_object), ``target_goal`` (1, S, S) uint8 {0,1}, ``num_modes`` () int16
@@ -309,8 +310,9 @@ def import_namo_npz(
         src_dir: Directory searched recursively for ``*.npz``.
         out_dir: Dataset directory to write.
         image_size: Side S of the resized masks.
-        val_fraction: Fraction of the files that go to ``test`` (a seeded random choice of files; at
-            least one when there are two or more files and ``val_fraction > 0``).
+        val_fraction: Fraction of the files that go to ``val``, held out of train (best checkpoints
+            are chosen on it; a seeded random choice of files, at least one when the fraction is > 0).
+        test_fraction: Fraction of the files that go to ``test`` (likewise).
         seed: Seed for ``limit``'s choice of files and for the split.
         overwrite: Replace an existing dataset in ``out_dir``.
         limit: Convert at most this many files (a seeded random choice).
@@ -341,6 +343,7 @@ def import_namo_npz(
             "binarise": "bool as is, else >0.5 after /255 when max>1; area resize; on when >=half of a bin is on",
         },
         val_fraction=val_fraction,
+        test_fraction=test_fraction,
         seed=seed,
         overwrite=overwrite,
         limit=limit,
@@ -385,6 +388,7 @@ def _import_files(
     fields: dict[str, tuple[tuple[int, ...], str]],
     attrs: dict,
     val_fraction: float,
+    test_fraction: float,
     seed: int,
     overwrite: bool,
     limit: int | None,
@@ -395,16 +399,17 @@ def _import_files(
 ) -> ImportSummary:
     """Finds, splits and converts the files; ``read_file`` turns one file into one sample or raises NpzFileError.
 
-    Split: the files are permuted with the seed; the first ``num_test`` go to test. When one of
-    them is skipped, the next file of the permutation takes its place (never the last unused
-    file, which is kept for train), so a few bad files do not leave test empty. The rest, in sorted
-    order, go to train. Test samples are written first, then train, each in sorted file order
-    within a chunk.
+    Split: the files are permuted with the seed; the first ``num_test`` go to test, the next
+    ``num_val`` to val. When one of them is skipped, the next file of the permutation takes its place
+    (never the last unused file, which is kept for train), so a few bad files do not leave test or
+    val empty. The rest, in sorted order, go to train. Test samples are written first, then val, then
+    train, each in sorted file order within a chunk.
     """
     src = Path(src_dir)
     out = Path(out_dir)
-    if not 0.0 <= val_fraction < 1.0:
-        raise DataSourceError(f"import {kind}: val_fraction must be in [0, 1), got {val_fraction}")
+    if not (0.0 <= val_fraction < 1.0 and 0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
+        raise DataSourceError(f"import {kind}: val_fraction={val_fraction} and test_fraction={test_fraction} must each "
+                              "be in [0, 1) and together below 1")
     if limit is not None and limit < 1:
         raise DataSourceError(f"import {kind}: limit must be >= 1, got {limit}")
     if workers < 0:
@@ -415,10 +420,10 @@ def _import_files(
         names = sorted(names[i] for i in select_rng.permutation(len(names))[:limit])
     num_files = len(names)
     order = split_rng.permutation(num_files)
-    num_test = round(num_files * val_fraction)
-    if val_fraction > 0:
-        num_test = max(num_test, 1)
-    num_test = min(num_test, num_files - 1)  # train keeps at least one file
+    held_out = {}
+    for split, fraction in (("test", test_fraction), ("val", val_fraction)):
+        count = max(round(num_files * fraction), 1 if fraction > 0 else 0)
+        held_out[split] = min(count, num_files - 1 - sum(held_out.values()))  # train keeps at least one file
 
     fields = {**fields, "file_index": ((), "int32")}
     file_list = "".join(f"{name}\n" for name in names).encode("utf-8", "surrogateescape")
@@ -429,6 +434,7 @@ def _import_files(
         **attrs,
         "kind": kind,
         "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
         "limit": limit,
         "num_files": num_files,
         "file_list": FILE_LIST_NAME,
@@ -436,13 +442,13 @@ def _import_files(
         "skipped_report": SKIPPED_REPORT_NAME,
     }
     skipped: list[tuple[str, str]] = []
-    counts = {"test": 0, "train": 0}
+    counts = {"test": 0, "val": 0, "train": 0}
     done = 0
 
     with ShardWriter(
         out, fields, max_shard_bytes=max_shard_bytes, seed=seed, source=source, attrs=attrs, overwrite=overwrite
     ) as writer, _Reader(read_file, workers) as reader:
-        for split in ("train", "test"):  # registers both splits even if one ends up empty
+        for split in ("train", "val", "test"):  # registers every split even if one ends up empty
             writer.write(split, **{n: np.empty((0, *shape), dtype) for n, (shape, dtype) in fields.items()})
 
         def convert(split: str, indices: list[int]) -> None:
@@ -464,15 +470,16 @@ def _import_files(
                     progress(done, num_files)
 
         used = 0
-        while counts["test"] < num_test:
-            take = min(num_test - counts["test"], num_files - used - 1)
-            if take <= 0:
-                break
-            convert("test", sorted(order[used : used + take].tolist()))
-            used += take
+        for split, wanted in held_out.items():
+            while counts[split] < wanted:
+                take = min(wanted - counts[split], num_files - used - 1)
+                if take <= 0:
+                    break
+                convert(split, sorted(order[used : used + take].tolist()))
+                used += take
         convert("train", sorted(order[used:].tolist()))
 
-        converted = counts["train"] + counts["test"]
+        converted = sum(counts.values())
         if converted == 0:
             first = "; ".join(f"{name}: {reason}" for name, reason in sorted(skipped)[:_REASONS_IN_ERROR])
             raise DataSourceError(f"{src}: none of the {num_files} .npz files could be converted; first problems: {first}")
@@ -485,7 +492,7 @@ def _import_files(
         converted=converted,
         skipped=skipped,
         out_dir=out,
-        splits={"train": counts["train"], "test": counts["test"]},
+        splits=dict(counts),
         skipped_report=out / SKIPPED_REPORT_NAME,
         num_files=num_files,
         manifest=writer.close(),

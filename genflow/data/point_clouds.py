@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from genflow.data.mnist import load_mnist
-from genflow.data.shards import ShardWriter
+from genflow.data.shards import ShardWriter, split_indices
 from genflow.errors import DataSourceError
 
 __all__ = ["COORDINATES", "images_to_point_clouds", "make_mnist_points"]
@@ -87,6 +87,7 @@ def make_mnist_points(
     n_points: int = 500,
     seed: int = 42,
     limit: int | None = None,
+    val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     source: str | Path | None = None,
     cache_dir: str | Path = "datasets/raw",
@@ -97,8 +98,8 @@ def make_mnist_points(
     """Builds a point-cloud shard dataset from the MNIST images of some digits.
 
     All 70k images (train then test) are pooled; those labelled with one of ``digits`` are kept,
-    optionally cut to ``limit`` after a seeded shuffle, split into train/test by a seeded
-    permutation, and converted to point clouds. Deterministic given ``seed`` (and the MNIST source).
+    optionally cut to ``limit`` after a seeded shuffle, split into train / val / test by a seeded
+    permutation (val is held out of the training data: best checkpoints are chosen on it), and converted to point clouds. Deterministic given ``seed`` (and the MNIST source).
 
     Fields written per sample: ``points`` ``(P, 2)`` float32, ``label`` ``()`` int64, ``image_index``
     ``()`` int64 (index into the pooled 70k), ``image`` ``(28, 28)`` uint8 (kept so the Chamfer
@@ -110,6 +111,7 @@ def make_mnist_points(
         n_points: Points per cloud, P.
         seed: Seed for selection, split and point sampling.
         limit: Keep at most this many images (after the seeded shuffle).
+        val_fraction: Fraction of the kept images that go to the ``val`` split.
         test_fraction: Fraction of the kept images that go to the ``test`` split.
         source: MNIST source for :func:`~genflow.data.mnist.load_mnist` (None: cache or download).
         cache_dir: MNIST cache directory.
@@ -124,8 +126,9 @@ def make_mnist_points(
     digits = sorted({int(d) for d in digits})
     if not digits or any(d < 0 or d > 9 for d in digits):
         raise DataSourceError(f"make_mnist_points: digits must be a non-empty list of 0-9, got {digits}")
-    if not 0.0 <= test_fraction < 1.0:
-        raise DataSourceError(f"make_mnist_points: test_fraction must be in [0, 1), got {test_fraction}")
+    if not (0.0 <= val_fraction < 1.0 and 0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
+        raise DataSourceError(f"make_mnist_points: val_fraction={val_fraction} and test_fraction={test_fraction} "
+                              "must each be in [0, 1) and together below 1")
     if limit is not None and limit < 1:
         raise DataSourceError(f"make_mnist_points: limit must be >= 1, got {limit}")
     mnist = load_mnist(source, cache_dir)
@@ -141,8 +144,7 @@ def make_mnist_points(
     if empty.size:
         raise DataSourceError(f"{mnist.source}: image {int(empty[0])} is all zero; cannot sample a point cloud from it")
     kept = kept[split_rng.permutation(kept.size)]
-    num_test = round(kept.size * test_fraction)
-    splits = {"train": kept[num_test:], "test": kept[:num_test]}
+    splits = split_indices(kept, val_fraction=val_fraction, test_fraction=test_fraction)
 
     height, width = mnist.images.shape[1:]
     fields = {
@@ -154,6 +156,7 @@ def make_mnist_points(
     attrs = {
         "digits": digits,
         "n_points": n_points,
+        "val_fraction": val_fraction,
         "test_fraction": test_fraction,
         "limit": limit,
         "coordinates": COORDINATES,

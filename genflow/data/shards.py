@@ -45,6 +45,8 @@ __all__ = [
     "verify_shards",
     "dataset_info",
     "load_split",
+    "split_indices",
+    "first_samples",
     "ShardDataset",
     "StreamingShardDataset",
 ]
@@ -460,6 +462,45 @@ def load_split(path: str | Path, split: str, fields: list[str] | None = None) ->
 # Reading
 
 
+def split_indices(order: np.ndarray, *, val_fraction: float, test_fraction: float) -> dict[str, np.ndarray]:
+    """Train / val / test parts of an already shuffled (seeded) index array.
+
+    The first ``test_fraction`` is test and the next ``val_fraction`` is val, held out of the
+    training data; the rest is train. Taking test first keeps the test set of a dataset made before it
+    had a val split. Each part keeps the order of ``order``.
+
+    Raises:
+        ShardError: fractions outside [0, 1) or summing to 1 or more.
+    """
+    if not (0.0 <= val_fraction < 1.0 and 0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
+        raise ShardError(f"val_fraction={val_fraction} and test_fraction={test_fraction}: expected each in [0, 1) "
+                         "and together below 1")
+    num_test = round(len(order) * test_fraction)
+    num_val = round(len(order) * val_fraction)
+    return {"train": order[num_test + num_val:], "val": order[num_test:num_test + num_val], "test": order[:num_test]}
+
+
+def first_samples(dataset: Dataset, n: int | None = None) -> dict[str, np.ndarray]:
+    """The first ``n`` samples (all when None) of a dataset of dicts of tensors, as stacked numpy arrays.
+
+    Recipes use it to score the validation data the engine hands them. Reads a
+    :class:`ShardDataset` (or a ``Subset`` of one) in one batch.
+    """
+    count = len(dataset) if n is None else min(n, len(dataset))
+    indices = list(range(count))
+    base = dataset
+    if isinstance(dataset, torch.utils.data.Subset):
+        base, indices = dataset.dataset, [int(dataset.indices[i]) for i in indices]
+    if hasattr(base, "get_batch"):
+        batch = base.get_batch(indices) if indices else None
+    else:
+        items = [base[i] for i in indices]
+        batch = {k: torch.stack([torch.as_tensor(item[k]) for item in items]) for k in items[0]} if items else None
+    if batch is None:
+        raise ShardError("first_samples: the dataset is empty")
+    return {k: v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in batch.items()}
+
+
 class _SplitReader:
     """The shards of one split, opened lazily and once per process.
 
@@ -472,6 +513,9 @@ class _SplitReader:
         self.manifest = read_manifest(self.root)
         splits = self.manifest["splits"]
         if split not in splits:
+            if split == "val":  # made before genflow held validation out of the training data
+                raise ShardError(f"{self.root}: no 'val' split (the dataset predates validation splits; best "
+                                 f"checkpoints are chosen on val, never on test): {_recreate_hint(self.manifest)}")
             raise ShardError(f"{self.root}: no split {split!r}; available splits: {sorted(splits)}")
         known = _manifest_fields(self.manifest)
         fields = list(known) if fields is None else list(fields)

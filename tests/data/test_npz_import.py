@@ -55,8 +55,8 @@ def make_source(tmp_path, n, keys=NEW_KEYS, seed=0, name="src"):
 
 
 def all_samples(out) -> dict[str, np.ndarray]:
-    """Both splits concatenated and put in file_index order."""
-    splits = [load_split(out, split) for split in ("train", "test")]
+    """All splits concatenated and put in file_index order."""
+    splits = [load_split(out, split) for split in ("train", "val", "test")]
     merged = {k: np.concatenate([s[k] for s in splits]) for k in splits[0]}
     order = np.argsort(merged["file_index"])
     return {k: v[order] for k, v in merged.items()}
@@ -208,8 +208,8 @@ def test_skipped_test_file_is_replaced_so_test_is_not_empty(tmp_path):
     src, grids = make_source(tmp_path, 6)
     for i in range(4):
         _corrupt(src / f"bad_{i}.npz", grids[0])
-    summary = import_namo_npz(src, tmp_path / "out", val_fraction=0.5)  # 10 files: 5 for test, 6 convert
-    assert summary.splits == {"train": 1, "test": 5} and len(summary.skipped) == 4
+    summary = import_namo_npz(src, tmp_path / "out", test_fraction=0.3, val_fraction=0.2)  # 10 files: 3 test, 2 val, 6 convert
+    assert summary.splits == {"train": 1, "val": 2, "test": 3} and len(summary.skipped) == 4
 
 
 def test_no_convertible_file_raises_with_reasons_and_leaves_no_dataset(tmp_path):
@@ -235,17 +235,18 @@ def test_missing_directory_raises(tmp_path):
 
 def test_split_counts_add_up_and_the_same_seed_gives_the_same_split(tmp_path):
     src, _ = make_source(tmp_path, 20)
-    a = import_namo_npz(src, tmp_path / "a", val_fraction=0.25, seed=7)
-    b = import_namo_npz(src, tmp_path / "b", val_fraction=0.25, seed=7)
-    c = import_namo_npz(src, tmp_path / "c", val_fraction=0.25, seed=8)
-    assert a.splits == {"train": 15, "test": 5} and a.converted == 20
-    test_files = {out: load_split(tmp_path / out, "test")["file_index"].tolist() for out in "abc"}
-    assert test_files["a"] == test_files["b"] != test_files["c"]
+    a = import_namo_npz(src, tmp_path / "a", val_fraction=0.2, test_fraction=0.25, seed=7)
+    b = import_namo_npz(src, tmp_path / "b", val_fraction=0.2, test_fraction=0.25, seed=7)
+    c = import_namo_npz(src, tmp_path / "c", val_fraction=0.2, test_fraction=0.25, seed=8)
+    assert a.splits == {"train": 11, "val": 4, "test": 5} and a.converted == 20
+    files = {(out, split): set(load_split(tmp_path / out, split)["file_index"].tolist()) for out in "abc" for split in ("train", "val", "test")}
+    assert files["a", "test"] == files["b", "test"] != files["c", "test"]
+    assert files["a", "val"] == files["b", "val"] and not files["a", "val"] & (files["a", "train"] | files["a", "test"])
 
 
-def test_two_files_give_one_test_sample(tmp_path):
+def test_two_files_give_one_test_sample_and_keep_one_for_train(tmp_path):
     src, _ = make_source(tmp_path, 2)
-    assert import_namo_npz(src, tmp_path / "out", val_fraction=0.01).splits == {"train": 1, "test": 1}
+    assert import_namo_npz(src, tmp_path / "out", test_fraction=0.01).splits == {"train": 1, "val": 0, "test": 1}
 
 
 def test_limit_keeps_a_seeded_subset_and_reports_progress(tmp_path):
@@ -270,7 +271,7 @@ def test_worker_processes_write_the_same_shards(tmp_path):
     a = import_namo_npz(src, tmp_path / "a")
     b = import_namo_npz(src, tmp_path / "b", workers=1)
     assert a.skipped == b.skipped and a.splits == b.splits
-    for split in ("train", "test"):
+    for split in ("train", "val", "test"):
         sa, sb = load_split(tmp_path / "a", split), load_split(tmp_path / "b", split)
         for key in sa:
             np.testing.assert_array_equal(sa[key], sb[key])

@@ -68,19 +68,20 @@ def test_conversion_is_fast_enough_for_a_digit_class():
 def test_make_mnist_points_writes_selected_digits_with_their_images(tmp_path):
     source, images, labels = fake_mnist_npz(tmp_path / "mnist.npz")
     manifest = make_mnist_points(
-        tmp_path / "ds", [3, 4], n_points=16, test_fraction=0.25, source=source, command="genflow data make-test"
+        tmp_path / "ds", [3, 4], n_points=16, val_fraction=0.25, test_fraction=0.25, source=source, command="genflow data make-test"
     )
-    assert manifest["splits"]["train"]["count"] == 6 and manifest["splits"]["test"]["count"] == 2
+    counts = {split: info["count"] for split, info in manifest["splits"].items()}
+    assert counts == {"train": 4, "val": 2, "test": 2} and manifest["attrs"]["val_fraction"] == 0.25
     assert manifest["attrs"]["digits"] == [3, 4] and manifest["attrs"]["coordinates"] == "x right, y up, [-1,1]"
     assert manifest["attrs"]["n_points"] == 16 and manifest["seed"] == 42
     assert "mnist.npz" in manifest["source"]["mnist"] and manifest["source"]["command"] == "genflow data make-test"
     assert verify_shards(tmp_path / "ds") == []
 
     train = load_split(tmp_path / "ds", "train")
-    test = load_split(tmp_path / "ds", "test")
-    assert train["points"].shape == (6, 16, 2) and train["points"].dtype == np.float32
-    index = np.concatenate([train["image_index"], test["image_index"]])
-    assert sorted(index.tolist()) == np.flatnonzero(np.isin(labels, [3, 4])).tolist()  # train/test disjoint
+    val, test = load_split(tmp_path / "ds", "val"), load_split(tmp_path / "ds", "test")
+    assert train["points"].shape == (4, 16, 2) and train["points"].dtype == np.float32
+    index = np.concatenate([train["image_index"], val["image_index"], test["image_index"]])
+    assert sorted(index.tolist()) == np.flatnonzero(np.isin(labels, [3, 4])).tolist()  # train / val / test disjoint
     np.testing.assert_array_equal(train["label"], labels[train["image_index"]])
     np.testing.assert_array_equal(train["image"], images[train["image_index"]])
 

@@ -175,7 +175,9 @@ def test_load_split_returns_whole_split_in_order(dataset):
 
 
 def test_unknown_split_or_field_lists_available_ones(dataset):
-    with pytest.raises(ShardError, match=r"no split 'val'; available splits: \['test', 'train'\]"):
+    with pytest.raises(ShardError, match=r"no split 'valid'; available splits: \['test', 'train'\]"):
+        load_split(dataset, "valid")
+    with pytest.raises(ShardError, match=r"no 'val' split \(the dataset predates validation splits"):
         load_split(dataset, "val")
     with pytest.raises(ShardError, match=r"unknown fields \['pts'\]; available fields: \['points', 'label'\]"):
         ShardDataset(dataset, "train", fields=["pts"])

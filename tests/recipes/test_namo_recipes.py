@@ -23,7 +23,7 @@ def namo_data(tmp_path_factory):
     assert main(["data", "make-namo", "--scenes", "20", "--out", str(root / "npz"), "--seed", "3"]) == 0
     (root / "npz" / "broken.npz").write_bytes(b"not a zip archive")
     assert main(["data", "import-npz", str(root / "npz"), "--kind", "namo", "--out", str(root / "shards"),
-                 "--val-fraction", "0.2"]) == 0
+                 "--val-fraction", "0.2", "--test-fraction", "0.2"]) == 0
     return root / "shards"
 
 
