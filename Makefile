@@ -6,6 +6,9 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= runs/digit4/demo
 DEMO_OVERRIDES ?= train.epochs=12 train.eval_every=4 train.checkpoint_every=4
 
+# A dataset is reused only if it exists and has a val split (older ones are rebuilt).
+has_val = grep -q '"val"' $(1)/manifest.json 2>/dev/null
+
 .PHONY: install demo demo-namo namo-data demo-mmnist mmnist-data dtm-data demo-dtm demo-dtm-lunar bench-gibbs hands-data demo-hands test test-fast bench clean-demo
 
 # torch is installed first and pinned so pip does not pull a multi-GB CUDA build on CPU machines;
@@ -20,17 +23,18 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # The main job on the embedded default data (real MNIST from the registry): data -> train -> sample -> eval.
+# Precision is `auto`: bf16 where this CPU / GPU computes it natively, else fp32 (the choice is printed).
 demo: install
-	test -f datasets/digit4/manifest.json || $(VENV)/bin/genflow data make-digit4 --out datasets/digit4
+	$(call has_val,datasets/digit4) || $(VENV)/bin/genflow data make-digit4 --out datasets/digit4 --overwrite
 	rm -rf $(DEMO)
-	$(VENV)/bin/genflow train digit4 --name demo --precision bf16 $(DEMO_OVERRIDES)
+	$(VENV)/bin/genflow train digit4 --name demo $(DEMO_OVERRIDES)
 	$(VENV)/bin/genflow sample $(DEMO) --n 16
 	$(VENV)/bin/genflow eval chamfer $(DEMO)
 	@echo "outputs: $(DEMO)/samples.png  $(DEMO)/loss_trajectory.png  $(DEMO)/samples/  $(DEMO)/metrics.jsonl  (tensorboard --logdir $(DEMO)/tb)"
 
 # NAMO: 4000 procedural scenes -> shards, then both recipes with their default configs (~40 min on 2 CPU cores).
 namo-data: install
-	test -f datasets/namo/manifest.json || ( $(VENV)/bin/genflow data make-namo --scenes 4000 --out datasets/namo-npz --workers 2 --overwrite \
+	$(call has_val,datasets/namo) || ( $(VENV)/bin/genflow data make-namo --scenes 4000 --out datasets/namo-npz --workers 2 --overwrite \
 	  && $(VENV)/bin/genflow data import-npz datasets/namo-npz --kind namo --out datasets/namo --overwrite )
 
 demo-namo: namo-data
@@ -43,7 +47,7 @@ demo-namo: namo-data
 
 # Moving MNIST world model: 4000 + 1000 sequences, the "fast" model with its default config (~1 h on 2 CPU cores).
 mmnist-data: install
-	test -f datasets/mmnist/manifest.json || $(VENV)/bin/genflow data make-moving-mnist --out datasets/mmnist --overwrite
+	$(call has_val,datasets/mmnist) || $(VENV)/bin/genflow data make-moving-mnist --out datasets/mmnist --overwrite
 
 demo-mmnist: mmnist-data
 	rm -rf runs/mmnist-wm/demo
@@ -53,7 +57,7 @@ demo-mmnist: mmnist-data
 
 # Denoising Thermodynamic Model: binarised MNIST shards, the default CPU config (~30 min on 2 cores), eval.
 dtm-data: install
-	test -f datasets/mnist-images/manifest.json || $(VENV)/bin/genflow data make-mnist-images --out datasets/mnist-images --overwrite
+	$(call has_val,datasets/mnist-images) || $(VENV)/bin/genflow data make-mnist-images --out datasets/mnist-images --overwrite
 
 demo-dtm: dtm-data
 	rm -rf runs/dtm/demo

@@ -58,11 +58,12 @@ def _display_path(path: Path) -> str:
 
 # --- data -----------------------------------------------------------------------------------------------
 def _make_points(digits: list[int], out: Path, points: int, seed: int, limit: Optional[int], source: Optional[Path],
-                 overwrite: bool, command: str) -> None:
+                 overwrite: bool, command: str, val_fraction: float = 0.1) -> None:
     from genflow.data import dataset_info, make_mnist_points
 
     with console.status(f"making point clouds of digits {digits} ..."):
         make_mnist_points(out, digits, n_points=points, seed=seed, limit=limit, source=source, overwrite=overwrite,
+                          val_fraction=val_fraction,
                           command=f"genflow data {command} --out {out} --overwrite")
     _print_info(dataset_info(out), out)
 
@@ -73,9 +74,10 @@ def make_digit4(out: Path = typer.Option(Path("datasets/digit4"), help="Output d
                 seed: int = typer.Option(42, help="Seed of the split and the point sampling."),
                 limit: Optional[int] = typer.Option(None, min=1, help="Keep at most this many digits."),
                 source: Optional[Path] = typer.Option(None, help="MNIST IDX directory or .npz (default: cached / registry copy)."),
+                val_fraction: float = typer.Option(0.1, min=0.0, max=0.5, help="Fraction for the val split (test is 0.1)."),
                 overwrite: bool = typer.Option(False, help="Replace an existing dataset.")) -> None:
-    """Real MNIST 4s -> 2-D point clouds -> HDF5 shards (90/10 train/test split)."""
-    _make_points([4], out, points, seed, limit, source, overwrite, "make-digit4")
+    """Real MNIST 4s -> 2-D point clouds -> HDF5 shards (80/10/10 train/val/test split, seeded)."""
+    _make_points([4], out, points, seed, limit, source, overwrite, "make-digit4", val_fraction)
 
 
 @data_app.command("make-mnist-points")
@@ -127,7 +129,8 @@ def import_npz_command(src: Path = typer.Argument(..., help="Directory of .npz f
                        kind: str = typer.Option(..., help="What the files hold: namo, hands."),
                        out: Optional[Path] = typer.Option(None, help="Output dataset directory (default datasets/<kind>)."),
                        image_size: int = typer.Option(64, min=8, help="Side of the resized masks."),
-                       val_fraction: float = typer.Option(0.1, min=0.0, max=0.9, help="Fraction of files for the test split."),
+                       val_fraction: float = typer.Option(0.1, min=0.0, max=0.9, help="Fraction of files for the val split (held out of train; best checkpoints are chosen on it)."),
+                       test_fraction: float = typer.Option(0.1, min=0.0, max=0.9, help="Fraction of files for the test split."),
                        seed: int = typer.Option(42, help="Seed of the split."),
                        limit: Optional[int] = typer.Option(None, min=1, help="Convert at most this many files."),
                        workers: int = typer.Option(0, min=0, help="Reader processes (0: this one)."),
@@ -142,7 +145,8 @@ def import_npz_command(src: Path = typer.Argument(..., help="Directory of .npz f
     command = f"genflow data import-npz {src} --kind {kind} --out {out} --image-size {image_size} --overwrite"
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task(f"importing {src}", total=None)
-        summary = import_npz(kind, src, out, image_size=image_size, val_fraction=val_fraction, seed=seed, limit=limit,
+        summary = import_npz(kind, src, out, image_size=image_size, val_fraction=val_fraction,
+                             test_fraction=test_fraction, seed=seed, limit=limit,
                              workers=workers, overwrite=overwrite, command=command,
                              progress=lambda done, total: bar.update(task, completed=done, total=total))
     _print_info(dataset_info(out), out)
@@ -156,6 +160,7 @@ def import_npz_command(src: Path = typer.Argument(..., help="Directory of .npz f
 @data_app.command("make-moving-mnist")
 def make_moving_mnist_command(
     sequences: int = typer.Option(4000, min=1, help="Training sequences (digits from MNIST train)."),
+    val_sequences: int = typer.Option(500, min=0, help="Validation sequences (MNIST train digits held out of every training sequence)."),
     test_sequences: int = typer.Option(1000, min=0, help="Test sequences (digits from MNIST test)."),
     frames: int = typer.Option(20, min=2, help="Frames per sequence."),
     digits: int = typer.Option(2, min=1, help="Digits per sequence."),
@@ -172,7 +177,7 @@ def make_moving_mnist_command(
     from genflow.data.moving_mnist import make_moving_mnist
 
     with console.status(f"generating {sequences} + {test_sequences} sequences ..."):
-        make_moving_mnist(out, sequences=sequences, test_sequences=test_sequences, frames=frames, digits=digits, size=size,
+        make_moving_mnist(out, sequences=sequences, val_sequences=val_sequences, test_sequences=test_sequences, frames=frames, digits=digits, size=size,
                           frame_size=frame_size, ego_digit_id=ego_digit_id, seed=seed, mnist_source=source, overwrite=overwrite,
                           command=f"genflow data make-moving-mnist --out {out} --overwrite")
     _print_info(dataset_info(out), out)
@@ -184,16 +189,17 @@ def make_mnist_images_command(
                                        "datasets/fashion-mnist-images with --fashion)."),
     fashion: bool = typer.Option(False, help="Fashion-MNIST (Debian package dataset-fashion-mnist, or --source DIR)."),
     source: Optional[Path] = typer.Option(None, help="IDX directory or .npz (default: cached / registry copy of MNIST)."),
+    val_fraction: float = typer.Option(0.1, min=0.0, max=0.5, help="Fraction of the official training images held out as val."),
     overwrite: bool = typer.Option(False, help="Replace an existing dataset."),
 ) -> None:
-    """Labelled 28 x 28 images (official train / test split) -> HDF5 shards, for dtm."""
+    """Labelled 28 x 28 images (official test split; val held out of official train) -> HDF5 shards, for dtm."""
     from genflow.data import dataset_info
     from genflow.data.image_shards import load_image_source, make_image_shards
 
     name = "fashion-mnist" if fashion else "mnist"
     out = out or Path(f"datasets/{name}-images")
     arrays = load_image_source(source, fashion=fashion)
-    make_image_shards(arrays, out, name=name, overwrite=overwrite,
+    make_image_shards(arrays, out, name=name, val_fraction=val_fraction, overwrite=overwrite,
                       command=f"genflow data make-mnist-images --out {out}{' --fashion' if fashion else ''} --overwrite")
     _print_info(dataset_info(out), out)
 
@@ -219,6 +225,7 @@ def import_moving_mnist_command(
     out: Path = typer.Option(Path("datasets/mmnist-canonical"), help="Output dataset directory."),
     frame_size: int = typer.Option(32, min=1, help="Token frame side."),
     ego_digit_id: int = typer.Option(0, min=0, help="Tracked digit: 0 = the largest blob."),
+    val_fraction: float = typer.Option(0.1, min=0.0, max=0.9, help="Fraction of sequences for the val split."),
     test_fraction: float = typer.Option(0.1, min=0.0, max=0.9, help="Fraction of sequences for the test split."),
     limit: Optional[int] = typer.Option(None, min=1, help="Convert at most this many sequences."),
     seed: int = typer.Option(0, help="Seed of the split."),
@@ -229,7 +236,8 @@ def import_moving_mnist_command(
     from genflow.data.moving_mnist import import_moving_mnist
 
     with console.status(f"importing {npy} (tracking the ego digit) ..."):
-        import_moving_mnist(npy, out, frame_size=frame_size, ego_digit_id=ego_digit_id, test_fraction=test_fraction, limit=limit,
+        import_moving_mnist(npy, out, frame_size=frame_size, ego_digit_id=ego_digit_id, val_fraction=val_fraction,
+                            test_fraction=test_fraction, limit=limit,
                             seed=seed, overwrite=overwrite, command=f"genflow data import-moving-mnist {npy} --out {out} --overwrite")
     _print_info(dataset_info(out), out)
 
@@ -277,10 +285,12 @@ def train_command(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config (default: the recipe's)."),
     name: Optional[str] = typer.Option(None, help="Run name (default: the start time)."),
     gpus: int = typer.Option(1, min=1, help="Number of processes: one per GPU, or CPU processes over gloo without CUDA."),
-    precision: Optional[str] = typer.Option(None, help="Mixed precision: no | fp16 | bf16 (sets train.precision)."),
+    precision: Optional[str] = typer.Option(None, help="auto (default: bf16 where the GPU / CPU has it natively, else fp32) | "
+                                            "no | 32 | fp32 | bf16 | bf16-mixed | fp16 | 16-mixed (sets train.precision)."),
     resume: Optional[str] = typer.Option(None, help="Run dir to continue from its last checkpoint, or 'auto' for the latest run."),
     runs_dir: Path = typer.Option(Path("runs"), help="Root of run directories."),
-    progress: bool = typer.Option(True, help="Show the progress bar."),
+    progress: bool = typer.Option(True, help="Show the progress bar on a terminal (plain progress lines are printed "
+                                  "when stdout is not one, and with --no-progress)."),
 ) -> None:
     """Train a recipe into runs/<recipe>/<name>/ (resumable, multi-process with --gpus N)."""
     from genflow.engine.launch import is_launched_worker, launch_processes
@@ -342,6 +352,8 @@ def _source_trainer_overrides(overrides: list[str], gpus: int) -> tuple[list[str
 @app.command("sample")
 def sample_command(
     run_dir: Path = typer.Argument(..., help="A run directory."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Run config changes data.*|eval.*|sampling.*=value, "
+                                                    "e.g. data.path=DIR for moved data."),
     n: int = typer.Option(16, "--n", min=1, help="How many samples (scenes for namo)."),
     steps: Optional[int] = typer.Option(None, min=1, help="Solver / sampler steps (default: the recipe's)."),
     solver: Optional[str] = typer.Option(None, help="ODE solver euler | midpoint | rk4 | dopri5, or diffusion sampler ddim | ddpm."),
@@ -359,7 +371,7 @@ def sample_command(
     """Generate samples from a trained run."""
     from genflow.engine.run_dir import load_run
 
-    run = load_run(run_dir, checkpoint, device=_device())
+    run = load_run(run_dir, checkpoint, device=_device(), overrides=list(overrides or []))
     options = _given(steps=steps, solver=solver, samples_per_scene=samples_per_scene, past=past, future=future,
                      temperature=temperature, guidance=guidance, energy=str(energy) if energy else None)
     _check_options(run.recipe.sample, options, "sample", run.recipe.name)
@@ -371,8 +383,10 @@ def sample_command(
 @app.command("eval")
 def eval_command(
     metric: str = typer.Argument(..., help="What to measure: chamfer (digit4), namo, video (mmnist-wm), dtm, hands (hand-vae), or compare (several runs)."),
-    run_dirs: list[Path] = typer.Argument(..., help="A run directory (several for `compare`)."),
-    split: str = typer.Option("test", help="Dataset split to evaluate on."),
+    run_dirs: list[str] = typer.Argument(..., help="A run directory (several for `compare`), then optional run config "
+                                         "changes data.*|eval.*|sampling.*=value (e.g. data.path=DIR for moved data)."),
+    split: str = typer.Option("test", help="Dataset split to evaluate on: test (default: reported figures), val "
+                              "(what best.pt was chosen on) or train."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     checkpoint: str = typer.Option("best", help="best | last | epoch_XXXX."),
     steps: Optional[int] = typer.Option(None, min=1, help="Solver / sampler steps (default: the recipe's)."),
@@ -392,8 +406,18 @@ def eval_command(
 
     options = _given(steps=steps, solver=solver, samples_per_scene=samples_per_scene, limit=limit, temperature=temperature,
                      guidance=guidance, future=future, shuffle_actions=shuffle_actions or None)
+    if split not in EVAL_SPLITS:
+        raise GenflowError(f"--split {split!r}: expected one of {', '.join(EVAL_SPLITS)}")
+    overrides = [a for a in run_dirs if _is_override(a)]
+    run_dirs = [Path(a) for a in run_dirs if not _is_override(a)]
+    if not run_dirs:
+        raise GenflowError(f"eval {metric}: expected a run directory")
     if metric == "compare":
         from genflow.engine.compare import compare_runs
+
+        if overrides:
+            raise GenflowError(f"eval compare: run config changes ({', '.join(overrides)}) apply to one run; "
+                               "evaluate that run with `genflow eval METRIC RUN key=value`")
 
         result = compare_runs(run_dirs, out, split=split, checkpoint=checkpoint, seed=seed, device=_device(), **options)
         if as_json:
@@ -405,7 +429,7 @@ def eval_command(
     if len(run_dirs) != 1:
         raise GenflowError(f"eval {metric}: expected one run directory, got {len(run_dirs)} (only `compare` takes several)")
     run_dir = run_dirs[0]
-    run = load_run(run_dir, checkpoint, device=_device())
+    run = load_run(run_dir, checkpoint, device=_device(), overrides=overrides)
     _check_options(run.recipe.run_eval, options, f"eval {metric}", run.recipe.name)
     result = run.recipe.run_eval(metric, run.model, run.run_dir, _device(), split=split, seed=seed, **options)
     result = {"run_dir": str(run_dir), "checkpoint": run.checkpoint.name, **result}
@@ -431,7 +455,7 @@ def export_command(
     from genflow.engine.run_dir import load_run
     from genflow.export import export_onnx, export_safetensors
 
-    run = load_run(run_dir, checkpoint)
+    run = load_run(run_dir, checkpoint, need_data=False)
     out = out or run_dir / "export"
     if format == "safetensors":
         written = export_safetensors(run, out)
@@ -441,6 +465,16 @@ def export_command(
         raise GenflowError(f"--format {format!r}: expected safetensors or onnx")
     for path, detail in written.items():
         console.print(f"wrote {path}  {detail}")
+
+
+EVAL_SPLITS = ("test", "val", "train")
+
+
+def _is_override(arg: str) -> bool:
+    """`data.path=DIR` (a dotted key, then =), not a run directory."""
+    import re
+
+    return re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*=", arg) is not None and not Path(arg).exists()
 
 
 def _given(**options: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genflow.config import TrainConfig
-from genflow.data import ShardDataset, images_to_point_clouds, load_split
+from genflow.data import ShardDataset, first_samples, images_to_point_clouds, load_split
 from genflow.engine.recipe import Recipe, StepContext
 from genflow.errors import ConfigError, GenflowError
 from genflow.metrics import chamfer_distance, coverage_mmd_1nna
@@ -55,7 +55,7 @@ class ModelConfig:
 
 @dataclass
 class EvalConfig:
-    num_clouds: int = 256  # test clouds scored every `train.eval_every` epochs
+    num_clouds: int = 256  # validation clouds scored every `train.eval_every` epochs (best.pt is chosen on them)
     steps: int = 20
     solver: Literal["euler", "midpoint", "rk4", "dopri5"] = "euler"
 
@@ -116,6 +116,7 @@ class Digit4Recipe(Recipe):
     config_class = Digit4Config
     default_config = Path(__file__).with_suffix(".yaml")
     eval_metrics = ("chamfer",)
+    data_path_key = "data.path"
 
     def __init__(self, config: Digit4Config):
         super().__init__(config)
@@ -126,7 +127,7 @@ class Digit4Recipe(Recipe):
     def build_datasets(self):
         d = self.config.data
         return (ShardDataset(d.path, "train", ["points"], in_memory=d.in_memory),
-                ShardDataset(d.path, "test", ["points"], in_memory=d.in_memory))
+                ShardDataset(d.path, "val", ["points"], in_memory=d.in_memory))
 
     def build_model(self) -> Digit4Flow:
         return Digit4Flow(self.config.model)
@@ -191,8 +192,7 @@ class Digit4Recipe(Recipe):
     # --- evaluation ------------------------------------------------------------------------------
     def evaluate(self, model, val_data, device):
         e = self.config.eval
-        test = load_split(self.config.data.path, "test", ["points"])
-        points = torch.from_numpy(test["points"][: e.num_clouds]).to(device)
+        points = torch.from_numpy(first_samples(val_data, e.num_clouds)["points"]).to(device)
         generated = self.reconstruct(model, points, steps=e.steps, solver=e.solver, seed=0)
         return {"chamfer_l2": float(chamfer_distance(generated, points).mean()),
                 "chamfer_sq": float(chamfer_distance(generated, points, squared=True).mean())}
@@ -226,8 +226,7 @@ class Digit4Recipe(Recipe):
 
     # --- pictures and sampling ------------------------------------------------------------------------
     def save_figures(self, model, val_data, run_dir, device):
-        test = load_split(self.config.data.path, "test", ["points"])
-        truth = torch.from_numpy(test["points"][:8]).to(device)
+        truth = torch.from_numpy(first_samples(val_data, 8)["points"]).to(device)
         generated = self.reconstruct(model, truth, steps=self.config.eval.steps, solver=self.config.eval.solver, seed=0)
         path = Path(run_dir) / "samples.png"
         _plot_clouds([truth.cpu(), generated.cpu()], ["ground truth", "generated"], path)

@@ -44,7 +44,7 @@ class DataConfig:
     conditional: bool = True  # label nodes hold the class; false: one dummy class (unconditioned)
     threshold: float = 0.5  # grayscale_levels 1: pixel on iff value / 255 > threshold
     train_images: int | None = None  # use the first N training images (null = all)
-    val_images: int = 128  # held-out test images: validation loss, autocorrelation
+    val_images: int = 128  # validation images (held out of train): validation loss, autocorrelation
     # dtm-lunar: the frame stream
     resolution: int = 32
     image_shape: list[int] | None = None  # streams: shape of one image (dtm-lunar: resolution x resolution x 3)
@@ -241,7 +241,7 @@ class DtmRecipe(Recipe):
 
     def build_datasets(self):
         d = self.config.data
-        return self._split("train", d.train_images), self._split("test", d.val_images)
+        return self._split("train", d.train_images), self._split("val", d.val_images)
 
     def model_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """Dataset labels -> model classes 0..C-1 (selected classes renumbered; 0 if unconditioned)."""
@@ -550,6 +550,7 @@ class DtmLunarRecipe(DtmRecipe):
     summary = "DTM trained from a stream of LunarLander-v3 frames rendered in background workers (no dataset on disk)"
     default_config = Path(__file__).with_name("dtm_lunar.yaml")
     stream_factory: Callable[[], Iterable] | None = None  # set by train_from_iterator
+    data_path_key = None  # frames come from a stream, not a dataset directory
 
     def image_shape(self) -> tuple[int, ...]:
         d = self.config.data

@@ -25,8 +25,9 @@ from torch import nn
 from torch.utils.data import Subset
 
 from genflow.config import TrainConfig
-from genflow.data import ShardDataset, load_split
+from genflow.data import ShardDataset, first_samples, load_split
 from genflow.data.moving_mnist import MASK_TOKEN, NUM_LEVELS, dequantise
+from genflow.engine.precision import autocast_dtype
 from genflow.engine.recipe import Recipe, StepContext
 from genflow.errors import ConfigError, GenflowError
 from genflow.metrics.video import (
@@ -51,7 +52,7 @@ class DataConfig:
     data_dir: str = "datasets/mmnist"  # genflow data make-moving-mnist | import-moving-mnist
     num_past: int = 10  # clean context frames
     train_sequences: int | None = None  # use only the first N training sequences (source: 2000 fast, 8000 full)
-    val_sequences: int = 32  # validation loss and quick metrics on the first N test sequences
+    val_sequences: int = 32  # validation loss and quick metrics on the first N val sequences
     in_memory: bool = True
 
     def __post_init__(self) -> None:
@@ -113,7 +114,7 @@ class EvalConfig:
 
 def _default_train() -> TrainConfig:
     return TrainConfig(epochs=1, batch_size=4, optimizer="adamw", lr=3e-4, weight_decay=0.01, lr_schedule="cosine",
-                       min_lr=1e-6, grad_clip=1.0, precision="bf16", seed=42, eval_every=1, checkpoint_every=10,
+                       min_lr=1e-6, grad_clip=1.0, precision="auto", seed=42, eval_every=1, checkpoint_every=10,
                        best_metric="val_loss", best_mode="min")
 
 
@@ -169,10 +170,11 @@ class MovingMnistWorldModelRecipe(Recipe):
         if (height, width) != (m.frame_size, m.frame_size) or frames < m.num_frames:
             raise ConfigError(f"{d.data_dir} holds {frames} frames of {height}x{width} tokens; the model expects "
                               f"{m.num_frames} of {m.frame_size}x{m.frame_size} (model.num_frames / model.frame_size)")
-        test = ShardDataset(d.data_dir, "test", fields, in_memory=d.in_memory)
+        # val carries the frames too, for the pixel metrics of `evaluate` (compute_loss reads tokens / actions)
+        val = ShardDataset(d.data_dir, "val", [*fields, "frames"], in_memory=d.in_memory)
         if d.train_sequences is not None:
             train = Subset(train, range(min(d.train_sequences, len(train))))
-        return train, Subset(test, range(min(d.val_sequences, len(test))))
+        return train, Subset(val, range(min(d.val_sequences, len(val))))
 
     def build_model(self) -> SimpleVideoTransformer:
         m = self.config.model
@@ -193,9 +195,8 @@ class MovingMnistWorldModelRecipe(Recipe):
 
     # --- generation -----------------------------------------------------------------------------------
     def _autocast(self, device: torch.device):
-        precision = self.config.train.precision
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None and (device.type == "cuda" or dtype == torch.bfloat16))
+        dtype = autocast_dtype(self.config.train.precision, device)  # auto: bf16 only where it is native
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
     @torch.no_grad()
     def predict(self, model, tokens: torch.Tensor, actions: torch.Tensor, *, num_past: int, steps: int | None = None,
@@ -243,8 +244,8 @@ class MovingMnistWorldModelRecipe(Recipe):
 
     # --- evaluation -----------------------------------------------------------------------------------
     def evaluate(self, model, val_data, device):
-        """Quick pixel metrics of the decoded future on a few test sequences (32 x 32)."""
-        seqs = self._test_sequences(limit=self.config.eval.num_sequences)
+        """Quick pixel metrics of the decoded future on a few validation sequences (32 x 32)."""
+        seqs = first_samples(val_data, self.config.eval.num_sequences)
         scores = self._score(model, seqs, num_future=self.config.model.num_frames - self.config.data.num_past)
         return {"val_mse": float(scores["model"]["mse_32"].mean()), "val_ssim": float(scores["model"]["ssim_32"].mean()),
                 "val_copy_last_mse": float(scores["copy_last"]["mse_32"].mean())}
@@ -324,7 +325,7 @@ class MovingMnistWorldModelRecipe(Recipe):
 
     # --- pictures and sampling ------------------------------------------------------------------------
     def save_figures(self, model, val_data, run_dir, device):
-        seqs = self._test_sequences(limit=3)
+        seqs = first_samples(val_data, 3)
         num_past = self.config.data.num_past
         predicted = self.predict(model, torch.from_numpy(seqs["tokens"]), torch.from_numpy(seqs["actions"]), num_past=num_past)
         path = Path(run_dir) / "samples.png"

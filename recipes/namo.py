@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from genflow.config import TrainConfig
-from genflow.data import ShardDataset, load_split
+from genflow.data import ShardDataset, first_samples, load_split
 from genflow.engine.recipe import Recipe, StepContext
 from genflow.errors import ConfigError, GenflowError
 from genflow.metrics.placements import placement_metrics
@@ -233,7 +233,8 @@ class _NamoRecipe(Recipe):
         if size != d.image_size:
             raise ConfigError(f"data.image_size={d.image_size} but {d.data_dir} holds {size} x {size} masks "
                               f"(re-import with --image-size {d.image_size}, or set data.image_size={size})")
-        return train, ShardDataset(d.data_dir, "test", ["context", "target_goal"], in_memory=d.in_memory)
+        # val carries what the placement metrics need too (compute_loss reads only context / target_goal)
+        return train, ShardDataset(d.data_dir, "val", ["context", "target_goal", "num_modes", "mode_map"], in_memory=d.in_memory)
 
     def build_model(self) -> NamoGoalNet:
         return NamoGoalNet(self.config.model.network, self.config.data.image_size)
@@ -270,7 +271,7 @@ class _NamoRecipe(Recipe):
     # --- evaluation -----------------------------------------------------------------------------------
     def evaluate(self, model, val_data, device):
         e = self.config.eval
-        scenes = self._test_scenes(limit=e.num_scenes)
+        scenes = first_samples(val_data, e.num_scenes)
         samples, _ = self.generate(model, torch.from_numpy(scenes["context"]), samples_per_scene=e.samples_per_scene)
         scores = placement_metrics(scenes["context"], scenes["target_goal"][:, 0], samples, scenes["num_modes"], scenes["mode_map"])
         return {f"val_{k}": v for k, v in scores.items() if k in ("iou", "validity", "push_validity", "mode_coverage")}
@@ -318,7 +319,7 @@ class _NamoRecipe(Recipe):
 
     # --- pictures and sampling --------------------------------------------------------------------------
     def save_figures(self, model, val_data, run_dir, device):
-        scenes = self._test_scenes(limit=4)
+        scenes = first_samples(val_data, 4)
         samples, _ = self.generate(model, torch.from_numpy(scenes["context"]), samples_per_scene=3)
         path = Path(run_dir) / "samples.png"
         plot_placements(scenes["context"], scenes["target_goal"][:, 0], samples, path)

@@ -198,6 +198,7 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_two_cpu_processes_train_like_one(tmp_path, digit4_dir):
     """--gpus 2 on CPU: two gloo processes, each half of every global batch; same weights as one process."""
     common = ["train", "digit4", "--runs-dir", str(tmp_path), "--no-progress", f"data.path={digit4_dir}", "train.max_steps=6",
+              "--precision", "no",  # equal to float round-off: an fp32 property (auto may pick bf16)
               *TINY_MODEL]
     for name, gpus in (("one", 1), ("two", 2)):
         proc = subprocess.run([sys.executable, "-m", "genflow.cli", *common, "--name", name, "--gpus", str(gpus)],
@@ -238,3 +239,85 @@ def test_an_option_the_recipe_does_not_take_is_a_clear_error(cli, trained_run, t
     assert code == 2 and "--energy does not apply to recipe 'digit4'" in err
     code, _, err = cli("eval", "chamfer", trained_run, "--temperature", "0.5")
     assert code == 2 and "--temperature does not apply" in err
+
+
+# --- honest numbers: val for choosing, test for reporting; precision; logs; runs that travel ----------------
+def test_best_is_chosen_on_val_never_test_and_eval_reports_test(cli, tmp_path, digit4_dir, opened_splits):
+    code, _, err = cli("train", "digit4", "--runs-dir", tmp_path, "--name", "v", "--no-progress", f"data.path={digit4_dir}",
+                       "train.epochs=3", "train.eval_every=1", *TINY_MODEL)
+    assert code == 0, err
+    assert "val" in opened_splits and "test" not in opened_splits  # training never reads the test split
+    run = tmp_path / "digit4" / "v"
+    val_records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
+    best = load_checkpoint(run / "checkpoints" / "best.pt")["best"]
+    assert best["value"] == min(r["chamfer_l2"] for r in val_records)
+    opened_splits.clear()
+    code, out, _ = cli("eval", "chamfer", run, "--json", "--steps", 3)
+    assert code == 0 and json.loads(out)["split"] == "test" and opened_splits[-1] == "test"
+    code, out, _ = cli("eval", "chamfer", run, "--json", "--steps", 3, "--split", "val")
+    assert code == 0 and json.loads(out)["split"] == "val"
+    code, _, err = cli("eval", "chamfer", run, "--split", "tset")
+    assert_user_error(code, err, "--split 'tset'", "test, val")
+
+
+def test_a_dataset_without_val_names_the_command_that_rebuilds_it(cli, tmp_path, digit4_dir):
+    import shutil
+
+    old = tmp_path / "old-digit4"
+    shutil.copytree(digit4_dir, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["splits"]["val"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = cli("train", "digit4", "--runs-dir", tmp_path, f"data.path={old}", *TINY_MODEL)
+    assert_user_error(code, err, "no 'val' split", "genflow data make-digit4")
+
+
+@pytest.mark.parametrize("precision", ["no", "32", "fp32", "auto"])
+def test_precision_spellings_train_from_the_cli(cli, tmp_path, digit4_dir, precision):
+    import yaml
+
+    code, out, err = cli("train", "digit4", "--runs-dir", tmp_path, "--name", "p", "--no-progress", f"data.path={digit4_dir}",
+                         "train.max_steps=2", "--precision", precision, *TINY_MODEL)
+    assert code == 0, err
+    doc = yaml.safe_load((tmp_path / "digit4" / "p" / "config.yaml").read_text())
+    if precision != "auto":
+        assert doc["runtime"]["precision"] == "no" and "precision" in out and "fp32" in out
+    assert doc["config"]["train"]["precision"] == ("auto" if precision == "auto" else "no")
+
+
+def test_a_log_file_gets_progress_lines_with_throughput_and_eta_before_the_first_epoch_ends(tmp_path, digit4_dir):
+    log = tmp_path / "train.log"
+    with log.open("w") as handle:  # stdout is a file, as under SLURM or nohup
+        proc = subprocess.run([sys.executable, "-m", "genflow.cli", "train", "digit4", "--runs-dir", str(tmp_path),
+                               f"data.path={digit4_dir}", "train.epochs=2", "train.eval_every=1", *TINY_MODEL, "train.log_every=1"],
+                              stdout=handle, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = log.read_text().splitlines()
+    first_eval = next(i for i, line in enumerate(lines) if line.startswith("epoch 1/2 eval:"))
+    progress = [line for line in lines[:first_eval] if line.startswith("epoch 1/2  step ")]
+    assert len(progress) >= 2  # several lines inside epoch 1, before its evaluation
+    assert all("samples/s" in line and " eta " in line for line in progress)
+
+
+def test_a_run_is_evaluated_from_any_directory_and_follows_moved_data(cli, tmp_path, digit4_dir, monkeypatch):
+    import shutil
+
+    home = tmp_path / "project"
+    shutil.copytree(digit4_dir, home / "datasets" / "digit4")
+    monkeypatch.chdir(home)  # relative paths, as a user types them
+    code, _, err = cli("train", "digit4", "--runs-dir", "runs", "--name", "r", "--no-progress", "data.path=datasets/digit4",
+                       "train.max_steps=2", *TINY_MODEL)
+    assert code == 0, err
+    run = home / "runs" / "digit4" / "r"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, out, err = cli("eval", "chamfer", run, "--json", "--steps", 2)
+    assert code == 0, err
+    shutil.move(str(home / "datasets"), str(tmp_path / "moved"))
+    code, _, err = cli("eval", "chamfer", run, "--steps", 2)
+    assert_user_error(code, err, "is not there", "data.path=DIR")
+    code, out, err = cli("eval", "chamfer", run, f"data.path={tmp_path / 'moved' / 'digit4'}", "--json", "--steps", 2)
+    assert code == 0 and json.loads(out)["clouds"] > 0, err
+    code, _, err = cli("eval", "chamfer", run, "model.field_hidden=8")
+    assert_user_error(code, err, "model and training config are fixed")

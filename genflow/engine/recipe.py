@@ -76,6 +76,9 @@ class Recipe:
     # (e.g. "epoch{epoch:03d}-{metric}{value:.4f}"); `best.pt` is always written.
     best_checkpoint_name: ClassVar[str | None] = None
     compare_metrics: ClassVar[tuple[str, ...]] = ()  # what `genflow eval compare` tabulates and plots
+    # Dotted config key of the dataset directory. A run records it absolutely (and as given), so
+    # `sample` / `eval` / `export` work from any directory; `eval RUN data.data_dir=NEW` follows moved data.
+    data_path_key: ClassVar[str | None] = "data.data_dir"
 
     def __init__(self, config: Any):
         self.config = config

@@ -20,25 +20,42 @@ import yaml
 from torch import nn
 
 import genflow
-from genflow.config import config_from_dict, config_to_dict
+from genflow.config import apply_overrides, config_from_dict, config_to_dict
 from genflow.engine.checkpoint import load_checkpoint
 from genflow.engine.recipe import Recipe, get_recipe
-from genflow.errors import CheckpointError
+from genflow.errors import CheckpointError, ConfigError
 
-__all__ = ["LoadedRun", "default_run_name", "new_run_dir", "write_run_config", "read_run_config", "find_latest_run", "load_run", "git_commit"]
+__all__ = ["LoadedRun", "default_run_name", "new_run_dir", "write_run_config", "record_runtime", "read_run_config",
+           "find_latest_run", "load_run", "pin_data_path", "git_commit", "environment"]
 
 CONFIG_FILE = "config.yaml"
 
 
-def git_commit() -> str | None:
-    """The commit of the genflow checkout (None when not in a git work tree)."""
+def _git(*args: str) -> str | None:
+    """Output of a git command in the genflow checkout (None when not in a git work tree)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(genflow.__file__).parent, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", *args], cwd=Path(genflow.__file__).parent, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() or None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_commit() -> str | None:
+    """The commit of the genflow checkout (None when not in a git work tree)."""
+    return _git("rev-parse", "HEAD") or None
+
+
+def environment() -> dict[str, Any]:
+    """What produced a run: versions, host, and the exact code (commit, and whether the tree had edits)."""
+    import platform
+    import socket
+
+    import accelerate
+
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {"genflow": genflow.__version__, "python": platform.python_version(), "torch": str(torch.__version__),
+            "accelerate": accelerate.__version__, "host": socket.gethostname(), "git_commit": git_commit(),
+            "git_dirty": None if status is None else bool(status)}
 
 
 def default_run_name() -> str:
@@ -58,16 +75,32 @@ def new_run_dir(runs_root: str | Path, recipe: str, name: str | None) -> Path:
 
 def write_run_config(run_dir: Path, recipe: str, config: Any, extra: dict[str, Any] | None = None) -> Path:
     """Write the resolved config with provenance, atomically."""
+    env = environment()
     doc = {
         "recipe": recipe,
         "genflow_version": genflow.__version__,
-        "git_commit": git_commit(),
+        "git_commit": env["git_commit"],
         "written": _dt.datetime.now().isoformat(timespec="seconds"),
         **(extra or {}),
+        "environment": env,
         "config": config_to_dict(config),
     }
-    path = run_dir / CONFIG_FILE
-    fd, tmp = tempfile.mkstemp(prefix=".config.", dir=run_dir)
+    return _write_yaml(run_dir / CONFIG_FILE, doc)
+
+
+def record_runtime(run_dir: Path, runtime: dict[str, Any]) -> Path:
+    """Add what the engine resolved on this machine (device, precision, world size) to `config.yaml`.
+
+    The config keeps the request (e.g. `precision: auto`); `runtime` says what it became here.
+    """
+    doc = read_run_config(run_dir)
+    doc["runtime"] = runtime
+    doc["config"] = doc.pop("config")  # keep the config last, where a reader expects it
+    return _write_yaml(Path(run_dir) / CONFIG_FILE, doc)
+
+
+def _write_yaml(path: Path, doc: dict[str, Any]) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=".config.", dir=path.parent)
     with os.fdopen(fd, "w") as handle:
         yaml.safe_dump(doc, handle, sort_keys=False)
     os.replace(tmp, path)
@@ -109,18 +142,62 @@ class LoadedRun:
         return self.recipe.config
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu", use_ema: bool = True) -> LoadedRun:
+def pin_data_path(recipe_cls: type[Recipe], config: Any) -> dict[str, str] | None:
+    """Make the config's dataset path (`recipe_cls.data_path_key`) absolute, in place.
+
+    A relative path is taken from the working directory. Returns `{"key", "given", "absolute"}`, or
+    None when the recipe has no dataset path (a stream).
+    """
+    key = recipe_cls.data_path_key
+    if not key:
+        return None
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+        node = getattr(node, part, None)
+    given = getattr(node, leaf, None) if node is not None else None
+    if not isinstance(given, str) or not given:
+        return None
+    absolute = str(Path(given).expanduser().resolve())
+    setattr(node, leaf, absolute)
+    return {"key": key, "given": given, "absolute": absolute}
+
+
+# What `sample` / `eval` may change in a trained run's config: where its data is, how it is evaluated.
+RUN_OVERRIDE_SECTIONS = ("data", "eval", "sampling")
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu", use_ema: bool = True,
+             overrides: list[str] | None = None, need_data: bool = True) -> LoadedRun:
     """Rebuild a run's recipe and model from its directory and load a checkpoint.
 
     Args:
         checkpoint: `best`, `last`, a name in `checkpoints/` (e.g. `epoch_0010`) or a file path.
             `best` falls back to `last` when no best checkpoint was written yet.
         use_ema: load the EMA weights when the run kept them.
+        overrides: `key=value` changes of the run's `data.*` / `eval.*` / `sampling.*` config,
+            e.g. `data.path=/new/place` for a run whose dataset moved.
+        need_data: check that the run's dataset is there (export needs only the weights).
+
+    Raises:
+        CheckpointError: not a run directory, no such checkpoint, or the run's dataset is not where
+            the run recorded it (the message names the key that points it elsewhere).
     """
     run_dir = Path(run_dir)
     doc = read_run_config(run_dir)
     recipe_cls = get_recipe(doc["recipe"])
-    config = config_from_dict(recipe_cls.config_class, doc["config"])
+    data = doc["config"]
+    for item in overrides or []:
+        section = item.partition("=")[0].strip().split(".")[0]
+        if section not in RUN_OVERRIDE_SECTIONS:
+            raise ConfigError(f"override '{item}': a trained run's model and training config are fixed; "
+                              f"only {', '.join(s + '.*' for s in RUN_OVERRIDE_SECTIONS)} keys can change here")
+    data = apply_overrides(data, list(overrides or []), recipe_cls.config_class)
+    config = config_from_dict(recipe_cls.config_class, data)
+    pinned = pin_data_path(recipe_cls, config)
+    if need_data and pinned is not None and not Path(pinned["absolute"]).exists():
+        raise CheckpointError(f"{pinned['absolute']}: the dataset of run {run_dir} is not there (moved or deleted?); "
+                              f"point the run at it with {pinned['key']}=DIR")
     recipe = recipe_cls(config)
     ckpt_dir = run_dir / "checkpoints"
     path = Path(checkpoint) if checkpoint.endswith(".pt") and Path(checkpoint).is_file() else ckpt_dir / f"{checkpoint}.pt"

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from genflow.config import apply_overrides, config_from_dict, load_config
 from genflow.engine.recipe import Recipe, get_recipe
-from genflow.engine.run_dir import default_run_name, find_latest_run, new_run_dir, read_run_config, write_run_config
+from genflow.engine.run_dir import (default_run_name, find_latest_run, new_run_dir, pin_data_path, read_run_config,
+                                    write_run_config)
 from genflow.errors import CheckpointError, ConfigError
 
 __all__ = ["TrainingPlan", "prepare_training"]
@@ -64,9 +65,11 @@ def prepare_training(recipe_name: str, *, config_path: Path | None = None, overr
             run_dir = Path(runs_root) / recipe_name / (name or default_run_name())
             if (run_dir / "checkpoints" / "last.pt").exists() and not os.environ.get("LOCAL_RANK"):
                 raise CheckpointError(f"{run_dir}: a run with this name exists; pass --resume {run_dir} to continue it, or another --name")
+    data_path = pin_data_path(recipe_cls, config)  # absolute: the run works from any directory
     if create and is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_run_config(run_dir, recipe_name, config, {"overrides": overrides, "resumed_from": str(checkpoint) if checkpoint else None})
+        write_run_config(run_dir, recipe_name, config, {"overrides": overrides, "resumed_from": str(checkpoint) if checkpoint else None,
+                                                        "data_path": data_path})
     return TrainingPlan(recipe=recipe_cls(config), run_dir=run_dir, resume_checkpoint=checkpoint, is_main=is_main)
 
 

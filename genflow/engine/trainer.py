@@ -28,7 +28,10 @@ from genflow.config import TrainConfig
 from genflow.engine.checkpoint import atomic_torch_save, capture_rng_state, load_checkpoint, restore_rng_state
 from genflow.engine.metrics_log import MetricsLogger, plot_loss_trajectory
 from genflow.engine.optim import EpochBatchSampler, ExponentialMovingAverage, build_lr_schedule, build_optimizer
+from genflow.engine.precision import cpu_description, resolve_precision
+from genflow.engine.progress import TrainingProgress
 from genflow.engine.recipe import Recipe, StepContext
+from genflow.engine.run_dir import CONFIG_FILE, record_runtime, write_run_config
 from genflow.errors import ConfigError, GenflowError
 
 __all__ = ["train", "TrainResult", "TrainingDiverged", "make_accelerator"]
@@ -48,15 +51,15 @@ class TrainResult:
     last_metrics: dict[str, float] = field(default_factory=dict)
 
 
-def make_accelerator(precision: str) -> Accelerator:
+def make_accelerator(precision: str) -> tuple[Accelerator, str, str]:
+    """An Accelerator for this machine, the precision it resolved (`no | bf16 | fp16`) and why."""
     on_cpu = not torch.cuda.is_available()
-    if precision == "fp16" and on_cpu:
-        raise ConfigError("precision fp16 needs a CUDA GPU; on CPU use bf16 or no")
+    resolved, reason = resolve_precision(precision, "cpu" if on_cpu else "cuda")
     # Accelerate keeps its settings in process-wide singletons; one process may train several runs
     # (the Python API, tests), so forget the previous run's settings but keep the process group.
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-    return Accelerator(mixed_precision=precision, cpu=on_cpu)
+    return Accelerator(mixed_precision=resolved, cpu=on_cpu), resolved, reason
 
 
 def _loader(dataset: Dataset, sampler: EpochBatchSampler | None, cfg: TrainConfig, pin: bool, local_batch: int) -> DataLoader:
@@ -91,9 +94,17 @@ def validation_loss(recipe: Recipe, model: torch.nn.Module, val_data: Dataset, c
 def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_progress: bool = True) -> TrainResult:
     """Train `recipe` into `run_dir`, optionally resuming from a checkpoint file."""
     cfg: TrainConfig = recipe.config.train
-    accelerator = make_accelerator(cfg.precision)
+    accelerator, precision, precision_reason = make_accelerator(cfg.precision)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     is_main = accelerator.is_main_process
+    if is_main:  # what this run used, beside what was asked (a resume on other hardware resolves again)
+        if not (run_dir / CONFIG_FILE).is_file():  # the Python API, without `genflow train`'s set-up
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_run_config(run_dir, recipe.name, recipe.config)
+        record_runtime(run_dir, {"device": str(device), "precision_requested": cfg.precision, "precision": precision,
+                                 "precision_reason": precision_reason, "world_size": world,
+                                 "cpu": cpu_description() if device.type == "cpu" else None,
+                                 "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None})
     if cfg.batch_size % world:
         raise ConfigError(f"train.batch_size={cfg.batch_size} must be divisible by the number of processes ({world})")
     torch.manual_seed(cfg.seed)
@@ -204,9 +215,20 @@ def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_p
         return value < best["value"] if best["mode"] == "min" else value > best["value"]
 
     # --- the loop ------------------------------------------------------------------------------------
-    progress_bar = _ProgressBar(enabled=show_progress and is_main, total=total_steps, done=progress["step"], notes=is_main)
+    reporter = TrainingProgress(enabled=is_main, bar=show_progress, total_steps=total_steps, done_steps=progress["step"],
+                                epochs=cfg.epochs)
+    reporter.message(f"training {recipe.name} -> {run_dir}: {total_steps} steps ({steps_per_epoch} per epoch, "
+                     f"{cfg.epochs} epochs), global batch {cfg.batch_size}, {len(val_data) if val_data is not None else 0} "
+                     f"validation samples; device {device}, {world} process(es); precision {cfg.precision} -> "
+                     f"{'fp32' if precision == 'no' else precision} ({precision_reason.split(': ', 1)[-1]})")
     start_time = time.perf_counter()
     window = {"n": 0, "t": start_time, "sums": {}, "data_wait_s": 0.0}  # sums of logged values between log lines
+
+    def window_values() -> dict[str, float]:
+        elapsed = time.perf_counter() - window["t"]
+        return {**{k: v / window["n"] for k, v in window["sums"].items()}, "lr": schedule.get_last_lr()[0],
+                "samples_per_s": window["n"] * cfg.batch_size / max(elapsed, 1e-9),
+                "data_wait_fraction": window["data_wait_s"] / max(elapsed, 1e-9)}
     last_metrics: dict[str, float] = {}
     model.train()
     stop = progress["step"] >= total_steps
@@ -258,13 +280,12 @@ def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_p
                     progress["epoch"], progress["batch"] = epoch + 1, 0
 
                 if progress["step"] % cfg.log_every == 0 or progress["step"] == total_steps:
-                    elapsed = time.perf_counter() - window["t"]
-                    values = {**{k: v / window["n"] for k, v in window["sums"].items()}, "lr": schedule.get_last_lr()[0],
-                              "samples_per_s": window["n"] * cfg.batch_size / max(elapsed, 1e-9),
-                              "data_wait_fraction": window["data_wait_s"] / max(elapsed, 1e-9)}
-                    logger.log("train", progress["step"], epoch, values)
-                    progress_bar.update(progress["step"], epoch, values)
+                    values = window_values()
+                    logger.log("train", progress["step"], epoch + 1, values)  # epochs count from 1, as in val records
+                    reporter.update(progress["step"], epoch + 1, values)
                     window = {"n": 0, "t": time.perf_counter(), "sums": {}, "data_wait_s": 0.0}
+                elif reporter.line_due():  # long steps: a batch log still hears from the run every 30 s
+                    reporter.update(progress["step"], epoch + 1, window_values())
                 if cfg.checkpoint_every_steps and progress["step"] % cfg.checkpoint_every_steps == 0:
                     save_checkpoint("last")
                 if progress["step"] >= total_steps:
@@ -288,7 +309,7 @@ def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_p
                         last_metrics[f"{best['metric']}_best"] = best["value"]
                     logger.log("val", progress["step"], done_epochs, last_metrics)
                     plot_loss_trajectory(run_dir)
-                    progress_bar.note(done_epochs, last_metrics)
+                    reporter.note(done_epochs, last_metrics)
                 accelerator.wait_for_everyone()
             if done_epochs % cfg.checkpoint_every == 0:
                 save_checkpoint(f"epoch_{done_epochs:04d}")
@@ -300,49 +321,15 @@ def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_p
         progress["micro_step"] -= partial
         progress["batch"] -= partial
         path = save_checkpoint("last")
-        progress_bar.close()
+        reporter.close()
         logger.close()
         raise GenflowError(f"interrupted at step {progress['step']}; resume with --resume {run_dir} "
                            f"(checkpoint {path})") from None
     finally:
-        progress_bar.close()
+        reporter.close()
 
     logger.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(run_dir=run_dir, steps=progress["step"], epochs_done=progress["epoch"],
                        seconds=time.perf_counter() - start_time, best=best, last_metrics=last_metrics)
-
-
-class _ProgressBar:
-    """A rich progress bar over optimiser steps with loss, LR and throughput (main process only)."""
-
-    def __init__(self, enabled: bool, total: int, done: int, notes: bool = True):
-        self.enabled, self.notes = enabled, notes
-        if not enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 transient=False)
-        self.task = self.progress.add_task("train", total=total, completed=done, epoch=0, info="")
-        self.progress.start()
-
-    def update(self, step: int, epoch: int, values: dict[str, float]) -> None:
-        if self.enabled:
-            info = f"loss {values['loss']:.4f}  lr {values['lr']:.2e}  {values['samples_per_s']:.0f} samples/s"
-            self.progress.update(self.task, completed=step, epoch=epoch, info=info)
-
-    def note(self, epoch: int, metrics: dict[str, float]) -> None:
-        """An evaluation summary line, also printed without the bar (--no-progress)."""
-        line = f"epoch {epoch}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        if self.enabled:
-            self.progress.console.print(line)
-        elif self.notes:
-            print(line, flush=True)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.progress.stop()
-            self.enabled = False
