@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from genflow.engine.precision import cpu_description
 from genflow.metrics.chamfer import chamfer_distance
 
 METHODS = ("chunked", "naive_cdist")
@@ -99,6 +100,7 @@ def main() -> None:
         print(json.dumps(run_worker(method, batch_size, args.points, args.dim, args.repeats)))
         return
 
+    print(f"CPU: {cpu_description()}")  # a figure is a figure for this machine
     print(
         f"Chamfer distance, N = M = {args.points}, D = {args.dim}, CPU, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; best of {args.repeats} after 1 warm-up"

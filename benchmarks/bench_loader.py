@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from genflow.engine.precision import cpu_description
 from genflow.data.shards import ShardDataset, ShardWriter, StreamingShardDataset
 
 __all__ = ["NpzDirDataset", "main"]
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
+    print(f"CPU: {cpu_description()}")  # a figure is a figure for this machine
 
     points, labels = make_data(args.samples)
     with tempfile.TemporaryDirectory(prefix="genflow-bench-") as tmp:

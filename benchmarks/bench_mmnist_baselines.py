@@ -12,6 +12,7 @@ import argparse
 
 import numpy as np
 
+from genflow.engine.precision import cpu_description
 from genflow.data.moving_mnist import dequantise
 from genflow.data.shards import load_split
 from genflow.metrics.video import all_black_prediction, copy_last_prediction, frame_mse, frame_psnr, frame_ssim, shifted_last_frame_prediction
@@ -23,6 +24,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=1000)
     parser.add_argument("--past", type=int, default=10)
     args = parser.parse_args()
+    print(f"CPU: {cpu_description()}")  # a figure is a figure for this machine
     data = load_split(args.data, "test", ["tokens", "actions"])
     tokens, actions = dequantise(data["tokens"][: args.limit]), data["actions"][: args.limit]
     past, future = tokens[:, : args.past], tokens[:, args.past :]

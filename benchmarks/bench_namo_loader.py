@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from genflow.engine.precision import cpu_description
 from genflow.data.npz_import import FILE_LIST_NAME, read_namo_npz
 from genflow.data.shards import ShardDataset, load_split
 
@@ -85,6 +86,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     args = parser.parse_args()
+    print(f"CPU: {cpu_description()}")  # a figure is a figure for this machine
 
     if not args.npz_dir.is_dir() or not (args.shards / "manifest.json").is_file():
         print(f"need {args.npz_dir} (scene .npz files) and {args.shards} (their shards); make them with:",

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genflow.engine.precision import cpu_description
 from genflow.config import TrainConfig
 from genflow.data import ShardWriter
 from genflow.engine.metrics_log import read_metrics
@@ -66,6 +67,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--points", type=int, default=500)
     args = parser.parse_args()
+    print(f"CPU: {cpu_description()}")  # a figure is a figure for this machine
     with tempfile.TemporaryDirectory() as tmp:
         data = make_data(Path(tmp) / "data", samples=args.batch_size * args.steps, points=args.points)
         rows = []

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from genflow.engine.precision import cpu_description
 from genflow.models.ising_graph import TorusGraph
 from genflow.samplers.block_gibbs import BlockGibbsSampler, SamplingSchedule
 
@@ -82,6 +83,7 @@ def main() -> None:
     p.add_argument("--thrml-python", default=".venv-thrml/bin/python")
     p.add_argument("--no-eager", action="store_true", help="skip the eager (uncompiled) column")
     args = p.parse_args()
+    print(f"CPU: {cpu_description()}")  # a figure is a figure for this machine
     batches = [int(b) for b in args.batches.split(",")]
     graph = TorusGraph.from_preset(args.graph)
     if args.graph != "80_12":

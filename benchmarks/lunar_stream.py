@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from genflow.engine.precision import cpu_description
+
 
 def tree_rss_mb(pid: int) -> float:
     """RSS of `pid` and all its descendants, in MiB."""
@@ -65,6 +67,7 @@ def main() -> None:
     p.add_argument("--source-seconds", type=float, default=10.0)
     p.add_argument("--overrides", nargs="*", default=[])
     args = p.parse_args()
+    print(f"CPU: {cpu_description()}")  # a figure is a figure for this machine
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
     print(f"frame source alone: {source_rate(args.source_seconds):.0f} frames/s (render + downsample, one process)", flush=True)

@@ -96,23 +96,23 @@ def cpu_description() -> str:
 
 
 def resolve_precision(request: str, device_type: str) -> tuple[str, str]:
-    """(what Accelerate gets: `no | bf16 | fp16`, why) for a request on a device type (`cpu`, `cuda`)."""
+    """(what Accelerate gets: `no | bf16 | fp16`, what it is and why) for a request on a device type (`cpu`, `cuda`)."""
     import torch
 
     request = normalise_precision(request)
     if device_type == "cuda":
         if request in ("auto", "16-mixed"):
             if request == "16-mixed" or not torch.cuda.is_bf16_supported():
-                return "fp16", f"{request}: fp16 with a grad scaler on this GPU"
-            return "bf16", "auto: bf16 (this GPU supports it)"
-        return request, f"{request} as requested"
+                return "fp16", "fp16 with a grad scaler" + (" (this GPU has no bf16)" if request == "auto" else "")
+            return "bf16", "bf16 (this GPU supports it)"
+        return request, f"{'fp32' if request == 'no' else request} as requested"
     if request == "fp16":
         raise ConfigError("config key 'train.precision': fp16 needs a CUDA GPU; on CPU use auto, bf16 or no")
     native = cpu_has_native_bf16()
     if request == "auto":
         if native:
-            return "bf16", "auto: bf16 (this CPU has native bf16 matrix instructions)"
-        return "no", "auto: fp32 (this CPU has no native bf16; bf16 autocast would be several times slower)"
+            return "bf16", "bf16 (this CPU has native bf16 matrix instructions)"
+        return "no", "fp32 (this CPU has no native bf16; bf16 autocast would be several times slower)"
     if request == "16-mixed":
         request = "bf16"  # Lightning's meaning of 16-mixed on a CPU
     if request == "bf16" and not native:

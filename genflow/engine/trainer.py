@@ -219,8 +219,7 @@ def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_p
                                 epochs=cfg.epochs)
     reporter.message(f"training {recipe.name} -> {run_dir}: {total_steps} steps ({steps_per_epoch} per epoch, "
                      f"{cfg.epochs} epochs), global batch {cfg.batch_size}, {len(val_data) if val_data is not None else 0} "
-                     f"validation samples; device {device}, {world} process(es); precision {cfg.precision} -> "
-                     f"{'fp32' if precision == 'no' else precision} ({precision_reason.split(': ', 1)[-1]})")
+                     f"validation samples; device {device}, {world} process(es); precision {cfg.precision} -> {precision_reason}")
     start_time = time.perf_counter()
     window = {"n": 0, "t": start_time, "sums": {}, "data_wait_s": 0.0}  # sums of logged values between log lines
 
