@@ -402,8 +402,10 @@ class DtmRecipe(Recipe):
                 cache, prep(train["image"]), train["label"], prep(test["image"]), test["label"],
                 epochs=self.config.eval.classifier_epochs)
             self._real_features["train"] = features(self._classifier, prep(train["image"]))
+            val = load_split(d.data_dir, "val", ["image", "label"])
+            self._real_features["val"] = features(self._classifier, prep(val["image"]))
             self._real_features["test"] = features(self._classifier, prep(test["image"]))
-            self._real_labels = {"train": train["label"], "test": test["label"]}
+            self._real_labels = {"train": train["label"], "val": val["label"], "test": test["label"]}
         return self._classifier
 
     def _as_classifier_input(self, levels: torch.Tensor) -> np.ndarray:
@@ -420,12 +422,12 @@ class DtmRecipe(Recipe):
         self.classifier()
         return frechet_distance(features(self._classifier, self._as_classifier_input(levels)), self._selected("train"))
 
-    def frechet_reference(self, n: int, seed: int = 0) -> dict[str, float]:
-        """Floor (n real test images vs train) and ceiling (n uniform random bit images vs train)."""
+    def frechet_reference(self, n: int, seed: int = 0, split: str = "test") -> dict[str, float]:
+        """Floor (n real images of `split` vs train) and ceiling (n uniform random bit images vs train)."""
         self.classifier()
         rng = np.random.default_rng(seed)
-        test = self._selected("test")
-        floor = frechet_distance(test[rng.permutation(len(test))[:n]], self._selected("train"))
+        held_out = self._selected(split)
+        floor = frechet_distance(held_out[rng.permutation(len(held_out))[:n]], self._selected("train"))
         m = self.config.model
         noise = torch.from_numpy(rng.binomial(m.grayscale_levels, 0.5, size=(n, int(np.prod(self.image_shape())))))
         return {"fd_floor": floor, "fd_noise_ceiling": self.frechet(noise)}
@@ -499,13 +501,18 @@ class DtmRecipe(Recipe):
         grid = self.sample_grid(model, grid_path, seed=seed, sweeps=steps)
         return {"images": n, "npz": str(npz_path), **grid, "seconds": round(seconds, 2)}
 
-    def run_eval(self, metric, model, run_dir, device, *, limit: int | None = None, steps: int | None = None, seed: int = 0, **_):
-        """Fréchet distance (free and label-clamped generation) vs floor and noise ceiling, the accuracy
-        of the classifier on label-clamped samples, per-step autocorrelation, and sample grids."""
+    def run_eval(self, metric, model, run_dir, device, *, split: str = "test", limit: int | None = None, steps: int | None = None,
+                 seed: int = 0, **_):
+        """Fréchet distance (free and label-clamped generation) vs the floor (real `split` images) and noise
+        ceiling, the accuracy of the classifier on label-clamped samples, per-step autocorrelation, and
+        sample grids."""
         if metric != "dtm":
             return super().run_eval(metric, model, run_dir, device)
+        if split == "train":
+            raise GenflowError("eval dtm --split train: the Fréchet distances are measured against the training "
+                               "images; the floor needs held-out images (--split test or val)")
         n = limit or self.config.eval.num_images
-        result: dict[str, Any] = {"images": n, "sweeps": steps or self.config.generation.sweeps}
+        result: dict[str, Any] = {"split": split, "images": n, "sweeps": steps or self.config.generation.sweeps}
         start = time.perf_counter()
         free = self.generate(model, n, seed=seed, sweeps=steps)
         result["seconds_per_image"] = round((time.perf_counter() - start) / n, 5)
@@ -519,7 +526,7 @@ class DtmRecipe(Recipe):
             logits = classifier(torch.from_numpy(self._as_classifier_input(clamped["levels"])))
             wanted = torch.tensor(self.config.data.classes)[labels] if self.config.data.classes else labels
             result["clamped_label_accuracy"] = float((logits.argmax(1) == wanted).float().mean())
-            result.update(self.frechet_reference(n, seed))
+            result.update(self.frechet_reference(n, seed, split))
         _, val = self.build_datasets()
         for k, v in enumerate(self.autocorrelation(model, val, seed)):
             result[f"autocorr_step{k}"] = v

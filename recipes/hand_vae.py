@@ -256,7 +256,7 @@ class HandVaeRecipe(Recipe):
         return {"samples": n, "inside_limits": float(inside.all(1).mean()), "picture": str(target),
                 "npz": str(target.with_suffix(".npz"))}
 
-    def run_eval(self, metric, model, run_dir, device, *, limit: int | None = None, seed: int = 0, **_):
+    def run_eval(self, metric, model, run_dir, device, *, split: str = "test", limit: int | None = None, seed: int = 0, **_):
         """Reconstruction error (mean per-joint geodesic, degrees), energy AUROC per corruption, sample
         plausibility (prior samples with all 30 joints inside the limits), for the model and for the
         Gaussian (PCA / Mahalanobis) prior fitted on the same training poses; a skeleton picture."""
@@ -264,13 +264,13 @@ class HandVaeRecipe(Recipe):
             return super().run_eval(metric, model, run_dir, device)
         e = self.config.eval
         n = limit or e.poses
-        test = torch.from_numpy(load_split(self.config.data.data_dir, "test", ["pose"])["pose"][:n]).float()
+        test = torch.from_numpy(load_split(self.config.data.data_dir, split, ["pose"])["pose"][:n]).float()
         train = load_split(self.config.data.data_dir, "train", ["pose"])["pose"]
         rng = np.random.default_rng(seed)
         generator = torch.Generator().manual_seed(seed)
         start = time.perf_counter()
         baseline = GaussianPosePrior(train, components=self.config.model.z_dim)
-        result: dict[str, Any] = {"test_poses": len(test)}
+        result: dict[str, Any] = {"split": split, "test_poses": len(test)}
         recon, _ = model.reconstruct(test.to(device))
         result["model_recon_deg"] = float(per_joint_error_degrees(test, recon.cpu()).mean())
         result["gaussian_recon_deg"] = float(per_joint_error_degrees(test, torch.from_numpy(baseline.reconstruct(test.numpy()))).mean())

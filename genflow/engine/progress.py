@@ -67,7 +67,7 @@ class TrainingProgress:
             self._bar.update(self._task, completed=step, epoch=f"{epoch}/{self.epochs}", info=info)
             return
         eta = self.eta_seconds(step)
-        extra = "".join(f"  {k} {v:.4g}" for k, v in values.items()
+        extra = "".join(f"  {k} {v:.4f}" for k, v in values.items()
                         if k not in ("loss", "lr", "samples_per_s", "data_wait_fraction"))
         self._print(f"epoch {epoch}/{self.epochs}  step {step}/{self.total}  loss {values['loss']:.4f}{extra}  "
                     f"lr {values['lr']:.2e}  {values['samples_per_s']:.1f} samples/s  "

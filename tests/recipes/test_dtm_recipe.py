@@ -68,6 +68,9 @@ def test_eval_reports_fd_against_floor_and_ceiling(cli, trained):
     for key in ("fd_free", "fd_clamped", "fd_floor", "fd_noise_ceiling", "clamped_label_accuracy", "autocorr_step0"):
         assert np.isfinite(result[key]), key
     assert result["fd_floor"] < result["fd_noise_ceiling"]
+    assert result["split"] == "test"
+    code, out, _ = cli("eval", "dtm", trained, "--json", "--limit", "40", "--split", "val")
+    assert code == 0 and json.loads(out)["split"] == "val" and json.loads(out)["fd_floor"] != result["fd_floor"]
 
 
 def test_sample_writes_a_grid_and_images(cli, trained, tmp_path):

@@ -56,6 +56,9 @@ def test_eval_reports_model_and_gaussian_baseline(cli, runs):
             assert 0 <= result[f"{who}_auroc_{kind}"] <= 1
     assert result["model_auroc_random_joint"] > 0.7 and result["data_plausible"] == 1.0
     assert (runs / "standard" / "eval" / "hand_samples.png").is_file()
+    assert result["split"] == "test"
+    code, out, _ = cli("eval", "hands", runs / "standard", "--json", "--split", "val", "--limit", "200")
+    assert code == 0 and json.loads(out)["split"] == "val"
 
 
 def test_energy_of_a_users_npz_from_the_cli(cli, runs, tmp_path):
