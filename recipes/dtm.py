@@ -28,7 +28,7 @@ from genflow.config import TrainConfig
 from genflow.data import ShardDataset, load_split
 from genflow.engine.recipe import Recipe, StepContext
 from genflow.errors import ConfigError, GenflowError
-from genflow.metrics.frechet import features, frechet_distance, load_or_train_classifier
+from genflow.metrics.frechet import accuracy, features, frechet_distance, load_or_train_classifier
 from genflow.models.ising_graph import parse_preset
 from genflow.models.dtm import DenoisingThermodynamicModel, autocorrelation_1d, flip_probability, perturb_levels
 from genflow.samplers.block_gibbs import SamplingSchedule
@@ -214,6 +214,7 @@ class DtmRecipe(Recipe):
                               "controller adapts the trained model); set it to null")
         self._class_map: torch.Tensor | None = None
         self._classifier = None
+        self._real: dict[str, dict[str, np.ndarray]] = {}  # split -> classifier input and labels
         self._real_features: dict[str, np.ndarray] = {}
 
     # --- data -----------------------------------------------------------------------------------------
@@ -391,29 +392,34 @@ class DtmRecipe(Recipe):
 
     # --- Fréchet distance -------------------------------------------------------------------------------
     def classifier(self):
-        """The cached feature classifier of this dataset and representation (trained on first use)."""
+        """The cached feature classifier of this dataset and representation (trained on first use, on
+        the training images; its held-out accuracy is measured on val, so training never reads test)."""
         if self._classifier is None:
             d, m = self.config.data, self.config.model
-            train = load_split(d.data_dir, "train", ["image", "label"])
-            test = load_split(d.data_dir, "test", ["image", "label"])
-            prep = lambda imgs: self._as_classifier_input(image_levels(torch.from_numpy(imgs), m.grayscale_levels, d.threshold))  # noqa: E731
+            train, val = self._real_images("train"), self._real_images("val")
             cache = Path(d.data_dir) / f"fd_classifier_L{m.grayscale_levels}_t{d.threshold:g}.pt"
             self._classifier, self.classifier_facts = load_or_train_classifier(
-                cache, prep(train["image"]), train["label"], prep(test["image"]), test["label"],
-                epochs=self.config.eval.classifier_epochs)
-            self._real_features["train"] = features(self._classifier, prep(train["image"]))
-            val = load_split(d.data_dir, "val", ["image", "label"])
-            self._real_features["val"] = features(self._classifier, prep(val["image"]))
-            self._real_features["test"] = features(self._classifier, prep(test["image"]))
-            self._real_labels = {"train": train["label"], "val": val["label"], "test": test["label"]}
+                cache, train["input"], train["label"], val["input"], val["label"], epochs=self.config.eval.classifier_epochs)
         return self._classifier
+
+    def _real_images(self, split: str) -> dict[str, np.ndarray]:
+        """A split's images as classifier input and its labels, read once."""
+        if split not in self._real:
+            d, m = self.config.data, self.config.model
+            data = load_split(d.data_dir, split, ["image", "label"])
+            levels = image_levels(torch.from_numpy(data["image"]), m.grayscale_levels, d.threshold)
+            self._real[split] = {"input": self._as_classifier_input(levels), "label": data["label"]}
+        return self._real[split]
 
     def _as_classifier_input(self, levels: torch.Tensor) -> np.ndarray:
         images = self.to_images(levels)
         return images[:, None] if images.ndim == 3 else np.moveaxis(images, -1, 1)
 
     def _selected(self, split: str) -> np.ndarray:
-        feats, labels = self._real_features[split], self._real_labels[split]
+        """Classifier features of a split's real images (of the selected classes)."""
+        if split not in self._real_features:
+            self._real_features[split] = features(self.classifier(), self._real_images(split)["input"])
+        feats, labels = self._real_features[split], self._real_images(split)["label"]
         classes = self.config.data.classes
         return feats if not classes else feats[np.isin(labels, classes)]
 
@@ -518,7 +524,8 @@ class DtmRecipe(Recipe):
         result["seconds_per_image"] = round((time.perf_counter() - start) / n, 5)
         if self.config.data.conditional:
             classifier = self.classifier()
-            result["classifier_test_accuracy"] = round(self.classifier_facts["test_accuracy"], 4)
+            real = self._real_images(split)
+            result[f"classifier_{split}_accuracy"] = round(accuracy(classifier, real["input"], real["label"]), 4)
             result["fd_free"] = self.frechet(free["levels"])
             labels = torch.arange(n) % self.num_classes()
             clamped = self.generate(model, n, seed=seed + 1, labels=labels, sweeps=steps)

@@ -90,23 +90,24 @@ def accuracy(model: FeatureClassifier, images: np.ndarray, labels: np.ndarray) -
 
 
 def load_or_train_classifier(cache: Path, train_images: np.ndarray, train_labels: np.ndarray,
-                             test_images: np.ndarray, test_labels: np.ndarray, **train_options) -> tuple[FeatureClassifier, dict]:
-    """The cached classifier at `cache` (safe load: tensors only), or train it and cache it."""
+                             val_images: np.ndarray, val_labels: np.ndarray, **train_options) -> tuple[FeatureClassifier, dict]:
+    """The cached classifier at `cache` (safe load: tensors only), or train it on the training images
+    (its accuracy on the validation images is kept beside it) and cache it."""
     if cache.is_file():
         try:
             blob = torch.load(cache, map_location="cpu", weights_only=True)
             model = FeatureClassifier(*blob["shape"].tolist(), num_classes=int(blob["num_classes"]))
             model.load_state_dict(blob["state"])
             model.eval()
-            return model, {"cached": str(cache), "test_accuracy": float(blob["test_accuracy"])}
+            return model, {"cached": str(cache), "val_accuracy": float(blob["val_accuracy"])}
         except (RuntimeError, KeyError, ValueError) as err:
             raise CheckpointError(f"{cache}: not a genflow feature classifier ({err}); delete it to retrain") from None
     model, facts = train_feature_classifier(train_images, train_labels, **train_options)
-    facts["test_accuracy"] = accuracy(model, test_images, test_labels)
+    facts["val_accuracy"] = accuracy(model, val_images, val_labels)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
     torch.save({"state": model.state_dict(), "shape": torch.tensor(model.shape), "num_classes": torch.tensor(model.head.out_features),
-                "test_accuracy": torch.tensor(facts["test_accuracy"])}, tmp)
+                "val_accuracy": torch.tensor(facts["val_accuracy"])}, tmp)
     tmp.replace(cache)
     facts["cached"] = str(cache)
     return model, facts

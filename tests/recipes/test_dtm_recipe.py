@@ -47,6 +47,11 @@ def test_training_logs_mixing_diagnostics_fd_and_samples(trained):
     assert "steps.0.input_coupling" in state and "correlation_penalty" in state
 
 
+def test_training_validates_on_val_and_never_reads_the_test_split(tmp_path, digits, opened_splits):
+    _train(tmp_path, digits, "spy")  # FD classifier, autocorrelation, val loss and best.pt included
+    assert "val" in opened_splits and "test" not in opened_splits
+
+
 def test_input_couplings_stay_fixed_under_weight_decay(tmp_path, digits):
     run_dir = _train(tmp_path, digits, "wd", "train.weight_decay=0.5", "optim.bias_decay=0.5")
     from genflow.models.dtm import input_coupling, time_grid
@@ -68,7 +73,7 @@ def test_eval_reports_fd_against_floor_and_ceiling(cli, trained):
     for key in ("fd_free", "fd_clamped", "fd_floor", "fd_noise_ceiling", "clamped_label_accuracy", "autocorr_step0"):
         assert np.isfinite(result[key]), key
     assert result["fd_floor"] < result["fd_noise_ceiling"]
-    assert result["split"] == "test"
+    assert result["split"] == "test" and 0 <= result["classifier_test_accuracy"] <= 1
     code, out, _ = cli("eval", "dtm", trained, "--json", "--limit", "40", "--split", "val")
     assert code == 0 and json.loads(out)["split"] == "val" and json.loads(out)["fd_floor"] != result["fd_floor"]
 
