@@ -29,6 +29,12 @@ def runs(tmp_path_factory, hands):
     return root / "hand-vae"
 
 
+def test_training_validates_on_val_and_never_reads_the_test_split(tmp_path, hands, opened_splits):
+    assert main(["train", "hand-vae", "--runs-dir", str(tmp_path), "--no-progress", f"data.data_dir={hands}", *TINY,
+                 "max_epochs=1"]) == 0
+    assert "val" in opened_splits and "test" not in opened_splits
+
+
 @pytest.mark.parametrize("model_type", ["standard", "so3"])
 def test_training_logs_the_source_metrics_figures_and_checkpoint_names(runs, model_type):
     run_dir = runs / model_type

@@ -21,7 +21,7 @@ TINY = [f"model.num_frames={FRAMES}", f"data.num_past={PAST}", "model.embed_dim=
 @pytest.fixture(scope="module")
 def mmnist_data(tmp_path_factory, tiny_mnist_npz):
     out = tmp_path_factory.mktemp("mmnist") / "data"
-    assert main(["data", "make-moving-mnist", "--sequences", "24", "--test-sequences", "8", "--frames", str(FRAMES),
+    assert main(["data", "make-moving-mnist", "--sequences", "24", "--val-sequences", "8", "--test-sequences", "8", "--frames", str(FRAMES),
                  "--out", str(out), "--source", str(tiny_mnist_npz)]) == 0
     return out
 
@@ -35,6 +35,11 @@ def _train(runs, data, name, *extra, recipe="mmnist-wm"):
 @pytest.fixture(scope="module")
 def fast_run(tmp_path_factory, mmnist_data):
     return _train(tmp_path_factory.mktemp("runs"), mmnist_data, "fast", "train.epochs=4")
+
+
+def test_training_validates_on_val_and_never_reads_the_test_split(tmp_path, mmnist_data, opened_splits):
+    _train(tmp_path, mmnist_data, "spy", "train.epochs=1")
+    assert "val" in opened_splits and "test" not in opened_splits
 
 
 @pytest.fixture(scope="module")

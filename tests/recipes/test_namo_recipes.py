@@ -45,6 +45,12 @@ def diffusion_run(tmp_path_factory, namo_data):
                   "train.eval_every=1", "sampling_steps=4")
 
 
+@pytest.mark.parametrize("recipe", ["namo-fm", "namo-diffusion"])
+def test_training_validates_on_val_and_never_reads_the_test_split(tmp_path, namo_data, opened_splits, recipe):
+    _train(tmp_path, recipe, namo_data, "spy", "train.epochs=1", "train.eval_every=1")
+    assert "val" in opened_splits and "test" not in opened_splits
+
+
 def test_import_skips_a_corrupt_file_and_converts_the_rest(namo_data):
     skipped = (namo_data / "skipped.txt").read_text()
     assert "broken.npz" in skipped
