@@ -202,7 +202,9 @@ def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_p
         metrics: dict[str, float] = {}
         if val_data is not None and len(val_data) > 0:
             metrics["val_loss"] = validation_loss(recipe, eval_model, val_data, cfg, device, accelerator)
-        with torch.no_grad():  # metrics and pictures in full precision
+        # Outside autocast, but a recipe that calls the model's forward gets Accelerate's autocast wrapper
+        # (mixed precision); models are tested to compute the same function either way.
+        with torch.no_grad():
             metrics.update(recipe.evaluate(eval_model, val_data, device))
             for name, path in recipe.save_figures(eval_model, val_data, run_dir, device).items():
                 logger.log_image_file(name, path, progress["step"])
