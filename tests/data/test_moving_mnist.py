@@ -237,7 +237,7 @@ def mnist_npz(tmp_path_factory):
 
 
 def make_small(out_dir, mnist_npz, seed=3):
-    return make_moving_mnist(out_dir, sequences=5, test_sequences=3, frames=6, digits=2, size=CANVAS, frame_size=FRAME,
+    return make_moving_mnist(out_dir, sequences=5, val_sequences=2, test_sequences=3, frames=6, digits=2, size=CANVAS, frame_size=FRAME,
                              seed=seed, mnist_source=mnist_npz, cache_dir=out_dir.parent / "unused_cache", chunk=2)
 
 
@@ -246,7 +246,7 @@ def test_make_moving_mnist_writes_token_splits(tmp_path, mnist_npz):
     assert not (tmp_path / "unused_cache").exists()  # the given source is used, nothing downloaded
     manifest = read_manifest(tmp_path / "mm")
     assert manifest["attrs"]["frames"] == 6 and manifest["attrs"]["levels"] == NUM_LEVELS
-    for split, count, labels in (("train", 5, {1, 2}), ("test", 3, {7, 8})):
+    for split, count, labels in (("train", 5, {1, 2}), ("val", 2, {1, 2}), ("test", 3, {7, 8})):
         data = load_split(tmp_path / "mm", split)
         assert data["tokens"].shape == (count, 6, FRAME, FRAME) and data["tokens"].dtype == np.uint8
         assert data["tokens"].max() < NUM_LEVELS
@@ -262,7 +262,7 @@ def test_make_moving_mnist_is_deterministic_given_seed(tmp_path, mnist_npz):
     make_small(tmp_path / "a", mnist_npz)
     make_small(tmp_path / "b", mnist_npz)
     make_small(tmp_path / "c", mnist_npz, seed=4)
-    for split in ("train", "test"):
+    for split in ("train", "val", "test"):
         a, b, c = (load_split(tmp_path / name, split) for name in "abc")
         for field in a:
             np.testing.assert_array_equal(a[field], b[field], err_msg=f"{split}/{field}")
