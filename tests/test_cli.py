@@ -321,3 +321,7 @@ def test_a_run_is_evaluated_from_any_directory_and_follows_moved_data(cli, tmp_p
     assert code == 0 and json.loads(out)["clouds"] > 0, err
     code, _, err = cli("eval", "chamfer", run, "model.field_hidden=8")
     assert_user_error(code, err, "model and training config are fixed")
+    import yaml
+
+    doc = yaml.safe_load((run / "config.yaml").read_text())
+    assert doc["data_path"] == {"key": "data.path", "given": "datasets/digit4", "absolute": str(home / "datasets" / "digit4")}

@@ -66,6 +66,10 @@ def prepare_training(recipe_name: str, *, config_path: Path | None = None, overr
             if (run_dir / "checkpoints" / "last.pt").exists() and not os.environ.get("LOCAL_RANK"):
                 raise CheckpointError(f"{run_dir}: a run with this name exists; pass --resume {run_dir} to continue it, or another --name")
     data_path = pin_data_path(recipe_cls, config)  # absolute: the run works from any directory
+    if resume is not None and data_path is not None:  # keep what the user typed when the run began
+        first = doc.get("data_path") or {}
+        if first.get("absolute") == data_path["absolute"] and first.get("given"):
+            data_path["given"] = first["given"]
     if create and is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_config(run_dir, recipe_name, config, {"overrides": overrides, "resumed_from": str(checkpoint) if checkpoint else None,
