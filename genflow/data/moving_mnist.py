@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from genflow.data.mnist import load_mnist
-from genflow.data.shards import ShardWriter, split_indices
+from genflow.data.shards import ShardWriter, check_split_fractions, split_indices
 from genflow.errors import DataSourceError
 
 __all__ = [
@@ -330,9 +330,7 @@ def import_moving_mnist(
     num_frames, num_sequences, size, _ = array.shape
     if size % frame_size:
         raise DataSourceError(f"{path}: frame size {size} is not a multiple of the token frame size {frame_size}")
-    if not (0.0 <= val_fraction < 1.0 and 0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
-        raise DataSourceError(f"--val-fraction {val_fraction} and --test-fraction {test_fraction}: expected each in [0, 1) "
-                              "and together below 1")
+    check_split_fractions(val_fraction, test_fraction, f"{path}")
     order = np.random.default_rng(seed).permutation(num_sequences)[: limit or num_sequences]
     splits = {k: np.sort(v) for k, v in split_indices(order, val_fraction=val_fraction, test_fraction=test_fraction).items()}
     attrs = {"val_fraction": val_fraction, "test_fraction": test_fraction,"frames": num_frames, "size": size, "frame_size": frame_size, "levels": NUM_LEVELS, "ego_digit_id": ego_digit_id,

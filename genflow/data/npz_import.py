@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genflow.data.shards import ShardWriter
+from genflow.data.shards import ShardWriter, check_split_fractions
 from genflow.errors import DataSourceError
 
 __all__ = [
@@ -407,9 +407,7 @@ def _import_files(
     """
     src = Path(src_dir)
     out = Path(out_dir)
-    if not (0.0 <= val_fraction < 1.0 and 0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
-        raise DataSourceError(f"import {kind}: val_fraction={val_fraction} and test_fraction={test_fraction} must each "
-                              "be in [0, 1) and together below 1")
+    check_split_fractions(val_fraction, test_fraction, f"import {kind}")
     if limit is not None and limit < 1:
         raise DataSourceError(f"import {kind}: limit must be >= 1, got {limit}")
     if workers < 0:

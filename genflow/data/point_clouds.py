@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from genflow.data.mnist import load_mnist
-from genflow.data.shards import ShardWriter, split_indices
+from genflow.data.shards import ShardWriter, check_split_fractions, split_indices
 from genflow.errors import DataSourceError
 
 __all__ = ["COORDINATES", "images_to_point_clouds", "make_mnist_points"]
@@ -126,9 +126,7 @@ def make_mnist_points(
     digits = sorted({int(d) for d in digits})
     if not digits or any(d < 0 or d > 9 for d in digits):
         raise DataSourceError(f"make_mnist_points: digits must be a non-empty list of 0-9, got {digits}")
-    if not (0.0 <= val_fraction < 1.0 and 0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
-        raise DataSourceError(f"make_mnist_points: val_fraction={val_fraction} and test_fraction={test_fraction} "
-                              "must each be in [0, 1) and together below 1")
+    check_split_fractions(val_fraction, test_fraction, "make_mnist_points")
     if limit is not None and limit < 1:
         raise DataSourceError(f"make_mnist_points: limit must be >= 1, got {limit}")
     mnist = load_mnist(source, cache_dir)

@@ -46,6 +46,7 @@ __all__ = [
     "dataset_info",
     "load_split",
     "split_indices",
+    "check_split_fractions",
     "first_samples",
     "ShardDataset",
     "StreamingShardDataset",
@@ -462,6 +463,13 @@ def load_split(path: str | Path, split: str, fields: list[str] | None = None) ->
 # Reading
 
 
+def check_split_fractions(val_fraction: float, test_fraction: float, what: str = "split") -> None:
+    """Raise one clear line unless both fractions are in [0, 1) and together below 1 (train keeps data)."""
+    if not (0.0 <= val_fraction < 1.0 and 0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
+        raise ShardError(f"{what}: val_fraction={val_fraction} and test_fraction={test_fraction}: expected each in "
+                         "[0, 1) and together below 1")
+
+
 def split_indices(order: np.ndarray, *, val_fraction: float, test_fraction: float) -> dict[str, np.ndarray]:
     """Train / val / test parts of an already shuffled (seeded) index array.
 
@@ -472,9 +480,7 @@ def split_indices(order: np.ndarray, *, val_fraction: float, test_fraction: floa
     Raises:
         ShardError: fractions outside [0, 1) or summing to 1 or more.
     """
-    if not (0.0 <= val_fraction < 1.0 and 0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
-        raise ShardError(f"val_fraction={val_fraction} and test_fraction={test_fraction}: expected each in [0, 1) "
-                         "and together below 1")
+    check_split_fractions(val_fraction, test_fraction)
     num_test = round(len(order) * test_fraction)
     num_val = round(len(order) * val_fraction)
     return {"train": order[num_test + num_val:], "val": order[num_test:num_test + num_val], "test": order[:num_test]}

@@ -291,3 +291,12 @@ def test_streaming_without_shuffle_keeps_stored_order(dataset):
     assert stream_labels(ds) == list(range(23))
     sample = next(iter(ds))
     assert sample["points"].shape == (4, 2) and sample["label"].dtype == torch.int64
+
+
+def test_split_indices_holds_val_out_of_train_and_rejects_fractions_that_leave_no_train():
+    from genflow.data.shards import split_indices
+
+    parts = split_indices(np.arange(20), val_fraction=0.2, test_fraction=0.1)
+    assert parts["test"].tolist() == [0, 1] and parts["val"].tolist() == [2, 3, 4, 5] and len(parts["train"]) == 14
+    with pytest.raises(ShardError, match="val_fraction=0.6 and test_fraction=0.5: expected each in \\[0, 1\\) and together below 1"):
+        split_indices(np.arange(20), val_fraction=0.6, test_fraction=0.5)
