@@ -1,10 +1,16 @@
 """Spatio-temporal transformer over frames of discrete tokens (CoPilot4D's world model, small scale).
 
-A video of ``T`` frames of ``H x W`` tokens is embedded token by token (plus a learned spatial
-position, a learned temporal position and the frame's projected action). Each layer attends
-*within a frame* (all ``H * W`` tokens of one frame), then *across time at one position* (the ``T``
-tokens at the same pixel, under a temporal mask), then applies an MLP. The head predicts a level for
-every token.
+A video of ``T`` frames of ``H x W`` tokens is embedded patch by patch: each transformer position
+holds a ``p x p`` patch of tokens (``patch_size`` p; 1 = one position per token, as the source), its
+embedding the sum of one learned vector per (place in the patch, level), plus a learned spatial
+position, a learned temporal position and the frame's projected action. Each layer attends *within a
+frame* (all ``(H / p) * (W / p)`` patches of one frame), then *across time at one place* (the ``T``
+patches at the same place, under a temporal mask), then applies an MLP. The head predicts a level for
+every token of its patch (``p * p`` softmaxes of ``V`` levels).
+
+Patches cut the cost: at 32 x 32 tokens, p = 4 gives 64 positions per frame instead of 1024, and
+spatial attention (quadratic in them) was most of the compute. CoPilot4D's own world model works on
+patch tokens of a learned tokenizer; here the patch's tokens are embedded losslessly instead.
 
 The temporal mask decides what a frame may see:
 - ``"causal"``: frame t sees frames <= t (world-model prediction of the future from the past);
@@ -99,6 +105,41 @@ class SpatioTemporalBlock(nn.Module):
         return temporal.reshape(batch, tokens, frames, dim).transpose(1, 2), kv
 
 
+class JointSpaceTimeBlock(nn.Module):
+    """Pre-norm [attention over every patch of every frame -> MLP], each residual.
+
+    One attention over all ``T * N`` positions under the frame-level temporal mask (a position of
+    frame i sees every position of the frames i may see): a future patch reads any place of any
+    earlier frame in one hop, where the factorised block needs a spatial and a temporal hop to
+    follow a moving digit. It costs attention over ``T * N`` positions instead of ``N`` and ``T``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attention = _SelfAttention(dim, num_heads, upcast_on_cpu=True)
+        self.mlp_norm = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: Tensor, temporal_mask: Tensor | None, cached: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """``x (B, T, N, D)`` -> same shape, and the keys/values ``(B, heads, T * N, D / heads)`` of these frames.
+
+        ``temporal_mask``: ``(T, S)`` frame-level, True = may attend; ``cached``: keys/values of ``S - T``
+        earlier frames.
+        """
+        batch, frames, tokens, dim = x.shape
+        mask = None if temporal_mask is None else temporal_mask.repeat_interleave(tokens, 0).repeat_interleave(tokens, 1)
+        flat = x.reshape(batch, frames * tokens, dim)
+        attended, kv = self.attention(self.norm(flat), mask, cached)
+        flat = flat + attended
+        flat = flat + self.mlp(self.mlp_norm(flat))
+        return flat.reshape(batch, frames, tokens, dim), kv
+
+
+ATTENTION_KINDS = ("factorized", "joint")
+
+
 class SimpleVideoTransformer(nn.Module):
     """Predicts token levels of every frame of a (partly masked) token video, given per-frame actions.
 
@@ -111,6 +152,10 @@ class SimpleVideoTransformer(nn.Module):
         num_heads: Attention heads (divides ``D``).
         action_dim: Size of a frame's action vector (2: ``[dx, dy]``).
         mlp_ratio: MLP width as a multiple of ``D``.
+        patch_size: Tokens per side of the patch one transformer position holds (divides ``height``
+            and ``width``); 1 = one position per token (the source's model, same parameters).
+        attention: ``"factorized"`` (the source: spatial, then temporal attention per layer) or
+            ``"joint"`` (one attention over all positions of all frames; affordable with patches).
     """
 
     def __init__(
@@ -124,24 +169,36 @@ class SimpleVideoTransformer(nn.Module):
         num_heads: int = 4,
         action_dim: int = 2,
         mlp_ratio: float = 4.0,
+        patch_size: int = 1,
+        attention: str = "factorized",
     ) -> None:
         super().__init__()
         if embed_dim % num_heads:
             raise ConfigError(f"model.embed_dim ({embed_dim}) must be divisible by model.num_heads ({num_heads})")
+        if patch_size < 1 or height % patch_size or width % patch_size:
+            raise ConfigError(f"model.patch_size ({patch_size}) must be >= 1 and divide the frame size ({height}x{width})")
+        if attention not in ATTENTION_KINDS:
+            raise ConfigError(f"model.attention must be one of {', '.join(ATTENTION_KINDS)}, got '{attention}'")
         self.num_levels = num_levels
         self.mask_token_id = num_levels
         self.num_frames = num_frames
         self.height, self.width = height, width
-        self.token_embedding = nn.Embedding(num_levels + 1, embed_dim)
+        self.patch_size = patch_size
+        self.grid = (height // patch_size, width // patch_size)
+        cells = patch_size * patch_size
+        # one vector per (place in the patch, level incl. mask); a patch's embedding is their sum
+        self.token_embedding = nn.Embedding(cells * (num_levels + 1), embed_dim)
+        self.register_buffer("_cell_offset", torch.arange(cells) * (num_levels + 1), persistent=False)
         self.action_projection = nn.Linear(action_dim, embed_dim)
         # Learned positions, started from sin/cos features: a random start must first discover the 2-D
         # layout that shifting digits needs, which costs thousands of steps on a CPU budget.
-        self.spatial_position = nn.Parameter(sincos_position_embedding_2d(embed_dim, height, width))
+        self.spatial_position = nn.Parameter(sincos_position_embedding_2d(embed_dim, *self.grid))
         frame_index = torch.arange(num_frames, dtype=torch.float32)
         self.temporal_position = nn.Parameter(SinusoidalTimeEmbedding(embed_dim, scale=1.0)(frame_index).detach())
-        self.blocks = nn.ModuleList(SpatioTemporalBlock(embed_dim, num_heads, mlp_ratio) for _ in range(num_layers))
+        block = SpatioTemporalBlock if attention == "factorized" else JointSpaceTimeBlock
+        self.blocks = nn.ModuleList(block(embed_dim, num_heads, mlp_ratio) for _ in range(num_layers))
         self.head_norm = nn.LayerNorm(embed_dim)
-        self.head = nn.Linear(embed_dim, num_levels)
+        self.head = nn.Linear(embed_dim, cells * num_levels)
 
     def forward(self, tokens: Tensor, actions: Tensor, temporal_mask: TemporalMask = "causal", past: PastFrames | None = None,
                 first_frame: int = 0) -> Tensor:
@@ -184,7 +241,7 @@ class SimpleVideoTransformer(nn.Module):
                 f"model expects at most {self.num_frames} frames of {self.height}x{self.width} tokens, "
                 f"got {first_frame + frames} of {height}x{width}"
             )
-        x = self.token_embedding(tokens.reshape(batch, frames, height * width))
+        x = self._embed_patches(tokens)
         x = x + self.spatial_position + self.temporal_position[first_frame : first_frame + frames, None, :]
         x = x + self.action_projection(actions.to(x.dtype))[:, :, None, :]
         if past is None:
@@ -200,12 +257,27 @@ class SimpleVideoTransformer(nn.Module):
         if keep_cache:
             return None, PastFrames(kept, frames)
         logits = self.head(self.head_norm(x)).float()
-        return logits.reshape(batch, frames, height, width, self.num_levels), None
+        return self._unpatchify_logits(logits, batch, frames), None
+
+    def _embed_patches(self, tokens: Tensor) -> Tensor:
+        """``(B, T, H, W)`` ids -> ``(B, T, (H/p)(W/p), D)``: per patch, the sum of its tokens' vectors."""
+        batch, frames = tokens.shape[:2]
+        p, (rows, cols) = self.patch_size, self.grid
+        cells = tokens.reshape(batch, frames, rows, p, cols, p).permute(0, 1, 2, 4, 3, 5).reshape(-1, p * p)
+        embedded = F.embedding_bag(cells + self._cell_offset, self.token_embedding.weight, mode="sum")
+        return embedded.reshape(batch, frames, rows * cols, -1)
+
+    def _unpatchify_logits(self, logits: Tensor, batch: int, frames: int) -> Tensor:
+        """``(B, T, (H/p)(W/p), p*p*V)`` -> ``(B, T, H, W, V)``."""
+        p, (rows, cols) = self.patch_size, self.grid
+        logits = logits.reshape(batch, frames, rows, cols, p, p, self.num_levels).permute(0, 1, 2, 4, 3, 5, 6)
+        return logits.reshape(batch, frames, self.height, self.width, self.num_levels)
 
 
 @dataclass
 class PastFrames:
-    """Per-layer temporal keys and values ``(B * H * W, heads, P, D / heads)`` of ``P`` clean past frames."""
+    """Per-layer keys and values of ``P`` clean past frames that later frames attend to: temporal ones
+    ``(B * patches, heads, P, D / heads)`` (factorised blocks) or ``(B, heads, P * patches, D / heads)`` (joint)."""
 
     keys_values: list[tuple[Tensor, Tensor]]
     num_frames: int

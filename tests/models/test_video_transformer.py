@@ -49,9 +49,10 @@ def test_logits_have_shape_batch_frames_height_width_levels(frames):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("num_layers", [1, 2])
-def test_causal_mask_keeps_past_logits_independent_of_future_frames(num_layers):
-    model = tiny_model(num_layers=num_layers)
+@pytest.mark.parametrize("num_layers,patch_size,attention", [(1, 1, "factorized"), (2, 1, "factorized"), (2, 4, "factorized"),
+                                                             (2, 2, "joint")])
+def test_causal_mask_keeps_past_logits_independent_of_future_frames(num_layers, patch_size, attention):
+    model = tiny_model(num_layers=num_layers, patch_size=patch_size, attention=attention)
     tokens, actions = random_inputs()
     before = model(tokens, actions, "causal")
     after = model(with_frame_changed(tokens, 2), actions, "causal")
@@ -61,8 +62,9 @@ def test_causal_mask_keeps_past_logits_independent_of_future_frames(num_layers):
 
 
 @torch.no_grad()
-def test_identity_mask_makes_each_frame_ignore_all_others():
-    model = tiny_model(num_layers=2)
+@pytest.mark.parametrize("attention", ["factorized", "joint"])
+def test_identity_mask_makes_each_frame_ignore_all_others(attention):
+    model = tiny_model(num_layers=2, patch_size=2, attention=attention)
     tokens, actions = random_inputs()
     before = model(tokens, actions, "identity")
     after = model(with_frame_changed(tokens, 1), actions, "identity")
@@ -100,6 +102,39 @@ def test_wrong_frame_size_or_too_many_frames_raises_config_error(shape):
         model(torch.zeros(shape, dtype=torch.long), torch.zeros(*shape[:2], 2))
 
 
+def test_patch_model_predicts_every_token_with_16x_fewer_positions():
+    model = tiny_model(patch_size=4)
+    tokens, actions = random_inputs(batch=3)
+    assert model(tokens, actions).shape == (3, FRAMES, SIDE, SIDE, LEVELS)
+    assert model.spatial_position.shape[0] == (SIDE // 4) ** 2
+
+
+@torch.no_grad()
+def test_a_token_changes_only_its_own_patch_at_the_input_and_logits_keep_their_place():
+    """The patch embedding sees every token of its patch (lossless), and logits come back in token order."""
+    model = tiny_model(patch_size=2, num_layers=0)  # no attention: each patch's logits depend on that patch alone
+    tokens, actions = random_inputs()
+    before = model(tokens, actions, "identity")
+    changed = tokens.clone()
+    changed[:, 0, 3, 5] = (changed[:, 0, 3, 5] + 1) % (LEVELS + 1)
+    after = model(changed, actions, "identity")
+    moved = (after - before).abs().amax(dim=(0, 4)) > 1e-6  # (T, H, W)
+    expected = torch.zeros(FRAMES, SIDE, SIDE, dtype=torch.bool)
+    expected[0, 2:4, 4:6] = True  # the 2 x 2 patch holding (3, 5)
+    assert torch.equal(moved, expected)
+
+
+@pytest.mark.parametrize("patch_size", [0, 3])
+def test_patch_size_must_divide_the_frame(patch_size):
+    with pytest.raises(ConfigError, match="model.patch_size"):
+        tiny_model(patch_size=patch_size)
+
+
+def test_unknown_attention_kind_is_a_config_error():
+    with pytest.raises(ConfigError, match="model.attention"):
+        tiny_model(attention="axial")
+
+
 def test_embed_dim_not_divisible_by_heads_raises_config_error():
     with pytest.raises(ConfigError, match="divisible"):
         tiny_model(embed_dim=18, num_heads=4)
@@ -117,9 +152,11 @@ def test_temporal_mask_matrices():
     assert temporal_attention_mask("full", 3) is None
 
 
-def test_cached_past_frames_give_the_same_future_logits_as_the_full_causal_pass():
+@pytest.mark.parametrize("patch_size,attention", [(1, "factorized"), (2, "factorized"), (2, "joint")])
+def test_cached_past_frames_give_the_same_future_logits_as_the_full_causal_pass(patch_size, attention):
     torch.manual_seed(0)
-    model = SimpleVideoTransformer(num_frames=6, height=8, width=8, embed_dim=16, num_layers=2, num_heads=2).eval()
+    model = SimpleVideoTransformer(num_frames=6, height=8, width=8, embed_dim=16, num_layers=2, num_heads=2,
+                                   patch_size=patch_size, attention=attention).eval()
     tokens, actions = torch.randint(0, 17, (2, 6, 8, 8)), torch.randn(2, 6, 2)
     with torch.no_grad():
         full = model(tokens, actions, "causal")
