@@ -6,7 +6,13 @@ scores. One task is drawn per batch (the temporal attention mask is shared by th
 
 - ``future`` (future prediction): the first ``num_past`` frames stay clean; each future token is
   masked with probability ``r ~ U(r_min, r_max)`` drawn per sequence; causal temporal attention;
-  loss on all future tokens (as the source system).
+  loss on all future tokens (as the source system). With ``full_mask_probability`` q, a sequence's
+  whole future is masked (r = 1) with probability q instead: the case where nothing of the future
+  is visible and only the dynamics can tell where the digits are (the first MaskGIT step, and
+  expected-intensity decoding). At r < 1 a few visible future tokens already show where each digit is.
+  With ``random_context``, each sequence keeps ``c ~ U{num_past, ..., T - 1}`` clean frames instead
+  of ``num_past``, and the frames from ``c`` on are masked and scored: frame ``c`` is then the next
+  frame of a clean past, the task of autoregressive (frame by frame) decoding.
 - ``joint`` (joint denoising): every frame, past and future, is picked with probability 1/2 and a
   picked frame's tokens are masked with a per-frame ratio ``r``; causal attention; loss on picked frames.
 - ``individual`` (individual-frame denoising): every frame masked with a per-frame ratio ``r``;
@@ -53,6 +59,8 @@ class MaskedTokenObjective:
         task_weights: Probability of each task, e.g. ``{"future": 1.0}`` (the fast recipe) or
             ``{"future": 0.5, "joint": 0.4, "individual": 0.1}`` (the full one).
         mask_ratio: ``(r_min, r_max)`` of the uniform masking ratio.
+        full_mask_probability: Probability that a ``future`` sequence has its whole future masked.
+        random_context: ``future`` task: draw each sequence's clean frames from ``num_past..T-1``.
     """
 
     def __init__(
@@ -61,6 +69,8 @@ class MaskedTokenObjective:
         num_past: int = 10,
         task_weights: dict[str, float] | None = None,
         mask_ratio: tuple[float, float] = (0.5, 1.0),
+        full_mask_probability: float = 0.0,
+        random_context: bool = False,
     ) -> None:
         weights = dict(task_weights or {"future": 1.0})
         unknown = sorted(set(weights) - set(MASKING_TASKS))
@@ -71,6 +81,10 @@ class MaskedTokenObjective:
         low, high = mask_ratio
         if not 0.0 <= low <= high <= 1.0:
             raise ConfigError(f"objective.mask_ratio must satisfy 0 <= min <= max <= 1, got {mask_ratio}")
+        if not 0.0 <= full_mask_probability <= 1.0:
+            raise ConfigError(f"objective.full_mask_probability must be in [0, 1], got {full_mask_probability}")
+        self.full_mask_probability = full_mask_probability
+        self.random_context = random_context
         self.mask_token_id = mask_token_id
         self.num_past = num_past
         self.tasks = [task for task in MASKING_TASKS if weights.get(task, 0) > 0]
@@ -98,8 +112,13 @@ class MaskedTokenObjective:
         low, high = self.mask_ratio
         ratio = low + (high - low) * frame_noise[..., 0]  # (B, T)
         if task == "future":
-            ratio = ratio[:, :1].expand(batch, frames)  # one ratio per sequence
-            picked = torch.arange(frames, device=tokens.device)[None, :].expand(batch, frames) >= self.num_past
+            whole = frame_noise[:, :1, 1] < self.full_mask_probability  # (B, 1): the whole future masked
+            ratio = torch.where(whole, torch.ones_like(ratio[:, :1]), ratio[:, :1]).expand(batch, frames)  # one per sequence
+            context = torch.full((batch, 1), self.num_past, device=tokens.device)
+            if self.random_context:  # c in num_past..frames-1, from frame 1's second draw
+                choices = frames - self.num_past
+                context = context + (frame_noise[:, 1:2, 1] * choices).long().clamp(max=choices - 1)
+            picked = torch.arange(frames, device=tokens.device)[None, :] >= context
         elif task == "joint":
             picked = frame_noise[..., 1] < 0.5
         else:

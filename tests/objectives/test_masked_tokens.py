@@ -55,6 +55,31 @@ def test_future_mask_ratio_is_one_draw_per_sequence_in_half_to_one():
     torch.testing.assert_close(per_frame, drawn[:, None].expand_as(per_frame), rtol=0, atol=0.05)
 
 
+def test_full_mask_probability_masks_the_whole_future_of_that_share_of_sequences():
+    objective = MaskedTokenObjective(num_past=2, mask_ratio=(0.0, 0.2), full_mask_probability=0.5)
+    tokens, noise, frame_noise = draws(400, 4, 4, seed=2)
+    batch = objective.corrupt(tokens, "future", noise, frame_noise)
+    whole = batch.masked[:, 2:].flatten(1).all(dim=1)
+    assert torch.equal(whole, frame_noise[:, 0, 1] < 0.5)  # the sequences drawn, and only they (r <= 0.2 otherwise)
+    assert 0.4 < whole.float().mean() < 0.6 and not batch.masked[:, :2].any()
+
+
+def test_random_context_keeps_between_num_past_and_all_but_one_frames_clean_per_sequence():
+    objective = MaskedTokenObjective(num_past=2, full_mask_probability=1.0, random_context=True)
+    tokens, noise, frame_noise = draws(300, 6, 2, seed=3)
+    batch = objective.corrupt(tokens, "future", noise, frame_noise)
+    clean = (~batch.scored[:, :, 0, 0]).sum(dim=1)  # frames before the first scored one
+    assert torch.equal(batch.scored[:, :, 0, 0], torch.arange(6)[None, :] >= clean[:, None])
+    assert set(clean.tolist()) == {2, 3, 4, 5}  # every context length occurs, the last frame is always predicted
+    assert torch.equal(batch.masked, batch.scored) and torch.equal(batch.tokens[~batch.masked], tokens[~batch.masked])
+
+
+@pytest.mark.parametrize("probability", [-0.1, 1.5])
+def test_full_mask_probability_outside_zero_one_is_a_config_error(probability):
+    with pytest.raises(ConfigError, match="full_mask_probability"):
+        MaskedTokenObjective(full_mask_probability=probability)
+
+
 def test_future_task_needs_past_and_future_frames():
     tokens, noise, frame_noise = draws(1, 4, 2)
     for num_past in (0, 4):
