@@ -95,6 +95,18 @@ def test_temperature_zero_takes_the_argmax():
     assert torch.equal(out[~masked], tokens[~masked])
 
 
+def test_median_level_picks_ink_when_ink_is_likely_but_its_level_is_spread():
+    """p(black) = 0.2, the other 0.8 spread over levels 1..15: the mode is black, the median an ink level."""
+    probs = torch.full((LEVELS,), 0.8 / 15)
+    probs[0] = 0.2
+    logits = probs.log().expand(1, 8, LEVELS)
+    tokens = torch.full((1, 8), MASK)
+    mode = maskgit_decode(lambda t: logits, tokens, MASK, steps=2, temperature=0.0)
+    median = maskgit_decode(lambda t: logits, tokens, MASK, steps=2, temperature=0.0, greedy_level="median")
+    assert (mode == 0).all()
+    assert (median == 6).all()  # cumulative 0.2 + 0.053 k: 0.47 at level 5, 0.52 at level 6
+
+
 def test_same_generator_seed_gives_the_same_tokens():
     tokens = partly_masked(shape=(2, 64), seed=2)
     fn = FixedRandomLogits(tokens.shape)
@@ -105,7 +117,7 @@ def test_same_generator_seed_gives_the_same_tokens():
     assert not torch.equal(first, other)  # the draws really depend on the generator
 
 
-@pytest.mark.parametrize("kwargs", [{"steps": 0}, {"temperature": -1.0}, {"confidence_noise": -0.1}])
+@pytest.mark.parametrize("kwargs", [{"steps": 0}, {"temperature": -1.0}, {"confidence_noise": -0.1}, {"greedy_level": "mean"}])
 def test_invalid_settings_raise(kwargs):
     with pytest.raises(ValueError):
         maskgit_decode(PeakedLogits(), partly_masked(), MASK, **kwargs)
