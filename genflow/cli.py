@@ -316,7 +316,10 @@ def train_command(
     if plan.is_main:
         best = result.best
         best_text = f"best {best['metric']} {best['value']:.4f} (epoch {best['epoch']})" if best.get("value") is not None else ""
-        console.print(f"[green]done[/green]: {result.steps} steps in {result.seconds:.0f} s  {best_text}\nrun dir: {result.run_dir}")
+        seen = max(result.samples_seen, 1)
+        memory = f", peak memory {result.peak_memory_mib:.0f} MiB" if result.peak_memory_mib else ""
+        console.print(f"[green]done[/green]: {result.steps} steps in {result.seconds:.0f} s ({result.samples_seen} samples, "
+                      f"{result.seconds / seen * 1000:.1f} ms per sample{memory})  {best_text}\nrun dir: {result.run_dir}")
 
 
 def _source_trainer_overrides(overrides: list[str], gpus: int) -> tuple[list[str], int]:
@@ -398,14 +401,15 @@ def eval_command(
     temperature: Optional[float] = typer.Option(None, min=0.0, help="video: token sampling temperature."),
     guidance: Optional[float] = typer.Option(None, min=0.0, help="video: classifier-free guidance weight."),
     future: Optional[int] = typer.Option(None, min=1, help="video: frames to predict (default: all after the past)."),
-    shuffle_actions: bool = typer.Option(False, help="video: give the model other sequences' actions (ablation)."),
+    actions: Optional[str] = typer.Option(None, help="video: the actions the model gets: true (default), shuffled "
+                                          "(other sequences') or zero; the action ablation."),
 ) -> None:
     """Evaluate a trained run (`genflow eval chamfer RUN`, `genflow eval namo RUN`), or compare
     samplers of several runs by quality vs network evaluations (`genflow eval compare RUN_A RUN_B`)."""
     from genflow.engine.run_dir import load_run
 
     options = _given(steps=steps, solver=solver, samples_per_scene=samples_per_scene, limit=limit, temperature=temperature,
-                     guidance=guidance, future=future, shuffle_actions=shuffle_actions or None)
+                     guidance=guidance, future=future, actions=actions)
     if split not in EVAL_SPLITS:
         raise GenflowError(f"--split {split!r}: expected one of {', '.join(EVAL_SPLITS)}")
     overrides = [a for a in run_dirs if _is_override(a)]

@@ -49,6 +49,19 @@ class TrainResult:
     seconds: float
     best: dict[str, Any]
     last_metrics: dict[str, float] = field(default_factory=dict)
+    samples_seen: int = 0  # training samples of this invocation (a resumed run counts from the resume)
+    peak_memory_mib: float | None = None  # this process's peak resident memory (CPU) or peak CUDA allocation
+
+
+def peak_memory_mib(device: torch.device) -> float | None:
+    """Peak memory of this process so far: CUDA's peak allocation on a GPU, else the peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def make_accelerator(precision: str) -> tuple[Accelerator, str, str]:
@@ -223,6 +236,7 @@ def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_p
                      f"{cfg.epochs} epochs), global batch {cfg.batch_size}, {len(val_data) if val_data is not None else 0} "
                      f"validation samples; device {device}, {world} process(es); precision {cfg.precision} -> {precision_reason}")
     start_time = time.perf_counter()
+    first_step = progress["step"]
     window = {"n": 0, "t": start_time, "sums": {}, "data_wait_s": 0.0}  # sums of logged values between log lines
 
     def window_values() -> dict[str, float]:
@@ -333,4 +347,6 @@ def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_p
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(run_dir=run_dir, steps=progress["step"], epochs_done=progress["epoch"],
-                       seconds=time.perf_counter() - start_time, best=best, last_metrics=last_metrics)
+                       seconds=time.perf_counter() - start_time, best=best, last_metrics=last_metrics,
+                       samples_seen=(progress["step"] - first_step) * cfg.batch_size * cfg.grad_accum_steps,
+                       peak_memory_mib=peak_memory_mib(accelerator.device))

@@ -28,6 +28,8 @@ def test_loss_goes_down_and_run_dir_is_complete(toy_recipe, tmp_path):
     losses = [r["loss"] for r in records if r["kind"] == "train"]
     val = [r["val_loss"] for r in records if r["kind"] == "val"]
     assert result.steps == 6 * 8
+    assert result.samples_seen == result.steps * toy_recipe().config.train.batch_size
+    assert result.peak_memory_mib is None or result.peak_memory_mib > 10  # this process holds torch: tens of MiB at least
     assert sum(losses[-8:]) / 8 < 0.75 * sum(losses[:8]) / 8
     assert val[-1] < val[0]
     names = {p.name for p in (tmp_path / "checkpoints").iterdir()}
