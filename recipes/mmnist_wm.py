@@ -6,10 +6,13 @@ tracked digit. A :class:`~genflow.models.video_transformer.SimpleVideoTransforme
 token's level from a partly masked video; it is trained by cross-entropy on masked-token tasks
 (:mod:`genflow.objectives.masked_tokens`) and generates the future by MaskGIT decoding
 (:mod:`genflow.samplers.maskgit`), optionally with classifier-free guidance between the causal
-(conditional) and identity (unconditional) temporal masks.
+(conditional) and identity (unconditional) temporal masks. Next to MaskGIT it reports the expected
+intensity of every future token (the MSE-optimal prediction under the model).
 
-Configs: ``mmnist_wm.yaml`` is the source's "fast" model (D 128, 2 layers, future prediction only);
-``mmnist_wm_full.yaml`` the "full" one (D 384, 6 layers, tasks mixed 50/40/10, guidance possible).
+Configs: ``mmnist_wm.yaml`` is the CPU default (4 x 4 patch tokens, batch 16, designed for 2 cores);
+``mmnist_wm_fast.yaml`` is the source's "fast" model (D 128, 2 layers, a position per token) and
+``mmnist_wm_full.yaml`` its "full" one (D 384, 6 layers, tasks mixed 50/40/10, guidance possible),
+the GPU configs.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -41,9 +44,38 @@ from genflow.metrics.video import (
 )
 from genflow.models.video_transformer import SimpleVideoTransformer
 from genflow.objectives.masked_tokens import MaskedTokenObjective
-from genflow.samplers.maskgit import maskgit_decode
+from genflow.samplers.maskgit import GREEDY_LEVELS, maskgit_decode
 
-__all__ = ["MovingMnistWorldModelRecipe"]
+__all__ = ["ACTION_CHOICES", "MovingMnistWorldModelRecipe", "ablated_actions"]
+
+ACTION_CHOICES = ("true", "shuffled", "zero")
+DECODING_ORDERS = ("joint", "autoregressive")
+BASELINES = ("copy_last", "constant_velocity", "action_shift", "all_black")
+PREDICTORS = ("model", "model_expected", *BASELINES)
+
+
+class Prediction(NamedTuple):
+    tokens: torch.Tensor  # (N, T, H, W) given + generated levels
+    expected: torch.Tensor | None  # (N, T - num_past, H, W) expected intensity in [0, 1] of the future frames
+
+
+def ablated_actions(actions: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
+    """The actions ``(N, T, 2)`` the model gets in the action ablation: ``true`` (unchanged),
+    ``shuffled`` (each sequence gets another one's, a seeded derangement) or ``zero``."""
+    if kind == "true":
+        return actions
+    if kind == "zero":
+        return np.zeros_like(actions)
+    if kind != "shuffled":
+        raise GenflowError(f"--actions {kind!r}: expected one of {', '.join(ACTION_CHOICES)}")
+    n = len(actions)
+    if n < 2:
+        raise GenflowError("--actions shuffled needs at least 2 sequences (see --limit)")
+    # a random rotation of a random order: no sequence keeps its own actions
+    order = np.random.default_rng(seed + 1).permutation(n)
+    derangement = np.empty(n, dtype=np.int64)
+    derangement[order] = np.roll(order, 1)
+    return actions[derangement]
 
 
 # --- configs ----------------------------------------------------------------------------------------
@@ -64,7 +96,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """SimpleVideoTransformer; ``fast``: 128 / 2 layers / 4 heads (0.67M), ``full``: 384 / 6 (14.6M)."""
+    """SimpleVideoTransformer; the source's ``fast``: 128 / 2 layers / 4 heads (0.67M), ``full``: 384 / 6
+    (14.6M), both one position per token (``patch_size`` 1); the CPU default: 4 x 4 patches."""
 
     num_frames: int = 20
     frame_size: int = 32
@@ -72,6 +105,8 @@ class ModelConfig:
     num_layers: int = 2
     num_heads: int = 4
     mlp_ratio: float = 4.0
+    patch_size: int = 1  # tokens per side of the patch one transformer position holds
+    attention: str = "factorized"  # factorized (spatial then temporal, the source) | joint (all positions of all frames)
 
 
 @dataclass
@@ -87,6 +122,8 @@ class TaskWeights:
 class ObjectiveConfig:
     tasks: TaskWeights = field(default_factory=TaskWeights)
     mask_ratio: tuple[float, float] = (0.5, 1.0)
+    full_mask_probability: float = 0.0  # future task: the whole future masked for this fraction of sequences
+    random_context: bool = False  # future task: clean frames drawn from num_past..T-1 per sequence (next-frame training)
 
 
 @dataclass
@@ -97,8 +134,14 @@ class SamplingConfig:
     temperature: float = 0.0
     confidence_noise: float = 4.5
     guidance: float = 0.0  # classifier-free guidance weight; needs objective.tasks.individual > 0
+    order: str = "joint"  # joint: all future frames decoded together (the source) | autoregressive: one frame at a time
+    greedy_level: str = "mode"  # at temperature 0: mode (most likely level, the source) | median (ordered levels)
 
     def __post_init__(self) -> None:
+        if self.greedy_level not in GREEDY_LEVELS:
+            raise ConfigError(f"config key 'sampling.greedy_level': expected one of {', '.join(GREEDY_LEVELS)}, got {self.greedy_level!r}")
+        if self.order not in DECODING_ORDERS:
+            raise ConfigError(f"config key 'sampling.order': expected one of {', '.join(DECODING_ORDERS)}, got {self.order!r}")
         if self.steps < 1:
             raise ConfigError(f"config key 'sampling.steps': expected an integer >= 1, got {self.steps}")
         if self.temperature < 0 or self.confidence_noise < 0 or self.guidance < 0:
@@ -157,7 +200,8 @@ class MovingMnistWorldModelRecipe(Recipe):
         t = config.objective.tasks
         self.objective = MaskedTokenObjective(MASK_TOKEN, config.data.num_past,
                                               {"future": t.future, "joint": t.joint, "individual": t.individual},
-                                              tuple(config.objective.mask_ratio))
+                                              tuple(config.objective.mask_ratio), config.objective.full_mask_probability,
+                                              config.objective.random_context)
         if config.data.num_past >= config.model.num_frames:
             raise ConfigError(f"data.num_past={config.data.num_past} leaves no future frame of model.num_frames={config.model.num_frames}")
 
@@ -179,7 +223,8 @@ class MovingMnistWorldModelRecipe(Recipe):
     def build_model(self) -> SimpleVideoTransformer:
         m = self.config.model
         return SimpleVideoTransformer(num_levels=NUM_LEVELS, num_frames=m.num_frames, height=m.frame_size, width=m.frame_size,
-                                      embed_dim=m.embed_dim, num_layers=m.num_layers, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio)
+                                      embed_dim=m.embed_dim, num_layers=m.num_layers, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
+                                      patch_size=m.patch_size, attention=m.attention)
 
     def compute_loss(self, model, batch, ctx: StepContext):
         frames = self.config.model.num_frames
@@ -201,42 +246,62 @@ class MovingMnistWorldModelRecipe(Recipe):
     @torch.no_grad()
     def predict(self, model, tokens: torch.Tensor, actions: torch.Tensor, *, num_past: int, steps: int | None = None,
                 temperature: float | None = None, confidence_noise: float | None = None, guidance: float | None = None,
-                seed: int = 0, batch_size: int = 16) -> torch.Tensor:
-        """Generates the masked frames of ``tokens`` ``(N, T, H, W)`` after ``num_past`` given ones.
+                order: str | None = None, seed: int = 0, batch_size: int = 16) -> Prediction:
+        """Generates the frames of ``tokens`` ``(N, T, H, W)`` after ``num_past`` given ones.
 
-        ``num_past = 0`` generates whole sequences. Returns ``(N, T, H, W)`` tokens with the first
-        ``num_past`` frames unchanged.
+        ``order`` (``sampling.order``): ``joint`` decodes all future frames together by MaskGIT (the
+        source); ``autoregressive`` decodes one frame at a time by MaskGIT, each given the frames
+        before it, as CoPilot4D rolls out. Returns the tokens ``(N, T, H, W)`` (first ``num_past``
+        frames unchanged) and the expected intensity ``sum_l p(l) l / 15`` of every future token from
+        one pass with that frame (joint: every future frame) fully masked: the MSE-optimal prediction
+        under the model, blurred where it is unsure. ``num_past = 0`` generates whole sequences
+        (joint order; no expected intensity).
         """
         s = self.config.sampling
         steps = steps or s.steps
         temperature = s.temperature if temperature is None else temperature
         confidence_noise = s.confidence_noise if confidence_noise is None else confidence_noise
         guidance = s.guidance if guidance is None else guidance
+        order = order or s.order
+        if order not in DECODING_ORDERS:
+            raise GenflowError(f"sampling.order {order!r}: expected one of {', '.join(DECODING_ORDERS)}")
         if guidance > 0 and self.config.objective.tasks.individual <= 0:
             raise GenflowError("classifier-free guidance needs a model trained with the individual-frame task "
                                "(objective.tasks.individual > 0, e.g. recipes/mmnist_wm_full.yaml)")
+        if num_past == 0:
+            order = "joint"
         device = next(model.parameters()).device
         generator = torch.Generator().manual_seed(seed)
-        out = []
+        levels = torch.arange(NUM_LEVELS, dtype=torch.float32, device=device) / (NUM_LEVELS - 1)
+        out, expected = [], []
         for part_tokens, part_actions in zip(tokens.split(batch_size), actions.split(batch_size)):
             given, a = part_tokens.long().to(device), part_actions.float().to(device)
-            future_actions = a[:, num_past:]
-            with self._autocast(device):  # the past is clean and causal: computed once, not at every step
-                past = model.encode_past(given[:, :num_past], a[:, :num_past]) if num_past > 0 else None
+            spans = [(num_past, given.shape[1])] if order == "joint" else [(f, f + 1) for f in range(num_past, given.shape[1])]
+            current, means = given.clone(), []
+            for first, end in spans:  # frames [first, end) are generated given the frames before them
+                with self._autocast(device):  # the past is clean and causal: computed once, not at every step
+                    past = model.encode_past(current[:, :first], a[:, :first]) if first > 0 else None
+                span_actions = a[:, first:end]
 
-            def logits_fn(current: torch.Tensor) -> torch.Tensor:
-                with self._autocast(device):
-                    conditional = model(current, future_actions, "causal", past=past).float()
-                    if guidance <= 0:
-                        return conditional
-                    unconditional = model(current, future_actions, "identity", first_frame=num_past).float()
-                return conditional + guidance * (conditional - unconditional)
+                def logits_fn(masked: torch.Tensor) -> torch.Tensor:
+                    with self._autocast(device):
+                        kind_kwargs = {"past": past} if past is not None else {}
+                        conditional = model(masked, span_actions, "causal", **kind_kwargs).float()
+                        if guidance <= 0:
+                            return conditional
+                        unconditional = model(masked, span_actions, "identity", first_frame=first).float()
+                    return conditional + guidance * (conditional - unconditional)
 
-            masked = torch.full_like(given[:, num_past:], MASK_TOKEN)
-            future = maskgit_decode(logits_fn, masked, MASK_TOKEN, steps=steps, temperature=temperature,
-                                    confidence_noise=confidence_noise, generator=generator)
-            out.append(torch.cat([given[:, :num_past], future], dim=1).cpu())
-        return torch.cat(out)
+                masked = torch.full_like(given[:, first:end], MASK_TOKEN)
+                if first > 0:
+                    means.append((logits_fn(masked).softmax(dim=-1) @ levels).cpu())
+                current[:, first:end] = maskgit_decode(logits_fn, masked, MASK_TOKEN, steps=steps, temperature=temperature,
+                                                       confidence_noise=confidence_noise, generator=generator,
+                                                       greedy_level=s.greedy_level)
+            out.append(current.cpu())
+            if means:
+                expected.append(torch.cat(means, dim=1))
+        return Prediction(torch.cat(out), torch.cat(expected) if expected else None)
 
     def _test_sequences(self, split: str = "test", limit: int | None = None) -> dict[str, np.ndarray]:
         data = load_split(self.config.data.data_dir, split, ["tokens", "actions", "frames"])
@@ -248,32 +313,43 @@ class MovingMnistWorldModelRecipe(Recipe):
         seqs = first_samples(val_data, self.config.eval.num_sequences)
         scores = self._score(model, seqs, num_future=self.config.model.num_frames - self.config.data.num_past)
         return {"val_mse": float(scores["model"]["mse_32"].mean()), "val_ssim": float(scores["model"]["ssim_32"].mean()),
-                "val_copy_last_mse": float(scores["copy_last"]["mse_32"].mean())}
+                "val_expected_mse": float(scores["model_expected"]["mse_32"].mean()),
+                "val_expected_ssim": float(scores["model_expected"]["ssim_32"].mean()),
+                "val_action_shift_mse": float(scores["action_shift"]["mse_32"].mean())}
 
-    def _score(self, model, seqs: dict[str, np.ndarray], *, num_future: int, shuffle_actions: bool = False, seed: int = 0,
+    def _score(self, model, seqs: dict[str, np.ndarray], *, num_future: int, actions: str = "true", seed: int = 0,
                full_resolution: bool = False, **sampling: Any) -> dict[str, Any]:
-        """Per-frame metrics ``(N, F)`` of the model and the baselines, and the predicted tokens."""
+        """Per-frame metrics ``(N, F)`` of the model (MaskGIT: ``model``, expected intensity:
+        ``model_expected``) and the baselines, and the predicted tokens.
+
+        ``actions``: what the model is given, ``true``, ``shuffled`` (another sequence's) or ``zero``;
+        the baselines always use the true ones.
+        """
+        if actions not in ACTION_CHOICES:
+            raise GenflowError(f"--actions {actions!r}: expected one of {', '.join(ACTION_CHOICES)}")
         num_past = self.config.data.num_past
         frames = num_past + num_future
         if frames > min(self.config.model.num_frames, seqs["tokens"].shape[1]):
             raise GenflowError(f"--past {num_past} + --future {num_future} exceeds the {min(self.config.model.num_frames, seqs['tokens'].shape[1])} frames "
                                "the model and data hold")
         tokens = torch.from_numpy(seqs["tokens"][:, :frames])
-        actions = seqs["actions"][:, :frames]
-        model_actions = actions[np.random.default_rng(seed + 1).permutation(len(actions))] if shuffle_actions else actions
+        true_actions = seqs["actions"][:, :frames]
+        given_actions = torch.from_numpy(np.ascontiguousarray(ablated_actions(true_actions, actions, seed)))
         start = time.perf_counter()
-        predicted = self.predict(model, tokens, torch.from_numpy(np.ascontiguousarray(model_actions)), num_past=num_past, seed=seed, **sampling)
+        predicted, expected = self.predict(model, tokens, given_actions, num_past=num_past, seed=seed, **sampling)
         seconds = time.perf_counter() - start
+        expected = expected.numpy()
         past = dequantise(seqs["tokens"][:, :num_past])
         truth32 = dequantise(seqs["tokens"][:, num_past:frames])
         pixels_per_unit = self.config.model.frame_size / 2
         predictions = {
             "model": dequantise(predicted[:, num_past:].numpy()),
+            "model_expected": expected,
             "copy_last": copy_last_prediction(past, num_future),
             # the last given velocity (the tracked digit's last action) extrapolated
-            "constant_velocity": shifted_last_frame_prediction(past, np.repeat(actions[:, num_past - 1 : num_past], num_future, axis=1), pixels_per_unit),
+            "constant_velocity": shifted_last_frame_prediction(past, np.repeat(true_actions[:, num_past - 1 : num_past], num_future, axis=1), pixels_per_unit),
             # the last frame moved by the future actions the model is given: exact for the tracked digit
-            "action_shift": shifted_last_frame_prediction(past, actions[:, num_past:frames], pixels_per_unit),
+            "action_shift": shifted_last_frame_prediction(past, true_actions[:, num_past:frames], pixels_per_unit),
             "all_black": all_black_prediction(past, num_future),
         }
         scores: dict[str, Any] = {"tokens": predicted, "seconds": seconds}
@@ -287,35 +363,41 @@ class MovingMnistWorldModelRecipe(Recipe):
         return scores
 
     def run_eval(self, metric, model, run_dir, device, *, split="test", limit=200, seed=0, steps=None, temperature=None,
-                 confidence_noise=None, guidance=None, future=None, shuffle_actions=False, figure=True, **_):
+                 confidence_noise=None, guidance=None, future=None, actions="true", figure=True, **_):
         """Future-frame quality per horizon (MSE / PSNR / SSIM at 32 x 32 and upsampled to 64 x 64) of the
         model and of four baselines on the same sequences: copy-last-frame; constant velocity (the last
         frame shifted by the last given action, extrapolated); action shift (the last frame shifted by the
-        future actions the model also gets); all-black."""
+        future actions the model also gets); all-black. The model decodes two ways: MaskGIT (``model``,
+        one sharp future) and expected intensity (``model_expected``, the MSE-optimal blur).
+        ``actions`` = ``shuffled`` / ``zero`` is the action ablation."""
         if metric != "video":
             return super().run_eval(metric, model, run_dir, device)
         num_future = future or (self.config.model.num_frames - self.config.data.num_past)
         seqs = self._test_sequences(split, limit)
-        scores = self._score(model, seqs, num_future=num_future, shuffle_actions=shuffle_actions, seed=seed, full_resolution=True,
+        scores = self._score(model, seqs, num_future=num_future, actions=actions, seed=seed, full_resolution=True,
                              steps=steps, temperature=temperature, confidence_noise=confidence_noise, guidance=guidance)
         s = self.config.sampling
         result: dict[str, Any] = {
             "split": split, "sequences": len(seqs["tokens"]), "past": self.config.data.num_past, "future": num_future,
             "steps": steps or s.steps, "temperature": s.temperature if temperature is None else temperature,
-            "guidance": s.guidance if guidance is None else guidance, "shuffled_actions": shuffle_actions,
+            "guidance": s.guidance if guidance is None else guidance, "order": s.order, "greedy_level": s.greedy_level,
+            "actions": actions,
             "seconds": round(scores["seconds"], 2), "seconds_per_sequence": round(scores["seconds"] / len(seqs["tokens"]), 4),
         }
         per_horizon: dict[str, dict[str, list[float]]] = {}
-        for name in ("model", "copy_last", "constant_velocity", "action_shift", "all_black"):
+        for name in PREDICTORS:
             for key, values in scores[name].items():
                 result[f"{name}_{key}"] = float(values.mean())
                 per_horizon.setdefault(name, {})[key] = [round(float(v), 4) for v in values.mean(axis=0)]
         result["per_horizon"] = per_horizon
-        for base in ("copy_last", "constant_velocity", "action_shift", "all_black"):  # at every horizon, MSE and SSIM
-            result[f"beats_{base}"] = all(m < b for m, b in zip(per_horizon["model"]["mse_32"], per_horizon[base]["mse_32"])) and all(
-                m > b for m, b in zip(per_horizon["model"]["ssim_32"], per_horizon[base]["ssim_32"]))
+        for model_name in ("model", "model_expected"):
+            prefix = "beats" if model_name == "model" else "expected_beats"
+            for base in BASELINES:  # at every horizon, MSE and SSIM
+                ours, theirs = per_horizon[model_name], per_horizon[base]
+                result[f"{prefix}_{base}"] = all(m < b for m, b in zip(ours["mse_32"], theirs["mse_32"])) and all(
+                    m > b for m, b in zip(ours["ssim_32"], theirs["ssim_32"]))
         if figure:
-            tag = f"video-k{result['steps']}{'-shuffled' if shuffle_actions else ''}"
+            tag = f"video-k{result['steps']}{'' if actions == 'true' else '-' + actions + '-actions'}"
             out = Path(run_dir) / "eval"
             plot_metrics_vs_horizon(per_horizon, out / f"{tag}.png")
             (out / f"{tag}.md").write_text(horizon_table(per_horizon))
@@ -327,15 +409,17 @@ class MovingMnistWorldModelRecipe(Recipe):
     def save_figures(self, model, val_data, run_dir, device):
         seqs = first_samples(val_data, 3)
         num_past = self.config.data.num_past
-        predicted = self.predict(model, torch.from_numpy(seqs["tokens"]), torch.from_numpy(seqs["actions"]), num_past=num_past)
+        tokens, actions = torch.from_numpy(seqs["tokens"]), torch.from_numpy(seqs["actions"])
+        predicted, expected = self.predict(model, tokens, actions, num_past=num_past)
+        expected = expected.numpy()
         path = Path(run_dir) / "samples.png"
-        plot_strips(dequantise(seqs["tokens"]), dequantise(predicted.numpy()), num_past, path)
+        plot_strips(dequantise(seqs["tokens"]), dequantise(predicted.numpy()), num_past, path, expected)
         return {"samples": path}
 
     def sample(self, model, run_dir, device, *, n=4, past=None, future=None, steps=None, temperature=None, guidance=None,
                confidence_noise=None, unconditional=False, out=None, seed=0, **_):
-        """PNG strips and an animated GIF (past | predicted | true) of `n` test sequences; with
-        `unconditional`, whole sequences generated from nothing (test actions)."""
+        """PNG strips (true, MaskGIT, expected intensity) and an animated GIF (true | MaskGIT) of `n` test
+        sequences; with `unconditional`, whole sequences generated from nothing (test actions)."""
         num_past = 0 if unconditional else (self.config.data.num_past if past is None else past)
         num_future = future or (self.config.model.num_frames - num_past)
         frames = num_past + num_future
@@ -343,19 +427,21 @@ class MovingMnistWorldModelRecipe(Recipe):
             raise GenflowError(f"--past {num_past} + --future {num_future} exceeds the model's {self.config.model.num_frames} frames")
         seqs = self._test_sequences(limit=n)
         start = time.perf_counter()
-        predicted = self.predict(model, torch.from_numpy(seqs["tokens"][:, :frames]), torch.from_numpy(seqs["actions"][:, :frames]),
-                                 num_past=num_past, steps=steps, temperature=temperature, guidance=guidance,
-                                 confidence_noise=confidence_noise, seed=seed)
+        predicted, expected = self.predict(model, torch.from_numpy(seqs["tokens"][:, :frames]), torch.from_numpy(seqs["actions"][:, :frames]),
+                                           num_past=num_past, steps=steps, temperature=temperature, guidance=guidance,
+                                           confidence_noise=confidence_noise, seed=seed)
         seconds = time.perf_counter() - start
+        expected = None if expected is None else expected.numpy()
         tag = "unconditional" if unconditional else f"past{num_past}-future{num_future}"
         out = Path(out) if out else Path(run_dir) / "samples" / f"{tag}-k{steps or self.config.sampling.steps}.png"
         truth = dequantise(seqs["tokens"][:, :frames])
         generated = dequantise(predicted.numpy())
-        plot_strips(truth, generated, num_past, out)
+        plot_strips(truth, generated, num_past, out, expected)
         gif = out.with_suffix(".gif")
         write_gif(truth, generated, num_past, gif)
-        np.savez(out.with_suffix(".npz"), tokens=predicted.numpy(), true_tokens=seqs["tokens"][:, :frames],
-                 actions=seqs["actions"][:, :frames], num_past=num_past)
+        arrays = {"tokens": predicted.numpy(), "true_tokens": seqs["tokens"][:, :frames], "actions": seqs["actions"][:, :frames],
+                  "num_past": num_past, **({} if expected is None else {"expected_intensity": expected})}
+        np.savez(out.with_suffix(".npz"), **arrays)
         return {"picture": out, "animation": gif, "arrays": out.with_suffix(".npz"), "sequences": len(predicted),
                 "seconds": round(seconds, 2)}
 
@@ -392,25 +478,30 @@ def _plt():
     return plt
 
 
-def plot_strips(truth: np.ndarray, generated: np.ndarray, num_past: int, path: Path) -> None:
-    """Two rows per sequence: the true frames, then past + generated; a line marks where prediction starts."""
+def plot_strips(truth: np.ndarray, generated: np.ndarray, num_past: int, path: Path, expected: np.ndarray | None = None) -> None:
+    """Rows per sequence: the true frames, past + MaskGIT-generated frames and, given ``expected``
+    ``(N, F, H, W)``, past + expected-intensity frames; a red frame marks what was predicted."""
     plt = _plt()
     n, frames = generated.shape[:2]
-    fig, axes = plt.subplots(2 * n, frames, figsize=(0.6 * frames, 1.25 * n), squeeze=False)
+    rows = [("true", truth), ("MaskGIT", generated)]
+    if expected is not None:
+        rows.append(("expected", np.concatenate([truth[:, :num_past], expected], axis=1)))
+    per = len(rows)
+    fig, axes = plt.subplots(per * n, frames, figsize=(0.6 * frames, 0.62 * per * n + 0.1), squeeze=False)
     for i in range(n):
         for t in range(frames):
-            for row, video, label in ((2 * i, truth, "true"), (2 * i + 1, generated, "model")):
-                ax = axes[row, t]
+            for k, (label, video) in enumerate(rows):
+                ax = axes[per * i + k, t]
                 ax.imshow(video[i, t], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
                 ax.set_xticks([]), ax.set_yticks([])
-                if t >= num_past and row % 2:
+                if t >= num_past and k:
                     for spine in ax.spines.values():
                         spine.set_color("tab:red")
                 if t == 0:
-                    ax.set_ylabel(label, fontsize=6)
+                    ax.set_ylabel(label, fontsize=5)
             if i == 0:
                 axes[0, t].set_title(("past " if t < num_past else "future ") + str(t), fontsize=5)
-    fig.subplots_adjust(wspace=0.05, hspace=0.05, left=0.03, right=0.99, top=0.95, bottom=0.01)
+    fig.subplots_adjust(wspace=0.05, hspace=0.05, left=0.05, right=0.99, top=0.95, bottom=0.01)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -11,6 +11,7 @@ from genflow.config import load_config
 from genflow.engine.metrics_log import read_metrics
 from genflow.engine.recipe import StepContext, get_recipe
 from genflow.engine.run_dir import load_run
+from recipes.mmnist_wm import ablated_actions
 
 FRAMES, PAST = 6, 3
 TINY = [f"model.num_frames={FRAMES}", f"data.num_past={PAST}", "model.embed_dim=32", "model.num_layers=1", "model.num_heads=2",
@@ -69,7 +70,7 @@ def test_loss_goes_down_on_a_fixed_batch(mmnist_data):
 
 def test_training_logs_validation_and_quick_video_metrics(fast_run):
     val = [r for r in read_metrics(fast_run) if r["kind"] == "val"]
-    assert len(val) == 4 and all({"val_loss", "val_mse", "val_ssim", "val_copy_last_mse"} <= set(r) for r in val)
+    assert len(val) == 4 and all({"val_loss", "val_mse", "val_ssim", "val_expected_mse", "val_action_shift_mse"} <= set(r) for r in val)
     assert val[-1]["val_loss"] < val[0]["val_loss"]
     assert (fast_run / "samples.png").is_file() and (fast_run / "checkpoints" / "best.pt").is_file()
 
@@ -120,13 +121,73 @@ def test_eval_video_reports_every_horizon_and_the_baselines(cli, fast_run):
     assert (fast_run / "eval" / "video-k2.png").is_file() and (fast_run / "eval" / "video-k2.md").is_file()
 
 
-def test_shuffled_actions_are_reported_and_baselines_keep_the_true_actions(cli, fast_run):
+def test_eval_video_reports_expected_intensity_decoding_next_to_maskgit(cli, fast_run):
+    code, out, _ = cli("eval", "video", fast_run, "--json", "--limit", "4", "--steps", "1", "--temperature", "0")
+    result = json.loads(out)
+    assert code == 0 and len(result["per_horizon"]["model_expected"]["mse_32"]) == FRAMES - PAST
+    assert isinstance(result["expected_beats_all_black"], bool)
+    assert result["model_expected_mse_32"] != result["model_mse_32"]  # a blur, not the decoded levels
+
+
+def test_expected_intensity_is_the_probability_weighted_level_of_one_pass(fast_run, mmnist_data):
+    run = load_run(fast_run)
+    recipe, model = run.recipe, run.model
+    data = recipe._test_sequences("val", 2)
+    tokens, actions = torch.from_numpy(data["tokens"]), torch.from_numpy(data["actions"])
+    expected = recipe.predict(model, tokens, actions, num_past=PAST, steps=1, order="joint").expected
+    masked = tokens.long().clone()
+    masked[:, PAST:] = 16
+    with torch.no_grad():
+        probs = model(masked, actions, "causal").softmax(-1)[:, PAST:]
+    torch.testing.assert_close(expected, (probs * torch.arange(16) / 15).sum(-1), rtol=1e-4, atol=1e-5)
+
+
+def test_autoregressive_decoding_generates_frame_by_frame_from_the_past_only(fast_run):
+    run = load_run(fast_run)
+    recipe, model = run.recipe, run.model
+    data = recipe._test_sequences("val", 2)
+    tokens, actions = torch.from_numpy(data["tokens"]), torch.from_numpy(data["actions"])
+    scrambled = tokens.clone()
+    scrambled[:, PAST:] = torch.randint(0, 16, scrambled[:, PAST:].shape)  # the true future must not matter
+    first = recipe.predict(model, tokens, actions, num_past=PAST, steps=2, order="autoregressive")
+    second = recipe.predict(model, scrambled, actions, num_past=PAST, steps=2, order="autoregressive")
+    torch.testing.assert_close(first.tokens, second.tokens)
+    assert torch.equal(first.tokens[:, :PAST], tokens[:, :PAST]) and first.tokens.max() < 16
+    joint = recipe.predict(model, tokens, actions, num_past=PAST, steps=2, order="joint")
+    # the first future frame sees only the true past in both orders
+    torch.testing.assert_close(first.expected[:, 0], joint.expected[:, 0], rtol=1e-4, atol=1e-5)
+    assert first.expected.shape == (2, FRAMES - PAST, 32, 32)
+
+
+def test_unknown_decoding_order_is_a_clear_error(cli, fast_run):
+    code, _, err = cli("eval", "video", fast_run, "--limit", "2", "sampling.order=backwards")
+    assert code == 2 and "sampling.order" in err and "autoregressive" in err
+
+
+@pytest.mark.parametrize("kind", ["shuffled", "zero"])
+def test_action_ablation_changes_what_the_model_gets_and_baselines_keep_the_true_actions(cli, fast_run, kind):
     results = []
-    for extra in ([], ["--shuffle-actions"]):
-        code, out, _ = cli("eval", "video", fast_run, "--json", "--limit", "8", "--steps", "1", "--temperature", "0", *extra)
+    for actions in ("true", kind):
+        code, out, _ = cli("eval", "video", fast_run, "--json", "--limit", "8", "--steps", "1", "--temperature", "0",
+                           "--actions", actions)
         assert code == 0
         results.append(json.loads(out))
-    assert results[1]["shuffled_actions"] and results[0]["copy_last_mse_32"] == results[1]["copy_last_mse_32"]
+    true, ablated = results
+    assert ablated["actions"] == kind and true["action_shift_mse_32"] == ablated["action_shift_mse_32"]
+    assert true["model_expected_mse_32"] != ablated["model_expected_mse_32"]
+
+
+def test_shuffled_actions_give_no_sequence_its_own():
+    actions = np.arange(7 * 3 * 2, dtype=np.float32).reshape(7, 3, 2)
+    for seed in range(5):
+        shuffled = ablated_actions(actions, "shuffled", seed)
+        assert sorted(map(tuple, shuffled[:, 0])) == sorted(map(tuple, actions[:, 0]))  # a permutation
+        assert not np.any(np.all(shuffled == actions, axis=(1, 2)))  # nobody keeps their own
+
+
+def test_unknown_action_ablation_is_a_clear_error(cli, fast_run):
+    code, _, err = cli("eval", "video", fast_run, "--limit", "2", "--actions", "random")
+    assert code == 2 and "--actions" in err and "shuffled" in err and "Traceback" not in err
 
 
 def test_guidance_needs_the_unconditional_task(cli, fast_run, full_run, tmp_path):
