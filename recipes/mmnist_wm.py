@@ -285,8 +285,7 @@ class MovingMnistWorldModelRecipe(Recipe):
 
                 def logits_fn(masked: torch.Tensor) -> torch.Tensor:
                     with self._autocast(device):
-                        kind_kwargs = {"past": past} if past is not None else {}
-                        conditional = model(masked, span_actions, "causal", **kind_kwargs).float()
+                        conditional = model(masked, span_actions, "causal", past=past).float()
                         if guidance <= 0:
                             return conditional
                         unconditional = model(masked, span_actions, "identity", first_frame=first).float()
