@@ -2,9 +2,9 @@
 
     python benchmarks/bench_mmnist_cost.py [--batches 3] [--precision fp32|bf16|both]
 
-Times forward + backward + AdamW step of each config's SimpleVideoTransformer on random 20 x 32 x 32
-token videos at the config's own batch size (the loss: future-token cross-entropy, as training),
-and prints seconds per sequence, sequences per hour and the ratio to the source's fast config
+Times one training step of each config (its own masking objective and loss, `Recipe.compute_loss`,
+then backward and an AdamW step) on random 20 x 32 x 32 token videos at the config's batch size, and
+prints seconds per sequence, sequences per hour and the ratio to the source's fast config
 measured in the same run. The CPU the numbers belong to is printed first.
 """
 
@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from genflow.config import load_config
 from genflow.engine.precision import cpu_description
+from genflow.engine.recipe import StepContext
 from recipes.mmnist_wm import MovingMnistWorldModelRecipe, WorldModelConfig
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -30,16 +30,16 @@ def seconds_per_sequence(config: WorldModelConfig, batches: int, bf16: bool) -> 
     recipe = MovingMnistWorldModelRecipe(config)
     model = recipe.build_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    batch, past = config.train.batch_size, config.data.num_past
-    tokens = torch.randint(0, 16, (batch, config.model.num_frames, config.model.frame_size, config.model.frame_size))
-    actions = torch.rand(batch, config.model.num_frames, 2) * 0.2 - 0.1
-    inputs = tokens.clone()
-    inputs[:, past:] = 16
+    batch, frames, side = config.train.batch_size, config.model.num_frames, config.model.frame_size
+    data = {"tokens": torch.randint(0, 16, (batch, frames, side, side)), "actions": torch.rand(batch, frames, 2) * 0.2 - 0.1}
+    calls = iter(range(10**6))
 
     def step() -> None:
+        index = next(calls)
+        ctx = StepContext(step=index, micro_step=index, epoch=0, device=torch.device("cpu"),
+                          generator=torch.Generator().manual_seed(index))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(inputs, actions, "causal")
-        loss = F.cross_entropy(logits[:, past:].reshape(-1, 16).float(), tokens[:, past:].reshape(-1))
+            loss, _ = recipe.compute_loss(model, data, ctx)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

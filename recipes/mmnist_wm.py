@@ -324,8 +324,6 @@ class MovingMnistWorldModelRecipe(Recipe):
         ``actions``: what the model is given, ``true``, ``shuffled`` (another sequence's) or ``zero``;
         the baselines always use the true ones.
         """
-        if actions not in ACTION_CHOICES:
-            raise GenflowError(f"--actions {actions!r}: expected one of {', '.join(ACTION_CHOICES)}")
         num_past = self.config.data.num_past
         frames = num_past + num_future
         if frames > min(self.config.model.num_frames, seqs["tokens"].shape[1]):

@@ -77,6 +77,11 @@ class _SelfAttention(nn.Module):
         return self.out(attended.transpose(1, 2).reshape(batch, length, dim)), (own_key, own_value)
 
 
+def _mlp(dim: int, mlp_ratio: float) -> nn.Sequential:
+    hidden = int(dim * mlp_ratio)
+    return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+
 class SpatioTemporalBlock(nn.Module):
     """Pre-norm [spatial attention -> temporal attention -> MLP], each residual."""
 
@@ -87,8 +92,7 @@ class SpatioTemporalBlock(nn.Module):
         self.temporal_norm = nn.LayerNorm(dim)
         self.temporal_attention = _SelfAttention(dim, num_heads, upcast_on_cpu=True)
         self.mlp_norm = nn.LayerNorm(dim)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.mlp = _mlp(dim, mlp_ratio)
 
     def forward(self, x: Tensor, temporal_mask: Tensor | None, cached: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """``x (B, T, N, D)`` -> same shape, and the temporal keys/values of these frames.
@@ -119,8 +123,7 @@ class JointSpaceTimeBlock(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.attention = _SelfAttention(dim, num_heads, upcast_on_cpu=True)
         self.mlp_norm = nn.LayerNorm(dim)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.mlp = _mlp(dim, mlp_ratio)
 
     def forward(self, x: Tensor, temporal_mask: Tensor | None, cached: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """``x (B, T, N, D)`` -> same shape, and the keys/values ``(B, heads, T * N, D / heads)`` of these frames.

@@ -57,7 +57,7 @@ def maskgit_decode(
             and temporal mask bound, possibly with classifier-free guidance).
         tokens: ``(B, *S)`` integer ids; positions equal to ``mask_token_id`` are generated.
         steps: Decoding steps ``K`` (1 = predict everything at once).
-        temperature: Softmax temperature of the level draws; 0 takes the most likely level.
+        temperature: Softmax temperature of the level draws; 0 takes a point estimate (``greedy_level``).
         confidence_noise: Scale of the annealed Gumbel noise added to confidences (0: purely greedy order).
         generator: CPU generator for the draws (reproducible on any device).
         greedy_level: At temperature 0, ``mode`` (most likely level) or ``median`` (ordered levels).
