@@ -69,6 +69,7 @@ class ModelConfig:
     image_rate: float = 0.9
     label_rate: float = 0.2
     graph_seed: int = 0  # step k places its visible nodes with seed graph_seed + k
+    placement: str = "random"  # visible nodes on colour-0 sites: random (reference) or image (pixels keep the image's layout)
     compile: bool = True  # torch.compile the Gibbs updates (needs a C++ compiler on CPU; false = eager)
 
     def __post_init__(self) -> None:
@@ -89,8 +90,11 @@ class SamplingConfig:
     n_samples: int = 10
     steps_per_sample: int = 4
     training_beta: float = 1.0
+    persistent_warmup: int | None = None  # unconditional step: negative chains persist across batches (PCD), this many warm-up sweeps; null = fresh chains
 
     def __post_init__(self) -> None:
+        if self.persistent_warmup is not None and self.persistent_warmup < 0:
+            raise ConfigError(f"config key 'sampling.persistent_warmup': expected null or an integer >= 0, got {self.persistent_warmup}")
         if self.steps_warmup < 0 or self.n_samples < 1 or self.steps_per_sample < 1:
             raise ConfigError("config keys 'sampling.*': expected steps_warmup >= 0, n_samples >= 1, steps_per_sample >= 1")
 
@@ -264,7 +268,8 @@ class DtmRecipe(Recipe):
             graph=m.graph, num_pixels=pixels, grayscale_levels=m.grayscale_levels, num_classes=self.num_classes(),
             num_label_spots=m.num_label_spots, num_steps=m.num_steps, time_grid_kind=m.time_grid, time_offset=m.time_offset,
             image_rate=m.image_rate, label_rate=m.label_rate, seed=m.graph_seed, compile=m.compile,
-            correlation_penalty=_per_step(self.config.correlation_penalty.initial, m.num_steps, 0.0))
+            correlation_penalty=_per_step(self.config.correlation_penalty.initial, m.num_steps, 0.0),
+            placement=m.placement, image_shape=self.image_shape())
 
     def parameter_groups(self, model):
         """One group per denoising step and kind: couplings (train.weight_decay) and biases (optim.bias_decay),
@@ -292,7 +297,9 @@ class DtmRecipe(Recipe):
         def uniform(shape):
             return ctx.rand(b, *shape[1:]) if shape[0] == b else torch.rand(shape, generator=ctx.generator).to(ctx.device)
 
-        return model(levels, labels, self.schedule(), keys.to(ctx.device), uniform, self.config.sampling.training_beta)
+        s = self.config.sampling
+        persistent = None if s.persistent_warmup is None else SamplingSchedule(s.persistent_warmup, s.n_samples, s.steps_per_sample)
+        return model(levels, labels, self.schedule(), keys.to(ctx.device), uniform, s.training_beta, persistent)
 
     # --- generation -------------------------------------------------------------------------------------
     def generate(self, model, n: int, *, seed: int = 0, labels: torch.Tensor | None = None, sweeps: int | None = None,
@@ -532,7 +539,11 @@ class DtmRecipe(Recipe):
             result["fd_clamped"] = self.frechet(clamped["levels"])
             logits = classifier(torch.from_numpy(self._as_classifier_input(clamped["levels"])))
             wanted = torch.tensor(self.config.data.classes)[labels] if self.config.data.classes else labels
-            result["clamped_label_accuracy"] = float((logits.argmax(1) == wanted).float().mean())
+            hits = (logits.argmax(1) == wanted).float()
+            result["clamped_label_accuracy"] = float(hits.mean())
+            per_class = [float(hits[labels == c].mean()) for c in range(self.num_classes())]
+            result["clamped_accuracy_per_class"] = [round(v, 4) for v in per_class]
+            result["clamped_accuracy_worst_class"] = min(per_class)
             result.update(self.frechet_reference(n, seed, split))
         _, val = self.build_datasets()
         for k, v in enumerate(self.autocorrelation(model, val, seed)):

@@ -164,7 +164,7 @@ def pin_data_path(recipe_cls: type[Recipe], config: Any) -> dict[str, str] | Non
 
 
 # What `sample` / `eval` may change in a trained run's config: where its data is, how it is evaluated.
-RUN_OVERRIDE_SECTIONS = ("data", "eval", "sampling")
+RUN_OVERRIDE_SECTIONS = ("data", "eval", "sampling", "generation")
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu", use_ema: bool = True,

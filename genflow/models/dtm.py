@@ -98,7 +98,7 @@ def autocorrelation_1d(x: torch.Tensor) -> torch.Tensor:
 class IsingDenoisingStep(nn.Module):
     """The Ising model of one denoising step: trained biases and couplings, fixed input couplings."""
 
-    def __init__(self, graph: TorusGraph, num_image_nodes: int, num_label_nodes: int, graph_seed: int,
+    def __init__(self, graph: TorusGraph, num_image_nodes: int, num_label_nodes: int, visible: torch.Tensor,
                  image_coupling: float, label_coupling: float):
         super().__init__()
         H, D = graph.half, graph.degree
@@ -107,7 +107,6 @@ class IsingDenoisingStep(nn.Module):
         self.bias0 = nn.Parameter(torch.zeros(2, H, H))
         self.bias1 = nn.Parameter(torch.zeros(2, H, H))
         self.weight = nn.Parameter(torch.zeros(2, D, H, H))  # couplings, stored at colour-0 sites
-        visible = graph.place_visible(num_image_nodes + num_label_nodes, graph_seed)
         self.register_buffer("visible_sites", visible)  # flat colour-0 positions, image nodes first
         coupling = torch.full((num_image_nodes + num_label_nodes,), float(image_coupling))
         coupling[num_image_nodes:] = float(label_coupling)
@@ -115,6 +114,21 @@ class IsingDenoisingStep(nn.Module):
         latent = torch.ones(2 * H * H, dtype=torch.bool)
         latent[visible] = False
         self.register_buffer("latent0", latent.view(2, H, H))
+        # persistent negative-phase chains (PCD; see DenoisingThermodynamicModel.phase): (2, H, H, chains),
+        # none until the first batch; kept in the state dict so a resumed run continues the same chains
+        self.register_buffer("chains0", torch.zeros(2, H, H, 0))
+        self.register_buffer("chains1", torch.zeros(2, H, H, 0))
+
+    @property
+    def unconditional(self) -> bool:
+        """True when the step's inputs carry no information (input couplings 0: the log grid's last step)."""
+        return bool((self.input_coupling == 0).all())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("chains0", "chains1"):  # the number of persistent chains is the batch's: take the saved one
+            saved = state_dict.setdefault(prefix + name, getattr(self, name)[..., :0])  # none in older checkpoints
+            setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def num_visible(self) -> int:
@@ -171,7 +185,8 @@ class DenoisingThermodynamicModel(nn.Module):
     def __init__(self, *, graph: str, num_pixels: int, grayscale_levels: int = 1, num_classes: int = 1,
                  num_label_spots: int = 1, num_steps: int = 1, time_grid_kind: str = "log", time_offset: float = 0.0,
                  image_rate: float = 0.8, label_rate: float = 0.2, seed: int = 0, compile: bool = False,
-                 correlation_penalty: list[float] | None = None):
+                 correlation_penalty: list[float] | None = None, placement: str = "random",
+                 image_shape: tuple[int, ...] | None = None):
         super().__init__()
         self.graph = TorusGraph.from_preset(graph)
         self.num_pixels, self.levels = int(num_pixels), int(grayscale_levels)
@@ -181,10 +196,18 @@ class DenoisingThermodynamicModel(nn.Module):
         self.times = time_grid(self.num_steps, time_grid_kind)
         self.num_image_nodes = self.num_pixels * self.levels
         self.num_label_nodes = self.num_classes * self.label_spots
+        if placement not in ("random", "image"):
+            raise ConfigError(f"config key 'model.placement': expected 'random' or 'image', got '{placement}'")
+        if placement == "image" and (image_shape is None or int(np.prod(image_shape)) != self.num_pixels):
+            raise ConfigError(f"model.placement 'image' needs the image shape of the {self.num_pixels} pixels, got {image_shape}")
         steps = []
         for k in range(self.num_steps):
             dt = self.times[k + 1] - self.times[k]
-            steps.append(IsingDenoisingStep(self.graph, self.num_image_nodes, self.num_label_nodes, seed + k,
+            if placement == "random":
+                visible = self.graph.place_visible(self.num_image_nodes + self.num_label_nodes, seed + k)
+            else:
+                visible = self.graph.place_image(tuple(image_shape), self.levels, self.num_label_nodes, seed + k)
+            steps.append(IsingDenoisingStep(self.graph, self.num_image_nodes, self.num_label_nodes, visible,
                                             input_coupling(self.image_rate, dt), input_coupling(self.label_rate, dt)))
         self.steps = nn.ModuleList(steps)
         penalty = torch.tensor(correlation_penalty or [0.0] * self.num_steps, dtype=torch.float32)
@@ -225,23 +248,38 @@ class DenoisingThermodynamicModel(nn.Module):
 
     # --- training -------------------------------------------------------------------------------------
     def phase(self, step: int, targets: torch.Tensor | None, inputs: torch.Tensor, schedule: SamplingSchedule,
-              key: torch.Tensor, beta: float = 1.0) -> PhaseMoments:
-        """Positive phase (`targets` = visible outputs clamped) or negative phase (`targets` None)."""
+              key: torch.Tensor, beta: float = 1.0, persistent: SamplingSchedule | None = None) -> PhaseMoments:
+        """Positive phase (`targets` = visible outputs clamped) or negative phase (`targets` None).
+
+        Chains start from the biases ("Hinton init"), except the negative phase of an unconditional step
+        when `persistent` is given: its distribution is the same for every batch, so its chains carry
+        over from the previous batch (persistent contrastive divergence) and run the `persistent`
+        schedule, usually with a shorter warm-up. Conditional steps always start afresh: their negative
+        phase depends on the batch's inputs.
+        """
         model = self.steps[step]
         biases = (model.colour0_bias(inputs), model.bias1)
         weights = (model.weight, self.graph.colour_one_weights(model.weight))
-        state = self.sampler.chains(inputs.shape[0], biases, beta, key, device=inputs.device)
+        batch = inputs.shape[0]
+        carry = targets is None and persistent is not None and model.unconditional
+        if carry and model.chains0.shape[-1] == batch:
+            state, schedule = SpinState(model.chains0.clone(), model.chains1.clone()), persistent
+        else:
+            state = self.sampler.chains(batch, biases, beta, key, device=inputs.device)
         free0 = None
         if targets is not None:
             model.clamp_visible(state, targets)
             free0 = model.latent0
         moments = self.sampler.run(state, weights, biases, schedule, key, beta=beta, free=(free0, None))
+        if carry:
+            model.chains0, model.chains1 = state.colour0, state.colour1
         return PhaseMoments(*moments.averages())
 
     def forward(self, levels: torch.Tensor, labels: torch.Tensor, schedule: SamplingSchedule, keys: torch.Tensor,
-                uniform, beta: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+                uniform, beta: float = 1.0, persistent: SamplingSchedule | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Surrogate loss of one batch for every step (gradient = the DTM estimate; value = mean squared
-        moment mismatch) and per-step extras. `keys` (T, 2, 2): Philox keys per step and phase."""
+        moment mismatch) and per-step extras. `keys` (T, 2, 2): Philox keys per step and phase;
+        `persistent`: the schedule of persistent negative chains of unconditional steps (see `phase`)."""
         label_bits = self.label_bits(labels).to(levels.dtype)
         surrogate, mismatch, extras = 0.0, 0.0, {}
         with torch.no_grad():
@@ -250,7 +288,7 @@ class DenoisingThermodynamicModel(nn.Module):
                 x_s, l_s, x_e, l_e = self.noised_pair(k, levels, label_bits, uniform)
                 targets, inputs = self.encode(x_s, l_s), self.encode(x_e, l_e)
                 pos = self.phase(k, targets, inputs, schedule, keys[k, 0], beta)
-                neg = self.phase(k, None, inputs, schedule, keys[k, 1], beta)
+                neg = self.phase(k, None, inputs, schedule, keys[k, 1], beta, persistent)
                 outer = self.sampler.edge_correlation(neg.mean0.unsqueeze(-1), neg.mean1.unsqueeze(-1))
                 estimates.append(ising_gradients(pos, neg, outer, beta, float(self.correlation_penalty[k])))
                 err = ((pos.mean0 - neg.mean0) ** 2).mean() + ((pos.mean1 - neg.mean1) ** 2).mean() \

@@ -252,3 +252,34 @@ class TorusGraph:
                               f"(needs side² > 2 x {num_visible} = {2 * num_visible}, has {self.num_nodes}); {hint}")
         generator = torch.Generator().manual_seed(int(seed))
         return torch.randperm(self.sites_per_colour, generator=generator)[:num_visible]
+
+    def place_image(self, image_shape: tuple[int, ...], spins_per_pixel: int, num_other: int, seed: int) -> torch.Tensor:
+        """Like `place_visible`, but the image nodes keep the image's layout: pixel (row, col) of an
+        (H, W, ...) image goes to the free colour-0 site nearest (on the torus) to its position scaled
+        to the torus, ((row + ½) SIDE / H, (col + ½) SIDE / W); the nodes of one pixel (channels,
+        thermometer spins: flat order pixel x spins_per_pixel) go to neighbouring sites. Pixels next to
+        each other in the image then share latent neighbours through the graph's short jumps. The
+        `num_other` remaining visible nodes (labels) take a seeded random choice of the free sites.
+        Nodes are placed in a seeded random order, so no image region is systematically displaced.
+        """
+        num_image = int(np.prod(image_shape)) * spins_per_pixel
+        self.place_visible(num_image + num_other, seed)  # the size check and its message
+        rows, cols = image_shape[0], image_shape[1] if len(image_shape) > 1 else 1
+        per_position = num_image // (rows * cols)
+        node = np.arange(num_image)
+        position = node // per_position
+        target = np.stack([(position // cols + 0.5) * self.side / rows, (position % cols + 0.5) * self.side / cols], 1)
+        site_grid = self.grid_index[0].reshape(-1)  # flat packed colour-0 order -> row-major grid index
+        site = np.stack([site_grid // self.side, site_grid % self.side], 1).astype(np.float64)
+        rng = np.random.default_rng(int(seed))
+        free = np.ones(len(site), dtype=bool)
+        placed = np.empty(num_image + num_other, dtype=np.int64)
+        for n in rng.permutation(num_image):
+            delta = np.abs(site - target[n])
+            delta = np.minimum(delta, self.side - delta)
+            distance = (delta ** 2).sum(1) + rng.random(len(site)) * 1e-6  # random tie-break
+            distance[~free] = np.inf
+            placed[n] = int(np.argmin(distance))
+            free[placed[n]] = False
+        placed[num_image:] = rng.permutation(np.flatnonzero(free))[:num_other]
+        return torch.from_numpy(placed)

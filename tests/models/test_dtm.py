@@ -94,8 +94,10 @@ def test_input_couplings_are_buffers_and_only_graph_parameters_train():
     assert float(step0.input_coupling[0]) == pytest.approx(input_coupling(0.9, math.log(2)))
 
 
-def test_training_on_a_fixed_pattern_lowers_the_mismatch_and_generates_the_pattern():
-    """T = 1 (unconditional), 4 binary pixels always [on, off, on, on]: biases learn the pattern."""
+@pytest.mark.parametrize("persistent", [None, SamplingSchedule(1, 4, 2)], ids=["fresh-chains", "persistent-chains"])
+def test_training_on_a_fixed_pattern_lowers_the_mismatch_and_generates_the_pattern(persistent):
+    """T = 1 (unconditional), 4 binary pixels always [on, off, on, on]: biases learn the pattern, also
+    with persistent negative chains and a 1-sweep warm-up."""
     torch.manual_seed(0)
     model = tiny_model(num_steps=1, num_classes=1, num_label_spots=1)
     levels = torch.tensor([[1, 0, 1, 1]]).repeat(32, 1)
@@ -106,12 +108,13 @@ def test_training_on_a_fixed_pattern_lowers_the_mismatch_and_generates_the_patte
     mismatch = []
     for step in range(40):
         keys = torch.tensor([[[step, 1], [step, 2]]])
-        loss, _ = model(levels, labels, schedule, keys, uniform)
+        loss, _ = model(levels, labels, schedule, keys, uniform, persistent=persistent)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         mismatch.append(float(loss.detach()))
     assert sum(mismatch[-5:]) < 0.5 * sum(mismatch[:5])  # the moment mismatch (the loss value) goes down
+    assert model.steps[0].chains0.shape[-1] == (0 if persistent is None else 32)  # the chains are kept
     key = iter(torch.arange(100).view(50, 2))
     out = model.generate(64, 30, lambda: next(key), uniform=uniform)
     assert out["levels"].shape == (64, 4)
@@ -123,3 +126,17 @@ def test_generation_clamps_labels_and_returns_votes():
     key = iter(torch.arange(100).view(50, 2))
     out = model.generate(6, 5, lambda: next(key), labels=torch.tensor([0, 1, 0, 1, 0, 1]), uniform=uniform_from(5))
     assert torch.equal(out["label_votes"], torch.eye(2)[[0, 1, 0, 1, 0, 1]])
+
+
+def test_only_unconditional_steps_keep_persistent_chains_and_they_survive_a_checkpoint():
+    model = tiny_model()  # 2 log-grid steps: step 0 conditional, step 1 unconditional (input couplings 0)
+    assert not model.steps[0].unconditional and model.steps[1].unconditional
+    levels, labels = torch.tensor([[1, 0, 1, 1]]).repeat(8, 1), torch.zeros(8, dtype=torch.long)
+    keys = torch.arange(8).view(2, 2, 2)
+    model(levels, labels, SamplingSchedule(3, 2, 1), keys, uniform_from(6), persistent=SamplingSchedule(1, 2, 1))
+    assert model.steps[0].chains0.shape[-1] == 0 and model.steps[1].chains0.shape[-1] == 8
+    restored = tiny_model()
+    restored.load_state_dict(model.state_dict())
+    assert torch.equal(restored.steps[1].chains1, model.steps[1].chains1)
+    restored.load_state_dict({k: v for k, v in model.state_dict().items() if "chains" not in k})  # an older checkpoint
+    assert restored.steps[1].chains0.shape[-1] == 0

@@ -99,3 +99,25 @@ def test_visible_nodes_are_a_seeded_random_choice_of_colour_zero_sites():
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert len(set(a.tolist())) == 794 and int(a.max()) < graph.sites_per_colour
     assert not np.array_equal(np.sort(a.numpy()), np.arange(794))  # not just the first sites
+
+
+def test_image_placement_keeps_neighbouring_pixels_close_on_the_torus():
+    graph = TorusGraph.from_preset("44_12")
+    sites = graph.place_image((28, 28), 1, 100, seed=0)
+    assert len(set(sites.tolist())) == 884 and int(sites.max()) < graph.sites_per_colour
+    grid = graph.grid_index[0].reshape(-1)[sites[:784].numpy()]
+    rows, cols = (grid // 44).reshape(28, 28), (grid % 44).reshape(28, 28)
+
+    def torus_gap(a):
+        gap = np.abs(np.diff(a, axis=1))
+        return np.minimum(gap, 44 - gap)
+
+    # right-hand neighbours: ~1.57 sites apart (44 / 28) along the row, on (almost) the same row
+    assert np.mean(torus_gap(cols) <= 2) > 0.95 and np.mean(torus_gap(rows) <= 1) > 0.95
+    random = graph.place_visible(884, seed=0)
+    random_grid = graph.grid_index[0].reshape(-1)[random[:784].numpy()]
+    assert np.mean(torus_gap((random_grid % 44).reshape(28, 28)) <= 2) < 0.3  # the reference's placement is not local
+    assert torch.equal(sites, graph.place_image((28, 28), 1, 100, seed=0))
+    assert not torch.equal(sites[784:], graph.place_image((28, 28), 1, 100, seed=1)[784:])  # labels: seeded random
+    with pytest.raises(ConfigError, match="too small"):
+        graph.place_image((28, 28), 2, 10, seed=0)
