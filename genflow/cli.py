@@ -355,7 +355,7 @@ def _source_trainer_overrides(overrides: list[str], gpus: int) -> tuple[list[str
 @app.command("sample")
 def sample_command(
     run_dir: Path = typer.Argument(..., help="A run directory."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="Run config changes data.*|eval.*|sampling.*=value, "
+    overrides: Optional[list[str]] = typer.Argument(None, help="Run config changes data.*|eval.*|sampling.*|generation.*=value, "
                                                     "e.g. data.path=DIR for moved data."),
     n: int = typer.Option(16, "--n", min=1, help="How many samples (scenes for namo)."),
     steps: Optional[int] = typer.Option(None, min=1, help="Solver / sampler steps (default: the recipe's)."),
@@ -387,7 +387,7 @@ def sample_command(
 def eval_command(
     metric: str = typer.Argument(..., help="What to measure: chamfer (digit4), namo, video (mmnist-wm), dtm, hands (hand-vae), or compare (several runs)."),
     run_dirs: list[str] = typer.Argument(..., help="A run directory (several for `compare`), then optional run config "
-                                         "changes data.*|eval.*|sampling.*=value (e.g. data.path=DIR for moved data)."),
+                                         "changes data.*|eval.*|sampling.*|generation.*=value (e.g. data.path=DIR for moved data)."),
     split: str = typer.Option("test", help="Dataset split to evaluate on: test (default: reported figures), val "
                               "(what best.pt was chosen on) or train."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),

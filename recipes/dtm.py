@@ -18,7 +18,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Literal
 
 import numpy as np
 import torch
@@ -69,7 +69,7 @@ class ModelConfig:
     image_rate: float = 0.9
     label_rate: float = 0.2
     graph_seed: int = 0  # step k places its visible nodes with seed graph_seed + k
-    placement: str = "random"  # visible nodes on colour-0 sites: random (reference) or image (pixels keep the image's layout)
+    placement: Literal["random", "image"] = "random"  # visible nodes on colour-0 sites: random (reference) or image (pixels keep the image's layout)
     compile: bool = True  # torch.compile the Gibbs updates (needs a C++ compiler on CPU; false = eager)
 
     def __post_init__(self) -> None:
@@ -541,9 +541,9 @@ class DtmRecipe(Recipe):
             wanted = torch.tensor(self.config.data.classes)[labels] if self.config.data.classes else labels
             hits = (logits.argmax(1) == wanted).float()
             result["clamped_label_accuracy"] = float(hits.mean())
-            per_class = [float(hits[labels == c].mean()) for c in range(self.num_classes())]
-            result["clamped_accuracy_per_class"] = [round(v, 4) for v in per_class]
-            result["clamped_accuracy_worst_class"] = min(per_class)
+            per_class = [float(hits[labels == c].mean()) if (labels == c).any() else None for c in range(self.num_classes())]
+            result["clamped_accuracy_per_class"] = [None if v is None else round(v, 4) for v in per_class]  # None: no sample
+            result["clamped_accuracy_worst_class"] = min(v for v in per_class if v is not None)
             result.update(self.frechet_reference(n, seed, split))
         _, val = self.build_datasets()
         for k, v in enumerate(self.autocorrelation(model, val, seed)):

@@ -245,13 +245,17 @@ class TorusGraph:
         Needs side² > 2 x visible nodes (a colour-0 site left for latents); otherwise a clear error
         naming the smallest preset that fits.
         """
+        self.check_fits(num_visible)
+        generator = torch.Generator().manual_seed(int(seed))
+        return torch.randperm(self.sites_per_colour, generator=generator)[:num_visible]
+
+    def check_fits(self, num_visible: int) -> None:
+        """A clear error naming the smallest preset that fits unless side² > 2 x visible nodes."""
         if self.num_nodes <= 2 * num_visible:
             fits = smallest_preset_for(num_visible)
             hint = f"the smallest preset that fits is {fits}" if fits else "no named preset fits; use a larger SIDE"
             raise ConfigError(f"graph {self.name} is too small for {num_visible} visible nodes "
                               f"(needs side² > 2 x {num_visible} = {2 * num_visible}, has {self.num_nodes}); {hint}")
-        generator = torch.Generator().manual_seed(int(seed))
-        return torch.randperm(self.sites_per_colour, generator=generator)[:num_visible]
 
     def place_image(self, image_shape: tuple[int, ...], spins_per_pixel: int, num_other: int, seed: int) -> torch.Tensor:
         """Like `place_visible`, but the image nodes keep the image's layout: pixel (row, col) of an
@@ -263,7 +267,7 @@ class TorusGraph:
         Nodes are placed in a seeded random order, so no image region is systematically displaced.
         """
         num_image = int(np.prod(image_shape)) * spins_per_pixel
-        self.place_visible(num_image + num_other, seed)  # the size check and its message
+        self.check_fits(num_image + num_other)
         rows, cols = image_shape[0], image_shape[1] if len(image_shape) > 1 else 1
         per_position = num_image // (rows * cols)
         node = np.arange(num_image)

@@ -70,8 +70,12 @@ def test_eval_reports_fd_against_floor_and_ceiling(cli, trained):
     code, out, _ = cli("eval", "dtm", trained, "--json", "--limit", "40")
     assert code == 0
     result = json.loads(out)
-    for key in ("fd_free", "fd_clamped", "fd_floor", "fd_noise_ceiling", "clamped_label_accuracy", "autocorr_step0"):
+    for key in ("fd_free", "fd_clamped", "fd_floor", "fd_noise_ceiling", "clamped_label_accuracy", "autocorr_step0",
+                "clamped_accuracy_worst_class"):
         assert np.isfinite(result[key]), key
+    per_class = result["clamped_accuracy_per_class"]
+    assert len(per_class) == 10 and result["clamped_accuracy_worst_class"] == min(per_class)
+    assert result["clamped_label_accuracy"] == pytest.approx(np.mean(per_class), abs=1e-3)  # 4 images per class
     assert result["fd_floor"] < result["fd_noise_ceiling"]
     assert result["split"] == "test" and 0 <= result["classifier_test_accuracy"] <= 1
     code, out, _ = cli("eval", "dtm", trained, "--json", "--limit", "40", "--split", "val")
@@ -100,6 +104,11 @@ def test_too_small_graph_is_a_clear_error(cli, tmp_path, digits):
     code, _, err = cli("train", "dtm", f"data.data_dir={digits}", *TINY, "model.graph=20_8", "--runs-dir", tmp_path)
     assert code == 2
     assert "graph 20_8 is too small for 804 visible nodes" in err and "44_12" in err and "Traceback" not in err
+
+
+def test_unknown_placement_is_a_clear_error(cli, tmp_path, digits):
+    code, _, err = cli("train", "dtm", f"data.data_dir={digits}", *TINY, "model.placement=grid", "--runs-dir", tmp_path)
+    assert code == 2 and "model.placement" in err and "image" in err and "Traceback" not in err
 
 
 def test_ema_is_refused(cli, tmp_path, digits):
