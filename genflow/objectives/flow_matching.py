@@ -324,6 +324,30 @@ class FlowMatchingObjective:
             return self.path.epsilon_to_velocity(prediction, x_t, t)
         return self.path.target_to_velocity(prediction, x_t, t)
 
+    @property
+    def singular_at_data(self) -> bool:
+        """Whether :meth:`to_velocity` divides by ``sigma_t``, which is 0 at t = 1: true for ``target``.
+
+        Samplers should then not evaluate the velocity at t = 1 (``solve_ode(final_jump=...)``).
+        """
+        return self.prediction == "target"
+
+    def to_target(self, prediction: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """The clean-data estimate ``x1_hat`` implied by a network output at ``(x_t, t)``, ``t < 1``.
+
+        It is the state at t = 1 that the path reaches from ``x_t`` when the prediction is held
+        fixed (``alpha_1 = 1``, ``sigma_1 = 0`` for every scheduler here): the exact last jump of a
+        sampler, DDIM's update to zero noise. Noise predictions divide by ``alpha_t`` (clamped at
+        ``t_eps``, as in :meth:`to_velocity`).
+        """
+        if self.prediction == "target":
+            return prediction
+        if self.prediction == "velocity":
+            return self.path.velocity_to_target(prediction, x_t, t)
+        out = self.path.scheduler(t.clamp(self.t_eps, 1 - self.t_eps))
+        alpha, sigma = _expand_like(out.alpha, x_t), _expand_like(out.sigma, x_t)
+        return (x_t - sigma * prediction) / alpha
+
     def loss(self, prediction: Tensor, sample: PathSample, x1: Tensor, x0: Tensor) -> Tensor:
         """Mean squared error between the network output and :meth:`training_target` (a scalar)."""
         return F.mse_loss(prediction, self.training_target(sample, x1, x0))

@@ -19,6 +19,9 @@ __all__ = ["SOLVERS", "VelocityFn", "solve_ode"]
 VelocityFn = Callable[[Tensor, Tensor], Tensor]
 """``velocity(x, t) -> dx/dt`` with ``x`` of shape ``(B, ...)`` and ``t`` of shape ``(B,)``."""
 
+JumpFn = Callable[[Tensor, Tensor], Tensor]
+"""``final_jump(x, t) -> x(t1)``: the state at the end time, straight from the state at ``t`` ``(B,)``."""
+
 FIXED_STEP_SOLVERS = ("euler", "midpoint", "rk4")
 SOLVERS: tuple[str, ...] = (*FIXED_STEP_SOLVERS, "dopri5")
 
@@ -54,6 +57,7 @@ def solve_ode(
     atol: float = 1e-5,
     rtol: float = 1e-5,
     return_path: bool = False,
+    final_jump: JumpFn | None = None,
 ) -> Tensor:
     """Integrate ``dx/dt = velocity(x, t)`` from ``x(t0) = x0`` to ``t1``.
 
@@ -71,6 +75,12 @@ def solve_ode(
         atol: Absolute tolerance of ``dopri5``.
         rtol: Relative tolerance of ``dopri5``.
         return_path: Return every state on the uniform time grid instead of only the last.
+        final_jump: For a field that cannot be evaluated at ``t1`` (a clean-data prediction turned
+            into a velocity divides by ``sigma_t = 0`` there): the last of the ``steps`` intervals
+            is then this one evaluation at its start instead of a solver step, so no stage of any
+            solver reaches ``t1``; ``dopri5`` integrates adaptively up to that last grid point.
+            The same device as diffusers' ``lower_order_final``: the final step to zero noise is a
+            first-order (DDIM) jump. With ``steps = 1`` the jump starts at ``t0``.
 
     Returns:
         ``x(t1)``, shape ``(B, ...)``; or with ``return_path`` the states at
@@ -86,24 +96,31 @@ def solve_ode(
 
     batch_size = x0.shape[0]
     times = torch.linspace(t0, t1, steps + 1, device=x0.device, dtype=x0.dtype)
+    solved = times[:-1] if final_jump is not None else times  # the grid the solver itself covers
 
     def batched_time(t: Tensor) -> Tensor:
         return t.expand(batch_size)
 
-    if solver == "dopri5":
+    if len(solved) == 1:
+        path = [x0]
+    elif solver == "dopri5":
         from torchdiffeq import odeint  # only the adaptive solver needs it
 
-        grid = times if return_path else times[[0, -1]]
+        grid = solved if return_path else solved[[0, -1]]
+        # step_t: land on the end time instead of stepping past it and interpolating back, so the
+        # field is never evaluated beyond the interval (where a flow may not be defined)
         states = odeint(
-            lambda t, x: velocity(x, batched_time(t)), x0, grid, method="dopri5", atol=atol, rtol=rtol
+            lambda t, x: velocity(x, batched_time(t)), x0, grid, method="dopri5", atol=atol, rtol=rtol,
+            options={"step_t": grid[-1:]},
         )
-        return states if return_path else states[-1]
-
-    step = _STEPS[solver]
-    x = x0
-    path = [x0]
-    for t_start, t_end in zip(times[:-1], times[1:]):
-        x = step(velocity, x, batched_time(t_start), t_end - t_start)
-        if return_path:
-            path.append(x)
-    return torch.stack(path) if return_path else x
+        path = list(states) if return_path else [x0, states[-1]]
+    else:
+        step = _STEPS[solver]
+        path = [x0]
+        for t_start, t_end in zip(solved[:-1], solved[1:]):
+            path.append(step(velocity, path[-1], batched_time(t_start), t_end - t_start))
+            if not return_path:
+                path = path[-1:]
+    if final_jump is not None:
+        path.append(final_jump(path[-1], batched_time(solved[-1])))
+    return torch.stack(path) if return_path else path[-1]

@@ -58,3 +58,47 @@ def test_bad_solver_or_steps_raise_genflow_errors():
         solve_ode(decay, torch.zeros(1, 1), solver="heun")
     with pytest.raises(GenflowError, match="steps"):
         solve_ode(decay, torch.zeros(1, 1), steps=0)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_final_jump_replaces_the_last_interval_and_never_evaluates_t1(solver):
+    seen = []
+
+    def record(x, t):
+        seen.append(t[0].item())
+        return torch.zeros_like(x)
+
+    def jump(x, t):
+        seen.append(("jump", t[0].item()))
+        return x + 1
+
+    out = solve_ode(record, torch.zeros(2, 1), steps=4, solver=solver, final_jump=jump)
+    torch.testing.assert_close(out, torch.ones(2, 1))
+    assert seen[-1] == ("jump", pytest.approx(0.75))
+    assert all(t < 0.75 + 1e-6 for t in seen[:-1])
+    path = solve_ode(record, torch.zeros(2, 1), steps=4, solver=solver, final_jump=jump, return_path=True)
+    assert path.shape == (5, 2, 1) and path[-1].eq(1).all()
+
+
+def test_rk4_with_a_clean_data_prediction_is_accurate_with_the_final_jump():
+    """A slightly wrong clean-data estimate turned into a velocity is divided by sigma_t -> 0 at t = 1:
+    RK4's last stage blows the error up; the jump to the estimate does not."""
+    from genflow.objectives import AffinePath, FlowMatchingObjective, make_scheduler
+
+    objective = FlowMatchingObjective(AffinePath(make_scheduler("condot")), prediction="target")
+    data = torch.tensor([[0.5, -0.5]])
+
+    def estimate(x, t):  # the data point, off by 2 % of the current state
+        return data + 0.02 * x
+
+    def velocity(x, t):
+        return objective.to_velocity(estimate(x, t), x, t)
+
+    def jump(x, t):
+        return objective.to_target(estimate(x, t), x, t)
+
+    x0 = torch.tensor([[1.0, 1.0]])
+    with_jump = (solve_ode(velocity, x0, steps=5, solver="rk4", final_jump=jump) - data).abs().max()
+    without = (solve_ode(velocity, x0, steps=5, solver="rk4") - data).abs().max()
+    assert objective.singular_at_data
+    assert with_jump < 0.03 < 10 * with_jump < without
