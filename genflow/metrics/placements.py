@@ -48,7 +48,8 @@ def placement_metrics(context: np.ndarray, truth: np.ndarray, samples: np.ndarra
         push search reaches (on a mode; scenes with known modes only) — teleporting the object to
         any free spot is valid but not push-valid; collision_rate, goal_reachable_rate;
         mode_coverage: mean over scenes of the fraction of modes hit by a valid sample;
-        valid_scene_rate: scenes with >= 1 valid sample.
+        mode_coverage_multimodal: the same over the scenes with two or more modes only (where
+        covering means more than finding one placement); valid_scene_rate: scenes with >= 1 valid sample.
     """
     n, k = samples.shape[:2]
     samples = samples.astype(bool)
@@ -58,7 +59,7 @@ def placement_metrics(context: np.ndarray, truth: np.ndarray, samples: np.ndarra
     valid = np.zeros((n, k), bool)
     collides = np.zeros((n, k), bool)
     reachable = np.zeros((n, k), bool)
-    coverage, push_valid = [], []
+    coverage, coverage_multimodal, push_valid = [], [], []
     for i in range(n):
         scene = scene_from_masks(context[i])
         hit = set()
@@ -72,6 +73,8 @@ def placement_metrics(context: np.ndarray, truth: np.ndarray, samples: np.ndarra
                     hit.add(mode)
         if num_modes[i] > 0:
             coverage.append(len(hit) / int(num_modes[i]))
+        if num_modes[i] > 1:
+            coverage_multimodal.append(coverage[-1])
     return {
         "iou": float(iou.mean()),
         "dice": float(dice.mean()),
@@ -82,4 +85,5 @@ def placement_metrics(context: np.ndarray, truth: np.ndarray, samples: np.ndarra
         "collision_rate": float(collides.mean()),
         "goal_reachable_rate": float(reachable.mean()),
         "mode_coverage": float(np.mean(coverage)) if coverage else float("nan"),
+        "mode_coverage_multimodal": float(np.mean(coverage_multimodal)) if coverage_multimodal else float("nan"),
     }

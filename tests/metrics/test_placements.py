@@ -129,6 +129,11 @@ def test_mode_coverage_ignores_invalid_samples(scene):
     assert score(scene, placement(ABOVE), dot_on_mode_2)["mode_coverage"] == 0.5
 
 
+def test_multimodal_coverage_counts_only_scenes_with_two_or_more_modes(scene):
+    assert score(scene, placement(ABOVE))["mode_coverage_multimodal"] == 0.5
+    assert np.isnan(score(scene, placement(ABOVE), num_modes=1)["mode_coverage_multimodal"])
+
+
 def test_mode_coverage_is_nan_without_known_modes(scene):
     assert np.isnan(score(scene, placement(ABOVE), num_modes=-1)["mode_coverage"])
 
