@@ -11,6 +11,14 @@ where the generated channel is > 0.
 - `namo-diffusion` (source config `train_hf_diffusion`): DDPM training with diffusers' schedules,
   epsilon | v_prediction | sample, DDIM (eta) or DDPM sampling.
 
+CPU-default levers (each measured in the README): `data.resample_goals` trains on a fresh valid
+placement of each generated scene every time it is drawn (the scene's mode_map knows them all);
+`model.network.coordinates: target_relative` makes the two coordinate channels each pixel's offset
+from the target's centre; `model.network.condition_on_target` adds the target's box to the adaLN
+conditioning; `model.time_sampling` uniform | logit_normal. With the clean-mask prediction the ODE's
+last step is a jump to the data estimate (`solve_ode(final_jump=...)`), so no solver, RK4 included,
+evaluates the singular clean-mask -> velocity conversion at t = 1.
+
 Auxiliary loss (`model.aux_loss_weight`): a soft Dice loss between the clean mask implied by the
 network output (the path / scheduler inverted at the sample's noise level, mapped to [0, 1]) and the
 true mask, each sample weighted by its signal coefficient (alpha_t of the flow path, sqrt(alpha_bar_t)
@@ -19,6 +27,7 @@ of the diffusion) so that nearly pure-noise samples, whose clean estimate is a g
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +39,7 @@ from torch import nn
 
 from genflow.config import TrainConfig
 from genflow.data import ShardDataset, first_samples, load_split
+from genflow.data.namo import draw_valid_placements
 from genflow.engine.recipe import Recipe, StepContext
 from genflow.errors import ConfigError, GenflowError
 from genflow.metrics.placements import placement_metrics
@@ -48,6 +58,9 @@ class DataConfig:
     data_dir: str = "datasets/namo"  # genflow data make-namo + genflow data import-npz --kind namo
     image_size: int = 64
     in_memory: bool = True
+    # generated scenes know every valid placement (mode_map): train on a fresh uniform draw among them
+    # each time a scene is seen, not only on the stored target_goal (imported scenes without modes keep it)
+    resample_goals: bool = False
 
 
 @dataclass
@@ -61,12 +74,21 @@ class NetworkConfig:
     depth: int = 4
     num_heads: int = 4
     mlp_ratio: float = 4.0
+    condition_on_target: bool = False  # also feed the target's box (centre, size) to every adaLN layer
+    # the 2 coordinate channels: the image grid in [-1, 1] (source), or each pixel's offset from the
+    # target's centre (in the same units), so every patch sees where it lies relative to the object
+    coordinates: Literal["absolute", "target_relative"] = "absolute"
 
     def __post_init__(self) -> None:
         if self.in_ch != CONTEXT_CHANNELS + 3:
             raise ConfigError(f"model.network.in_ch={self.in_ch}: must be 8 (5 context + 2 coordinate + 1 noisy channels)")
         if self.out_ch != 1:
             raise ConfigError(f"model.network.out_ch={self.out_ch}: must be 1 (the target-goal mask)")
+
+
+# training noise levels: uniform, or logit-normal (sigmoid of a standard normal, SD3's choice: more
+# weight on the middle of the path, less on the nearly clean and nearly pure-noise ends)
+TimeSampling = Literal["uniform", "logit_normal"]
 
 
 @dataclass
@@ -113,6 +135,7 @@ class FlowModelConfig:
     prediction: Literal["velocity", "target", "noise"] = "target"  # what the DiT outputs; sampled as a velocity
     sampler: OdeSamplerConfig = field(default_factory=OdeSamplerConfig)
     aux_loss_weight: float = 0.1
+    time_sampling: TimeSampling = "uniform"
 
 
 @dataclass
@@ -121,6 +144,7 @@ class DiffusionModelConfig:
     path: DiffusionPathConfig = field(default_factory=DiffusionPathConfig)
     sampler: DiffusionSamplerConfig = field(default_factory=DiffusionSamplerConfig)
     aux_loss_weight: float = 0.1
+    time_sampling: TimeSampling = "uniform"
 
 
 @dataclass
@@ -176,14 +200,44 @@ class NamoDiffusionConfig:
 
 
 # --- network ----------------------------------------------------------------------------------------
+TARGET_FREQUENCIES = 6  # Fourier features of the target's centre: sin / cos of 2^k pi x, k < 6
+
+
+def target_box_features(target: torch.Tensor) -> torch.Tensor:
+    """(B, S, S) target masks -> (B, 4 * TARGET_FREQUENCIES + 2): Fourier features of the box centre
+    (row, column in [-1, 1]) and its height and width as fractions of the image."""
+    size = target.shape[-1]
+    pixels = torch.arange(size, device=target.device, dtype=torch.float32)
+    features = []
+    for on in (target.bool().any(2), target.bool().any(1)):  # rows, columns touched: (B, S)
+        count = on.sum(1).clamp(min=1)
+        centre = ((on * (pixels + 0.5)).sum(1) / count) / size * 2 - 1
+        angles = centre[:, None] * math.pi * 2.0 ** torch.arange(TARGET_FREQUENCIES, device=target.device)
+        features += [torch.sin(angles), torch.cos(angles), (on.sum(1) / size)[:, None]]
+    return torch.cat(features, dim=1)
+
+
+def target_centre(target: torch.Tensor) -> torch.Tensor:
+    """(B, S, S) target masks -> (B, 2) centre (x = column, y = row) in the [-1, 1] grid units."""
+    size = target.shape[-1]
+    axis = torch.linspace(-1, 1, size, device=target.device)
+    on = target.float()
+    mass = on.sum((1, 2)).clamp(min=1)
+    return torch.stack([(on.sum(1) * axis).sum(1) / mass, (on.sum(2) * axis).sum(1) / mass], dim=1)
+
+
 class NamoGoalNet(nn.Module):
-    """DiT over [context (5), coordinate grid (2), noisy goal mask (1)] -> 1 channel."""
+    """DiT over [context (5), coordinate grid (2), noisy goal mask (1)] -> 1 channel; optionally also
+    conditioned (through adaLN, beside the time) on the target's box."""
 
     def __init__(self, network: NetworkConfig, image_size: int):
         super().__init__()
+        self.condition_on_target = network.condition_on_target
+        self.target_relative = network.coordinates == "target_relative"
         self.dit = DiT(in_channels=network.in_ch, out_channels=network.out_ch, image_size=image_size,
                        patch_size=network.patch_size, hidden_size=network.hidden_size, depth=network.depth,
-                       num_heads=network.num_heads, mlp_ratio=network.mlp_ratio)
+                       num_heads=network.num_heads, mlp_ratio=network.mlp_ratio,
+                       condition_dim=4 * TARGET_FREQUENCIES + 2 if network.condition_on_target else 0)
         axis = torch.linspace(-1, 1, image_size)
         rows, cols = torch.meshgrid(axis, axis, indexing="ij")
         self.register_buffer("coordinates", torch.stack([cols, rows])[None], persistent=False)  # (1, 2, S, S)
@@ -192,7 +246,10 @@ class NamoGoalNet(nn.Module):
         """`x_t` (B, 1, S, S), `t` (B,) in [0, 1], `context` (B, 5, S, S) in {0, 1} -> (B, 1, S, S)."""
         scene = context.to(x_t.dtype) * 2 - 1
         grid = self.coordinates.to(x_t.dtype).expand(x_t.shape[0], -1, -1, -1)
-        return self.dit(torch.cat([scene, grid, x_t], dim=1), t)
+        if self.target_relative:
+            grid = grid - target_centre(context[:, 4]).to(x_t.dtype)[:, :, None, None]
+        condition = target_box_features(context[:, 4]) if self.condition_on_target else None
+        return self.dit(torch.cat([scene, grid, x_t], dim=1), t, condition)
 
 
 def _soft_dice_loss(clean_estimate: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -211,7 +268,7 @@ class _NamoRecipe(Recipe):
     tensorboard_tags = {"train/loss": "train_loss", "val/val_loss": "val_loss", "val/val_loss_best": "val_loss_best",
                         "train/lr": "lr-AdamW", "samples": "Validation_Samples"}
     best_checkpoint_name = "epoch{epoch:03d}-val_loss{value:.4f}"
-    compare_metrics = ("validity", "push_validity", "best_of_k_iou", "mode_coverage")
+    compare_metrics = ("validity", "push_validity", "best_of_k_iou", "mode_coverage", "mode_coverage_multimodal")
 
     # --- per objective ------------------------------------------------------------------------------
     def objective_loss(self, model, x1, context, ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -228,7 +285,8 @@ class _NamoRecipe(Recipe):
     # --- training -------------------------------------------------------------------------------------
     def build_datasets(self):
         d = self.config.data
-        train = ShardDataset(d.data_dir, "train", ["context", "target_goal"], in_memory=d.in_memory)
+        fields = ["context", "target_goal"] + (["mode_map"] if d.resample_goals else [])
+        train = ShardDataset(d.data_dir, "train", fields, in_memory=d.in_memory)
         size = train.field_shape("context")[-1]
         if size != d.image_size:
             raise ConfigError(f"data.image_size={d.image_size} but {d.data_dir} holds {size} x {size} masks "
@@ -239,9 +297,17 @@ class _NamoRecipe(Recipe):
     def build_model(self) -> NamoGoalNet:
         return NamoGoalNet(self.config.model.network, self.config.data.image_size)
 
+    def training_times(self, batch_size: int, ctx: StepContext) -> torch.Tensor:
+        """Noise levels in (0, 1) for a batch: uniform or logit-normal (`model.time_sampling`)."""
+        if self.config.model.time_sampling == "logit_normal":
+            return torch.sigmoid(ctx.randn(batch_size))
+        return ctx.rand(batch_size)
+
     def compute_loss(self, model, batch, ctx: StepContext):
-        mask = batch["target_goal"].float()
         context = batch["context"]
+        mask = batch["target_goal"].float()
+        if self.config.data.resample_goals:
+            mask = draw_valid_placements(context[:, 4], batch["mode_map"], ctx.rand(len(mask)), mask[:, 0])[:, None].float()
         regression, clean, weight = self.objective_loss(model, mask * 2 - 1, context, ctx)
         aux = _soft_dice_loss(clean.float(), mask, weight)
         loss = regression + self.config.model.aux_loss_weight * aux
@@ -274,7 +340,8 @@ class _NamoRecipe(Recipe):
         scenes = first_samples(val_data, e.num_scenes)
         samples, _ = self.generate(model, torch.from_numpy(scenes["context"]), samples_per_scene=e.samples_per_scene)
         scores = placement_metrics(scenes["context"], scenes["target_goal"][:, 0], samples, scenes["num_modes"], scenes["mode_map"])
-        return {f"val_{k}": v for k, v in scores.items() if k in ("iou", "validity", "push_validity", "mode_coverage")}
+        return {f"val_{k}": v for k, v in scores.items()
+                if k in ("iou", "validity", "push_validity", "mode_coverage", "mode_coverage_multimodal")}
 
     def run_eval(self, metric, model, run_dir, device, *, split="test", steps=None, solver=None, limit=200, seed=0,
                  samples_per_scene=8, figure=True, **_):
@@ -296,10 +363,11 @@ class _NamoRecipe(Recipe):
         for name, baseline in self.baselines(context, samples_per_scene, seed).items():
             scores = placement_metrics(context, truth, baseline, scenes["num_modes"], scenes["mode_map"])
             result.update({f"{name}_{k}": v for k, v in scores.items()
-                           if k in ("iou", "best_of_k_iou", "validity", "push_validity", "mode_coverage")})
+                           if k in ("iou", "best_of_k_iou", "validity", "push_validity", "mode_coverage",
+                                    "mode_coverage_multimodal")})
         if figure:
             out = Path(run_dir) / "eval" / f"namo-{result['sampler']}-{result['steps']}.png"
-            plot_placements(context[:6], truth[:6], samples[:6, :6], out)
+            plot_placements(context[:6], truth[:6], samples[:6, :8], out)
             result["picture"] = str(out)
         return result
 
@@ -352,7 +420,7 @@ class NamoFlowMatchingRecipe(_NamoRecipe):
         b = x1.shape[0]
         x0 = ctx.randn(b, *x1.shape[1:])
         eps = self.objective.t_eps
-        t = eps + (1 - 2 * eps) * ctx.rand(b)
+        t = eps + (1 - 2 * eps) * self.training_times(b, ctx)
         sample = self.objective.path.sample(x1, x0, t)
         output = model(sample.x_t, t, context).float()
         velocity = self.objective.to_velocity(output, sample.x_t, t)
@@ -367,15 +435,21 @@ class NamoFlowMatchingRecipe(_NamoRecipe):
             calls[0] += 1
             return self.objective.to_velocity(model(x, t, context).float(), x, t)
 
+        def jump_to_data(x, t):  # the last step: never evaluate the clean-mask -> velocity conversion at t = 1
+            calls[0] += 1
+            return self.objective.to_target(model(x, t, context).float(), x, t)
+
         s = self.config.model.sampler
-        x1 = solve_ode(velocity, x0, steps=steps, solver=solver, atol=s.atol, rtol=s.rtol)
+        final_jump = jump_to_data if self.objective.singular_at_data else None
+        x1 = solve_ode(velocity, x0, steps=steps, solver=solver, atol=s.atol, rtol=s.rtol, final_jump=final_jump)
         return x1, calls[0]
 
     def default_sampling(self):
         return self.config.model.sampler.method, self.config.model.sampler.steps
 
     def compare_settings(self):
-        return [("euler", 10), ("midpoint", 5), ("midpoint", 10), ("rk4", 5), ("dopri5", 1)]
+        # ~10 network evaluations each (with the clean-mask prediction the last step is one jump), then more
+        return [("euler", 10), ("midpoint", 5), ("rk4", 3), ("midpoint", 10), ("dopri5", 10)]
 
 
 class NamoDiffusionRecipe(_NamoRecipe):
@@ -393,7 +467,7 @@ class NamoDiffusionRecipe(_NamoRecipe):
     def objective_loss(self, model, x1, context, ctx):
         b = x1.shape[0]
         noise = ctx.randn(b, *x1.shape[1:])
-        timesteps = self.objective.sample_timesteps(ctx.rand(b))
+        timesteps = self.objective.sample_timesteps(self.training_times(b, ctx))
         x_t = self.objective.add_noise(x1, noise, timesteps)
         output = model(x_t, self.objective.network_time(timesteps), context).float()
         clean = self.objective.predicted_clean(output, x_t, timesteps)

@@ -43,6 +43,7 @@ __all__ = [
     "render_scene",
     "scene_from_masks",
     "check_placement",
+    "draw_valid_placements",
     "robot_can_reach",
     "load_movingai_map",
     "load_layouts",
@@ -499,6 +500,43 @@ def check_placement(scene: PlannerScene, placement: np.ndarray) -> PlacementChec
     reachable = robot_can_reach(scene.blocked | cells, scene.robot, scene.goal)
     size_ok = scene.target_area > 0 and 0.5 * scene.target_area <= area <= 2 * scene.target_area
     return PlacementCheck(collides=collides, goal_reachable=reachable, size_ok=size_ok)
+
+
+def draw_valid_placements(target: "torch.Tensor", mode_map: "torch.Tensor", uniform: "torch.Tensor",
+                          fallback: "torch.Tensor") -> "torch.Tensor":
+    """A fresh valid placement of each scene's target, uniform over all of them (as the generator draws).
+
+    A generated scene knows every valid placement: ``mode_map`` marks each one's centre cell (top-left
+    + size // 2, a one-to-one map for a given object size). Training on a new draw each time a scene
+    is seen shows the model the scene's whole distribution instead of the one stored ``target_goal``.
+
+    Args:
+        target: ``(B, S, S)`` the target object's mask where it stands (context channel 4).
+        mode_map: ``(B, GRID, GRID)`` mode id at each valid placement's centre cell, 0 elsewhere.
+        uniform: ``(B,)`` numbers in [0, 1) that pick the placement (from the caller's generator).
+        fallback: ``(B, S, S)`` masks kept where a scene has no known placements (imported data).
+
+    Returns:
+        ``(B, S, S)`` bool placement masks, the target's size, at S / GRID pixels per cell.
+    """
+    import torch
+
+    batch, size = target.shape[0], target.shape[-1]
+    scale = size // GRID
+    rows_on, cols_on = target.bool().any(2), target.bool().any(1)  # (B, S)
+    height, width = rows_on.sum(1) // scale, cols_on.sum(1) // scale  # cells
+    centres = mode_map.reshape(batch, -1) > 0
+    count = centres.sum(1)
+    pick = (uniform * count).long().clamp(max=(count - 1).clamp(min=0))
+    index = (centres.cumsum(1) <= pick[:, None]).sum(1)  # position of the (pick + 1)-th centre
+    top = (index // GRID - height // 2) * scale
+    left = (index % GRID - width // 2) * scale
+    pixels = torch.arange(size, device=target.device)
+    inside_rows = (pixels[None] >= top[:, None]) & (pixels[None] < (top + height * scale)[:, None])
+    inside_cols = (pixels[None] >= left[:, None]) & (pixels[None] < (left + width * scale)[:, None])
+    drawn = inside_rows[:, :, None] & inside_cols[:, None, :]
+    known = (count > 0) & (height > 0)
+    return torch.where(known[:, None, None], drawn, fallback.bool())
 
 
 # --- layouts --------------------------------------------------------------------------------------------

@@ -141,6 +141,8 @@ class DiT(nn.Module):
         depth: Number of transformer blocks.
         num_heads: Attention heads.
         mlp_ratio: MLP hidden width as a multiple of ``hidden_size``.
+        condition_dim: Size of an optional per-sample condition vector (0: none). An MLP maps it to
+            the token width and adds it to the time embedding, so it steers every adaLN layer.
 
     Raises:
         ConfigError: Sizes that do not fit together (named as ``model.network.<option>``).
@@ -156,6 +158,7 @@ class DiT(nn.Module):
         depth: int = 6,
         num_heads: int = 6,
         mlp_ratio: float = 4.0,
+        condition_dim: int = 0,
     ) -> None:
         super().__init__()
         _check_sizes(
@@ -180,6 +183,11 @@ class DiT(nn.Module):
             "position_embedding", sincos_position_embedding_2d(hidden_size, self.grid_size)[None], persistent=False
         )
         self.time_embedding = TimestepMLP(hidden_size, frequency_dim=256)
+        self.condition_dim = condition_dim
+        self.condition_embedding = (
+            nn.Sequential(nn.Linear(condition_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+            if condition_dim else None
+        )
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
         self.final_norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
@@ -212,12 +220,13 @@ class DiT(nn.Module):
         # (B, gh, gw, ph, pw, C) -> (B, C, gh, ph, gw, pw)
         return x.permute(0, 5, 1, 3, 2, 4).reshape(batch, channels, grid * patch, grid * patch)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, condition: Tensor | None = None) -> Tensor:
         """Evaluate the network.
 
         Args:
             x: Inputs, shape ``(B, in_channels, image_size, image_size)``.
             t: Times in [0, 1], shape ``(B,)``.
+            condition: ``(B, condition_dim)`` when the network was built with a ``condition_dim``.
 
         Returns:
             Outputs, shape ``(B, out_channels, image_size, image_size)``.
@@ -233,8 +242,15 @@ class DiT(nn.Module):
                 raise ValueError(f"DiT expected input of shape (B, {shape}), got {tuple(x.shape)}")
             if t.shape != (x.shape[0],):
                 raise ValueError(f"DiT expected times of shape ({x.shape[0]},), got {tuple(t.shape)}")
+            if (condition is None) != (self.condition_embedding is None) or (
+                    condition is not None and condition.shape != (x.shape[0], self.condition_dim)):
+                got = None if condition is None else tuple(condition.shape)
+                raise ValueError(f"DiT expected a condition of shape ({x.shape[0]}, {self.condition_dim}), got {got}"
+                                 if self.condition_dim else f"DiT was built without a condition, got {got}")
         h = self.patch_embedding(x) + self.position_embedding  # (B, C, H, W) -> (B, G*G, D)
         cond = self.time_embedding(t)
+        if self.condition_embedding is not None:
+            cond = cond + self.condition_embedding(condition.to(cond.dtype))
         for block in self.blocks:
             h = block(h, cond)
         shift, scale = self.final_modulation(cond).chunk(2, dim=-1)

@@ -232,3 +232,34 @@ def test_robot_does_not_fit_through_a_one_cell_gap():
 
 def test_robot_fits_through_a_two_cell_gap():
     assert robot_can_reach(corridor(gap_rows=(11, 12)), ROBOT, GOAL)
+
+
+# --- fresh valid placements for training ------------------------------------------------------------------
+def test_draw_valid_placements_gives_every_valid_placement_and_only_those(scenes):
+    import torch
+
+    from genflow.data.namo import draw_valid_placements
+
+    for scene in scenes[:4]:
+        arrays = render_scene(scene, image_size=64)
+        count = int((scene.valid_placements > 0).sum())
+        uniform = (torch.arange(count) + 0.5) / count  # one draw per placement
+        batch = lambda a: torch.from_numpy(np.repeat(a[None], count, axis=0))  # noqa: E731
+        drawn = draw_valid_placements(batch(arrays["target_object"]), batch(arrays["mode_map"]), uniform,
+                                      batch(arrays["target_goal"])).numpy()
+        view = scene_from_masks(np.stack([arrays[key] for key in NPZ_KEYS[:5]]))
+        assert len({d.tobytes() for d in drawn}) == count  # all distinct: every placement once
+        assert any((d == arrays["target_goal"].astype(bool)).all() for d in drawn)  # the stored one among them
+        for d in drawn:
+            assert check_placement(view, d).valid and modes_hit(d, arrays["mode_map"]) > 0
+
+
+def test_draw_valid_placements_keeps_the_stored_goal_without_known_placements(scenes):
+    import torch
+
+    from genflow.data.namo import draw_valid_placements
+
+    arrays = render_scene(scenes[0], image_size=64)
+    target, goal = torch.from_numpy(arrays["target_object"])[None], torch.from_numpy(arrays["target_goal"])[None]
+    drawn = draw_valid_placements(target, torch.zeros(1, GRID, GRID, dtype=torch.uint8), torch.tensor([0.3]), goal)
+    assert torch.equal(drawn, goal.bool())

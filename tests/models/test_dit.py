@@ -99,3 +99,26 @@ def test_wrong_input_shape_names_expected_and_actual(shape):
 def test_wrong_time_shape_is_rejected():
     with pytest.raises(ValueError, match=r"expected times of shape \(2,\)"):
         tiny_dit()(torch.randn(2, 3, 8, 8), torch.rand(2, 1))
+
+
+def test_a_condition_vector_steers_the_output_once_trained():
+    """Two samples with the same input and time but different conditions learn different targets."""
+    torch.manual_seed(0)
+    model = tiny_dit(condition_dim=2)
+    x, t = torch.randn(1, 3, 8, 8).expand(2, -1, -1, -1), torch.full((2,), 0.5)
+    condition = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    target = torch.stack([torch.ones(1, 8, 8), -torch.ones(1, 8, 8)])
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        optimiser.zero_grad()
+        loss = ((model(x, t, condition) - target) ** 2).mean()
+        loss.backward()
+        optimiser.step()
+    assert loss.item() < 0.1
+
+
+def test_a_missing_or_unexpected_condition_is_rejected():
+    with pytest.raises(ValueError, match=r"expected a condition of shape \(2, 2\), got None"):
+        tiny_dit(condition_dim=2)(torch.randn(2, 3, 8, 8), torch.rand(2))
+    with pytest.raises(ValueError, match="built without a condition"):
+        tiny_dit()(torch.randn(2, 3, 8, 8), torch.rand(2), torch.randn(2, 2))

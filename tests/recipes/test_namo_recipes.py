@@ -98,7 +98,8 @@ def test_run_dir_has_the_source_checkpoints_and_tensorboard_names(fm_run):
     assert "Validation_Samples" in events.Tags()["images"]
 
 
-@pytest.mark.parametrize("solver, steps, nfe", [("euler", 3, 3), ("midpoint", 3, 6), ("rk4", 2, 8), ("dopri5", 1, None)])
+# clean-mask prediction: the last of the steps is one jump to the data estimate
+@pytest.mark.parametrize("solver, steps, nfe", [("euler", 3, 3), ("midpoint", 3, 5), ("rk4", 2, 5), ("dopri5", 4, None)])
 @pytest.mark.parametrize("scheduler", ["condot", "cosine", "vp", "linear_vp", "polynomial"])
 def test_flow_sampling_shapes_for_every_path_and_solver(fm_run, namo_data, scheduler, solver, steps, nfe):
     run = load_run(fm_run)
@@ -124,9 +125,11 @@ def test_eval_namo_reports_metrics_and_baselines(cli, fm_run):
     code, out, _ = cli("eval", "namo", fm_run, "--json", "--limit", 3, "--samples-per-scene", 2, "--steps", 2)
     assert code == 0
     result = json.loads(out)
-    for key in ("iou", "dice", "best_of_k_iou", "validity", "mode_coverage", "stay_validity", "random_train_goal_validity"):
+    for key in ("iou", "dice", "best_of_k_iou", "validity", "mode_coverage", "mode_coverage_multimodal", "stay_validity",
+                "random_train_goal_validity"):
         assert key in result
-    assert result["scenes"] == 3 and result["nfe"] == 4 and result["stay_validity"] == 0.0
+    # midpoint x 2 with the clean-mask prediction: one midpoint step (2 evaluations), then the jump to the data
+    assert result["scenes"] == 3 and result["nfe"] == 3 and result["stay_validity"] == 0.0
     assert (fm_run / "eval" / "namo-midpoint-2.png").is_file()
 
 
@@ -181,3 +184,27 @@ def test_source_trainer_choice_sets_processes(cli, tmp_path, namo_data):
     if not torch.cuda.is_available():
         code, _, err = cli("train", "namo-fm", f"data.data_dir={namo_data}", "trainer=multi_gpu", "--runs-dir", tmp_path)
         assert code == 2 and "--gpus N" in err
+
+
+@pytest.mark.parametrize("recipe", ["namo-fm", "namo-diffusion"])
+def test_training_on_fresh_valid_placements_with_target_conditioning(tmp_path, namo_data, recipe):
+    run_dir = _train(tmp_path, recipe, namo_data, "levers", "train.epochs=1", "data.resample_goals=true",
+                     "model.network.condition_on_target=true", "model.time_sampling=logit_normal")
+    run = load_run(run_dir)
+    context = torch.from_numpy(run.recipe._test_scenes(limit=2)["context"])
+    samples, _ = run.recipe.generate(run.model, context, samples_per_scene=2, steps=2)
+    assert samples.shape == (2, 2, 64, 64)
+
+
+def test_target_box_features_locate_the_target():
+    from recipes.namo import TARGET_FREQUENCIES, target_box_features
+
+    target = torch.zeros(2, 64, 64)
+    target[0, 0:4, 0:6] = 1  # top-left, 4 x 6 px
+    target[1, 60:64, 58:64] = 1  # bottom-right, same size
+    features = target_box_features(target)
+    f = TARGET_FREQUENCIES
+    row_centre = torch.atan2(features[:, 0], features[:, f]) / torch.pi  # lowest frequency: angle pi * centre
+    assert row_centre[0] == pytest.approx(2 / 64 * 2 - 1, abs=1e-5) and row_centre[1] == pytest.approx(62 / 64 * 2 - 1, abs=1e-5)
+    assert features[:, 2 * f].tolist() == pytest.approx([4 / 64, 4 / 64])  # height
+    assert features[:, -1].tolist() == pytest.approx([6 / 64, 6 / 64])  # width
