@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,export,gym]"
+	rm -rf genflow.egg-info  # a stale one in the working directory would shadow the installed entry points
+	$(PY) -m pip install -q -e ".[dev,export,gym,diffusion,video]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,10 +26,10 @@ install: $(STAMP)
 # The main job on the embedded default data (real MNIST from the registry): data -> train -> sample -> eval.
 # Precision is `auto`: bf16 where this CPU / GPU computes it natively, else fp32 (the choice is printed).
 demo: install
-	$(call has_val,datasets/digit4) || $(VENV)/bin/genflow data make-digit4 --out datasets/digit4 --overwrite
+	$(call has_val,datasets/digit4) || $(VENV)/bin/genflow data make digit4 out=datasets/digit4 overwrite=true
 	rm -rf $(DEMO)
 	$(VENV)/bin/genflow train digit4 --name demo $(DEMO_OVERRIDES)
-	$(VENV)/bin/genflow sample $(DEMO) --n 16
+	$(VENV)/bin/genflow sample $(DEMO) n=16
 	$(VENV)/bin/genflow eval chamfer $(DEMO)
 	@echo "outputs: $(DEMO)/samples.png  $(DEMO)/loss_trajectory.png  $(DEMO)/samples/  $(DEMO)/metrics.jsonl  (tensorboard --logdir $(DEMO)/tb)"
 
@@ -37,9 +38,9 @@ demo: install
 NAMO_SCENES ?= 24000
 namo-data: install
 	grep -q '"num_files": $(NAMO_SCENES),' datasets/namo/manifest.json 2>/dev/null \
-	  || ( $(VENV)/bin/genflow data make-namo --scenes $(NAMO_SCENES) --out datasets/namo-npz --workers 2 --overwrite \
-	  && $(VENV)/bin/genflow data import-npz datasets/namo-npz --kind namo --out datasets/namo --overwrite \
-	     --val-fraction 0.0167 --test-fraction 0.0167 --workers 2 )
+	  || ( $(VENV)/bin/genflow data make namo scenes=$(NAMO_SCENES) out=datasets/namo-npz workers=2 overwrite=true \
+	  && $(VENV)/bin/genflow data import namo datasets/namo-npz out=datasets/namo overwrite=true \
+	     val_fraction=0.0167 test_fraction=0.0167 workers=2 )
 
 demo-namo: namo-data
 	rm -rf runs/namo-fm/demo runs/namo-diffusion/demo
@@ -51,22 +52,22 @@ demo-namo: namo-data
 
 # Moving MNIST world model: 4000 + 1000 sequences, the "fast" model with its default config (~1 h on 2 CPU cores).
 mmnist-data: install
-	$(call has_val,datasets/mmnist) || $(VENV)/bin/genflow data make-moving-mnist --out datasets/mmnist --overwrite
+	$(call has_val,datasets/mmnist) || $(VENV)/bin/genflow data make moving-mnist out=datasets/mmnist overwrite=true
 
 demo-mmnist: mmnist-data
 	rm -rf runs/mmnist-wm/demo
 	$(VENV)/bin/genflow train mmnist-wm --name demo
-	$(VENV)/bin/genflow sample runs/mmnist-wm/demo --n 4
-	$(VENV)/bin/genflow eval video runs/mmnist-wm/demo --limit 200
+	$(VENV)/bin/genflow sample runs/mmnist-wm/demo n=4
+	$(VENV)/bin/genflow eval video runs/mmnist-wm/demo limit=200
 
 # Denoising Thermodynamic Model: binarised MNIST shards, the default CPU config (~30 min on 2 cores), eval.
 dtm-data: install
-	$(call has_val,datasets/mnist-images) || $(VENV)/bin/genflow data make-mnist-images --out datasets/mnist-images --overwrite
+	$(call has_val,datasets/mnist-images) || $(VENV)/bin/genflow data make mnist-images out=datasets/mnist-images overwrite=true
 
 demo-dtm: dtm-data
 	rm -rf runs/dtm/demo
 	$(VENV)/bin/genflow train dtm --name demo
-	$(VENV)/bin/genflow sample runs/dtm/demo --n 100
+	$(VENV)/bin/genflow sample runs/dtm/demo n=100
 	$(VENV)/bin/genflow eval dtm runs/dtm/demo
 
 # DTM from a stream of LunarLander frames (rendered by a background worker; no dataset on disk).
@@ -76,7 +77,7 @@ demo-dtm-lunar: install
 
 # Hand pose VAE priors: 200k procedural poses, both model types (100 epochs each, minutes on 2 cores), eval.
 hands-data: install
-	test -f datasets/hands/manifest.json || $(VENV)/bin/genflow data make-hands --out datasets/hands --overwrite
+	test -f datasets/hands/manifest.json || $(VENV)/bin/genflow data make hands out=datasets/hands overwrite=true
 
 demo-hands: hands-data
 	rm -rf runs/hand-vae/demo-standard runs/hand-vae/demo-so3

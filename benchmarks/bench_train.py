@@ -23,7 +23,7 @@ from genflow.data import ShardWriter
 from genflow.engine.metrics_log import read_metrics
 from genflow.engine.recipe import StepContext
 from genflow.engine.trainer import train
-from recipes.digit4 import Digit4Config, Digit4Recipe
+from genflow_recipes.digit4 import Digit4Config, Digit4Recipe
 
 
 def make_data(root: Path, samples: int, points: int) -> Path:

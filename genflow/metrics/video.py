@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from genflow.extras import import_optional
+
 __all__ = [
     "PSNR_CAP_DB",
     "all_black_prediction",
@@ -47,7 +49,8 @@ def frame_psnr(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 def frame_ssim(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Structural similarity of each frame (scikit-image, data range 1), ``(N, T)``."""
-    from skimage.metrics import structural_similarity
+    structural_similarity = import_optional("skimage.metrics", extra="video", package="scikit-image",
+                                            needed_by="SSIM (mmnist-wm video metrics)").structural_similarity
 
     _check(prediction, target)
     pred = prediction.reshape(-1, *prediction.shape[-2:]).astype(np.float64)

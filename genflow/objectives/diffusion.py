@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from genflow.errors import ConfigError
+from genflow.extras import import_optional
 
 __all__ = ["BetaSchedule", "BETA_SCHEDULES", "DiffusionPrediction", "PREDICTION_TYPES", "DiffusionObjective"]
 
@@ -71,12 +72,12 @@ class DiffusionObjective:
             )
         # imported here: diffusers takes seconds to import, and `import genflow.objectives` should stay
         # cheap for the CLI and for recipes that never use diffusion
-        from diffusers import DDPMScheduler
+        diffusers = import_optional("diffusers", extra="diffusion", needed_by="DDPM / DDIM diffusion (namo-diffusion)")
 
         self.num_train_timesteps = num_train_timesteps
         self.beta_schedule = beta_schedule
         self.prediction_type = prediction_type
-        self.scheduler = DDPMScheduler(
+        self.scheduler = diffusers.DDPMScheduler(
             num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, prediction_type=prediction_type
         )
         self.betas = self.scheduler.betas.clone()

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from genflow.errors import ConfigError
+from genflow.extras import import_optional
 from genflow.objectives.diffusion import DiffusionObjective
 
 __all__ = ["DIFFUSION_SAMPLERS", "TIMESTEP_SPACINGS", "DenoiseFn", "diffusion_nfe", "sample_diffusion"]
@@ -61,7 +62,7 @@ def diffusion_nfe(sampler: str, steps: int) -> int:
 
 def _make_scheduler(objective: DiffusionObjective, sampler: str, spacing: str):
     # imported here: diffusers takes seconds to import (see genflow.objectives.diffusion)
-    from diffusers import DDIMScheduler, DDPMScheduler
+    diffusers = import_optional("diffusers", extra="diffusion", needed_by="DDPM / DDIM diffusion (namo-diffusion)")
 
     common = {
         "num_train_timesteps": objective.num_train_timesteps,
@@ -74,8 +75,8 @@ def _make_scheduler(objective: DiffusionObjective, sampler: str, spacing: str):
     }
     if sampler == "ddim":
         # set_alpha_to_one: the last step lands on clean data (alpha_bar = 1), not on timestep 0
-        return DDIMScheduler(**common, set_alpha_to_one=True)
-    return DDPMScheduler(**common)
+        return diffusers.DDIMScheduler(**common, set_alpha_to_one=True)
+    return diffusers.DDPMScheduler(**common)
 
 
 def sample_diffusion(

@@ -9,7 +9,7 @@ import torch
 from genflow.cli import main
 from genflow.engine.checkpoint import load_checkpoint
 from genflow.engine.metrics_log import read_metrics
-from recipes.dtm import train_from_iterator
+from genflow_recipes.dtm import train_from_iterator
 
 TINY = ["model.compile=false", "model.num_steps=2", "model.num_label_spots=2", "sampling.steps_warmup=3",
         "sampling.n_samples=2", "sampling.steps_per_sample=1", "generation.sweeps=4", "eval.num_images=40",

@@ -11,7 +11,7 @@ from genflow.config import load_config
 from genflow.engine.metrics_log import read_metrics
 from genflow.engine.recipe import StepContext, get_recipe
 from genflow.engine.run_dir import load_run
-from recipes.mmnist_wm import ablated_actions
+from genflow_recipes.mmnist_wm import ablated_actions
 
 FRAMES, PAST = 6, 3
 TINY = [f"model.num_frames={FRAMES}", f"data.num_past={PAST}", "model.embed_dim=32", "model.num_layers=1", "model.num_heads=2",
@@ -187,7 +187,7 @@ def test_shuffled_actions_give_no_sequence_its_own():
 
 def test_unknown_action_ablation_is_a_clear_error(cli, fast_run):
     code, _, err = cli("eval", "video", fast_run, "--limit", "2", "--actions", "random")
-    assert code == 2 and "--actions" in err and "shuffled" in err and "Traceback" not in err
+    assert code == 2 and "'actions'" in err and "shuffled" in err and "Traceback" not in err
 
 
 def test_guidance_needs_the_unconditional_task(cli, fast_run, full_run, tmp_path):

@@ -197,7 +197,7 @@ def test_training_on_fresh_valid_placements_with_target_conditioning(tmp_path, n
 
 
 def test_target_box_features_locate_the_target():
-    from recipes.namo import TARGET_FREQUENCIES, target_box_features
+    from genflow_recipes.namo import TARGET_FREQUENCIES, target_box_features
 
     target = torch.zeros(2, 64, 64)
     target[0, 0:4, 0:6] = 1  # top-left, 4 x 6 px
