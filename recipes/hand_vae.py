@@ -1,7 +1,7 @@
 """hand-vae: VAE priors of two-hand poses (flat or SO(3)) with an energy for ranking hypotheses.
 
 Data: `genflow data make-hands` (procedural MANO-style poses with grasp families) or
-`genflow data import-npz DIR --kind hands` (real MANO-style npz files). Model:
+`genflow data import hands DIR` (real MANO-style npz files). Model:
 :class:`~genflow.models.hand_vae.HandPoseVAE`. The source's flags are config keys (``model_type``,
 ``z_dim``, ``hidden``, ``batch_size``, ``learning_rate``, ``kl_warmup_epochs``, ``beta_max``,
 ``free_bits``, ``max_epochs``); ``resume_from_checkpoint=FILE`` resumes; ``--gpus N`` (or
@@ -22,7 +22,7 @@ from genflow.config import TrainConfig
 from genflow.data import ShardDataset, load_split
 from genflow.data.hands import FAMILIES, hand_joint_positions, inside_limits, read_hands_npz
 from genflow.engine.metrics_log import read_metrics
-from genflow.engine.recipe import Recipe, StepContext
+from genflow.engine.recipe import EvalOptions, Recipe, SampleOptions, StepContext, evaluation
 from genflow.errors import ConfigError
 from genflow.metrics.hand_poses import CORRUPTIONS, GaussianPosePrior, auroc, corrupt, per_joint_error_degrees
 from genflow.models.hand_vae import HandPoseVAE, kl_weight
@@ -32,17 +32,17 @@ __all__ = ["HandVaeRecipe", "HandVaeConfig"]
 
 @dataclass
 class DataConfig:
-    data_dir: str = "datasets/hands"  # genflow data make-hands | import-npz DIR --kind hands
+    data_dir: str = "datasets/hands"  # genflow data make hands | genflow data import hands DIR
     val_limit: int | None = 20_000  # validation loss / energy on at most this many val poses
 
 
 @dataclass
 class ModelConfig:
     model_type: str = "standard"  # standard: (B, 90) Gaussian; so3: 30 rotations, geodesic, 6-D decoder
-    z_dim: int = 24
-    hidden: int = 256
+    z_dim: int = 24  # latent dimensions
+    hidden: int = 256  # hidden width of the encoder and decoder MLPs
     learn_sigma: bool = True  # reconstruction sigma learned (standard: per dimension; so3: one, radians)
-    init_sigma: float = 0.1
+    init_sigma: float = 0.1  # initial reconstruction sigma (so3: radians)
 
     def __post_init__(self) -> None:
         if self.model_type not in ("standard", "so3"):
@@ -54,7 +54,7 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     kl_warmup_epochs: float = 10  # β rises linearly from 0 to beta_max over these epochs
-    beta_max: float = 1.0
+    beta_max: float = 1.0  # KL weight β after the warm-up
     free_bits: float = 0.0  # nats per latent dimension below which KL is not penalised
 
     def __post_init__(self) -> None:
@@ -67,7 +67,7 @@ class EvalConfig:
     poses: int = 5000  # test poses for reconstruction and AUROC
     prior_samples: int = 5000  # samples for plausibility
     energy_samples: int = 0  # K > 0: importance-weighted energy with K samples
-    figure_poses: int = 2000
+    figure_poses: int = 2000  # val poses drawn in the figures
 
 
 def _default_train() -> TrainConfig:
@@ -93,11 +93,22 @@ SOURCE_ALIASES = {
 @dataclass
 class HandVaeConfig:
     aliases = SOURCE_ALIASES
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    train: TrainConfig = field(default_factory=_default_train)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    data: DataConfig = field(default_factory=DataConfig)  # the pose shards
+    model: ModelConfig = field(default_factory=ModelConfig)  # the VAE
+    loss: LossConfig = field(default_factory=LossConfig)  # KL warm-up and free bits
+    train: TrainConfig = field(default_factory=_default_train)  # engine settings (TrainConfig); _default_train unless a YAML has a train: section
+    eval: EvalConfig = field(default_factory=EvalConfig)  # reconstruction, plausibility and energy scores
+
+
+@dataclass
+class HandSampleOptions(SampleOptions):
+    # a MANO-style .npz of poses: write their energies (lowest = most plausible) instead of sampling
+    energy: str | None = None
+
+
+@dataclass
+class HandEvalOptions(EvalOptions):
+    limit: int | None = None  # poses evaluated (default: eval.poses of the run config)
 
 
 class HandVaeRecipe(Recipe):
@@ -105,7 +116,7 @@ class HandVaeRecipe(Recipe):
     summary = "VAE priors of two-hand MANO-style poses (flat Gaussian or SO(3) geodesic) with a ranking energy"
     config_class = HandVaeConfig
     default_config = Path(__file__).with_name("hand_vae.yaml")
-    eval_metrics = ("hands",)
+    sample_options = HandSampleOptions
     aliases = ("train_hand_vae_lightning",)
     best_checkpoint_name = "hand_vae_epoch_{epoch:02d}_val_loss_{value:.3f}"
     tensorboard_tags = {"val/val_loss": "val/loss", "val/val_energy_mean": "val/energy_mean"}
@@ -234,10 +245,10 @@ class HandVaeRecipe(Recipe):
         return path
 
     # --- after training -------------------------------------------------------------------------------
-    def sample(self, model, run_dir, device, *, n: int = 16, out: str | None = None, seed: int = 0,
-               energy: str | None = None, **_):
-        """`--energy poses.npz`: energies of the poses in a MANO-style npz (written next to it as
+    def sample(self, model, run_dir, device, options: HandSampleOptions):
+        """`energy=poses.npz`: energies of the poses in a MANO-style npz (written next to it as
         <name>_energy.npz, lowest first in the printout); otherwise `n` prior samples + skeleton picture."""
+        n, out, seed, energy = options.n, options.out, options.seed, options.energy
         generator = torch.Generator().manual_seed(seed)
         if energy is not None:
             poses = torch.from_numpy(read_hands_npz(energy))
@@ -256,12 +267,12 @@ class HandVaeRecipe(Recipe):
         return {"samples": n, "inside_limits": float(inside.all(1).mean()), "picture": str(target),
                 "npz": str(target.with_suffix(".npz"))}
 
-    def run_eval(self, metric, model, run_dir, device, *, split: str = "test", limit: int | None = None, seed: int = 0, **_):
+    @evaluation("hands", HandEvalOptions)
+    def eval_hands(self, model, run_dir, device, options: HandEvalOptions):
         """Reconstruction error (mean per-joint geodesic, degrees), energy AUROC per corruption, sample
         plausibility (prior samples with all 30 joints inside the limits), for the model and for the
         Gaussian (PCA / Mahalanobis) prior fitted on the same training poses; a skeleton picture."""
-        if metric != "hands":
-            return super().run_eval(metric, model, run_dir, device)
+        split, limit, seed = options.split, options.limit, options.seed
         e = self.config.eval
         n = limit or e.poses
         test = torch.from_numpy(load_split(self.config.data.data_dir, split, ["pose"])["pose"][:n]).float()

@@ -20,18 +20,18 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from genflow.config import TrainConfig
+from genflow.config import TrainConfig, require_at_least
 from genflow.data import ShardDataset, first_samples, load_split
 from genflow.data.moving_mnist import MASK_TOKEN, NUM_LEVELS, dequantise
 from genflow.engine.precision import autocast_dtype
-from genflow.engine.recipe import Recipe, StepContext
+from genflow.engine.recipe import EvalOptions, Recipe, SampleOptions, StepContext, evaluation
 from genflow.errors import ConfigError, GenflowError
 from genflow.metrics.video import (
     all_black_prediction,
@@ -67,10 +67,10 @@ def ablated_actions(actions: np.ndarray, kind: str, seed: int = 0) -> np.ndarray
     if kind == "zero":
         return np.zeros_like(actions)
     if kind != "shuffled":
-        raise GenflowError(f"--actions {kind!r}: expected one of {', '.join(ACTION_CHOICES)}")
+        raise GenflowError(f"actions={kind!r}: expected one of {', '.join(ACTION_CHOICES)}")
     n = len(actions)
     if n < 2:
-        raise GenflowError("--actions shuffled needs at least 2 sequences (see --limit)")
+        raise GenflowError("actions=shuffled needs at least 2 sequences (see limit=)")
     # a random rotation of a random order: no sequence keeps its own actions
     order = np.random.default_rng(seed + 1).permutation(n)
     derangement = np.empty(n, dtype=np.int64)
@@ -82,10 +82,10 @@ def ablated_actions(actions: np.ndarray, kind: str, seed: int = 0) -> np.ndarray
 @dataclass
 class DataConfig:
     data_dir: str = "datasets/mmnist"  # genflow data make-moving-mnist | import-moving-mnist
-    num_past: int = 10  # clean context frames
+    num_past: int = 10  # clean context frames (the other num_frames - num_past are predicted)
     train_sequences: int | None = None  # use only the first N training sequences (source: 2000 fast, 8000 full)
     val_sequences: int = 32  # validation loss and quick metrics on the first N val sequences
-    in_memory: bool = True
+    in_memory: bool = True  # load the shards into memory (false: read them from disk)
 
     def __post_init__(self) -> None:
         if self.num_past < 1:
@@ -99,12 +99,12 @@ class ModelConfig:
     """SimpleVideoTransformer; the source's ``fast``: 128 / 2 layers / 4 heads (0.67M), ``full``: 384 / 6
     (14.6M), both one position per token (``patch_size`` 1); the CPU default: 4 x 4 patches."""
 
-    num_frames: int = 20
-    frame_size: int = 32
-    embed_dim: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    mlp_ratio: float = 4.0
+    num_frames: int = 20  # frames per sequence
+    frame_size: int = 32  # tokens per frame side: 32 x 32 tokens of 16 levels (+ mask token 16)
+    embed_dim: int = 128  # transformer width D
+    num_layers: int = 2  # transformer blocks
+    num_heads: int = 4  # attention heads
+    mlp_ratio: float = 4.0  # MLP width / embed_dim
     patch_size: int = 1  # tokens per side of the patch one transformer position holds
     attention: str = "factorized"  # factorized (spatial then temporal, the source) | joint (all positions of all frames)
 
@@ -113,27 +113,27 @@ class ModelConfig:
 class TaskWeights:
     """Probability of each masking task per batch (see genflow/objectives/masked_tokens.py)."""
 
-    future: float = 1.0
-    joint: float = 0.0
-    individual: float = 0.0
+    future: float = 1.0  # past clean, future masked with ratio ~ U(mask_ratio), causal
+    joint: float = 0.0  # random frames (past and future) masked, causal
+    individual: float = 0.0  # each frame denoised alone (identity temporal mask): the unconditional model
 
 
 @dataclass
 class ObjectiveConfig:
-    tasks: TaskWeights = field(default_factory=TaskWeights)
-    mask_ratio: tuple[float, float] = (0.5, 1.0)
+    tasks: TaskWeights = field(default_factory=TaskWeights)  # probability of each masking task per batch
+    mask_ratio: tuple[float, float] = (0.5, 1.0)  # (min, max) of the uniform masking ratio
     full_mask_probability: float = 0.0  # future task: the whole future masked for this fraction of sequences
-    random_context: bool = False  # future task: clean frames drawn from num_past..T-1 per sequence (next-frame training)
+    random_context: bool = False  # future task: clean frames drawn from num_past..T-1 per sequence (next-frame training, for sampling.order=autoregressive)
 
 
 @dataclass
 class SamplingConfig:
     """MaskGIT decoding (genflow/samplers/maskgit.py) used by `genflow sample` and `genflow eval video`."""
 
-    steps: int = 20
-    temperature: float = 0.0
-    confidence_noise: float = 4.5
-    guidance: float = 0.0  # classifier-free guidance weight; needs objective.tasks.individual > 0
+    steps: int = 20  # MaskGIT decoding steps (1 = predict everything at once)
+    temperature: float = 0.0  # 0 = the most likely level (best MSE / SSIM); 1.0 = sample the softmax (diverse)
+    confidence_noise: float = 4.5  # scale of the annealed Gumbel noise on the unmasking confidences (0: greedy order)
+    guidance: float = 0.0  # classifier-free guidance weight w (try 1.0-3.0); needs objective.tasks.individual > 0
     order: str = "joint"  # joint: all future frames decoded together (the source) | autoregressive: one frame at a time
     greedy_level: str = "mode"  # at temperature 0: mode (most likely level, the source) | median (ordered levels)
 
@@ -152,7 +152,7 @@ class SamplingConfig:
 class EvalConfig:
     """The quick check every `train.eval_every` epochs (`genflow eval video` is the full one)."""
 
-    num_sequences: int = 16
+    num_sequences: int = 16  # val sequences decoded and scored at each evaluation
 
 
 def _default_train() -> TrainConfig:
@@ -177,22 +177,56 @@ SOURCE_ALIASES = {
 @dataclass
 class WorldModelConfig:
     aliases = SOURCE_ALIASES
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    train: TrainConfig = field(default_factory=_default_train)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    data: DataConfig = field(default_factory=DataConfig)  # the token shards
+    model: ModelConfig = field(default_factory=ModelConfig)  # the SimpleVideoTransformer
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # masked discrete diffusion: tasks and masking
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # MaskGIT decoding
+    train: TrainConfig = field(default_factory=_default_train)  # engine settings (TrainConfig); _default_train unless a YAML has a train: section
+    eval: EvalConfig = field(default_factory=EvalConfig)  # the quick check every train.eval_every epochs
 
 
 # --- the recipe --------------------------------------------------------------------------------------
+@dataclass
+class DecodingOptions:
+    """MaskGIT decoding choices shared by `sample` and `eval video` (None: the run config's `sampling.*`)."""
+
+    steps: int | None = None  # MaskGIT decoding steps per frame group
+    temperature: float | None = None  # token sampling temperature (0 = most likely)
+    confidence_noise: float | None = None  # noise on the confidence that picks which tokens to keep
+    guidance: float | None = None  # classifier-free guidance weight (full model)
+    future: int | None = None  # frames to predict (default: all after the past)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_at_least("option", self, steps=1, temperature=0.0, guidance=0.0, future=1)
+
+
+@dataclass
+class VideoSampleOptions(DecodingOptions, SampleOptions):
+    n: int = 4  # how many test sequences
+    past: int | None = None  # given frames (default: data.num_past of the run config)
+    unconditional: bool = False  # whole sequences generated from nothing (with the test actions)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_at_least("sample option", self, past=0)
+
+
+@dataclass
+class VideoEvalOptions(DecodingOptions, EvalOptions):
+    limit: int | None = 200  # sequences evaluated (the first of the split)
+    # the actions the model gets: true, shuffled (other sequences', a seeded derangement) or zero: the action ablation
+    actions: Literal["true", "shuffled", "zero"] = "true"
+    figure: bool = True  # write the per-horizon plot and table under RUN/eval/
+
+
 class MovingMnistWorldModelRecipe(Recipe):
     name = "mmnist-wm"
     aliases = ("train_mnist_fast", "train_mnist_full")
     summary = "Moving MNIST world model: masked discrete diffusion (CoPilot4D), MaskGIT decoding, actions"
     config_class = WorldModelConfig
     default_config = Path(__file__).with_name("mmnist_wm.yaml")
-    eval_metrics = ("video",)
+    sample_options = VideoSampleOptions
     best_checkpoint_name = "epoch{epoch:03d}-val_loss{value:.4f}"
 
     def __init__(self, config: WorldModelConfig):
@@ -327,7 +361,7 @@ class MovingMnistWorldModelRecipe(Recipe):
         num_past = self.config.data.num_past
         frames = num_past + num_future
         if frames > min(self.config.model.num_frames, seqs["tokens"].shape[1]):
-            raise GenflowError(f"--past {num_past} + --future {num_future} exceeds the {min(self.config.model.num_frames, seqs['tokens'].shape[1])} frames "
+            raise GenflowError(f"past={num_past} + future={num_future} exceeds the {min(self.config.model.num_frames, seqs['tokens'].shape[1])} frames "
                                "the model and data hold")
         tokens = torch.from_numpy(seqs["tokens"][:, :frames])
         true_actions = seqs["actions"][:, :frames]
@@ -359,16 +393,17 @@ class MovingMnistWorldModelRecipe(Recipe):
                 scores[name].update({"mse_64": frame_mse(up, truth64), "psnr_64": frame_psnr(up, truth64), "ssim_64": frame_ssim(up, truth64)})
         return scores
 
-    def run_eval(self, metric, model, run_dir, device, *, split="test", limit=200, seed=0, steps=None, temperature=None,
-                 confidence_noise=None, guidance=None, future=None, actions="true", figure=True, **_):
+    @evaluation("video", VideoEvalOptions)
+    def eval_video(self, model, run_dir, device, options: VideoEvalOptions):
         """Future-frame quality per horizon (MSE / PSNR / SSIM at 32 x 32 and upsampled to 64 x 64) of the
         model and of four baselines on the same sequences: copy-last-frame; constant velocity (the last
         frame shifted by the last given action, extrapolated); action shift (the last frame shifted by the
         future actions the model also gets); all-black. The model decodes two ways: MaskGIT (``model``,
         one sharp future) and expected intensity (``model_expected``, the MSE-optimal blur).
         ``actions`` = ``shuffled`` / ``zero`` is the action ablation."""
-        if metric != "video":
-            return super().run_eval(metric, model, run_dir, device)
+        split, limit, seed, steps, temperature = options.split, options.limit, options.seed, options.steps, options.temperature
+        confidence_noise, guidance, future, actions = options.confidence_noise, options.guidance, options.future, options.actions
+        figure = options.figure
         num_future = future or (self.config.model.num_frames - self.config.data.num_past)
         seqs = self._test_sequences(split, limit)
         scores = self._score(model, seqs, num_future=num_future, actions=actions, seed=seed, full_resolution=True,
@@ -413,15 +448,17 @@ class MovingMnistWorldModelRecipe(Recipe):
         plot_strips(dequantise(seqs["tokens"]), dequantise(predicted.numpy()), num_past, path, expected)
         return {"samples": path}
 
-    def sample(self, model, run_dir, device, *, n=4, past=None, future=None, steps=None, temperature=None, guidance=None,
-               confidence_noise=None, unconditional=False, out=None, seed=0, **_):
+    def sample(self, model, run_dir, device, options: VideoSampleOptions):
         """PNG strips (true, MaskGIT, expected intensity) and an animated GIF (true | MaskGIT) of `n` test
         sequences; with `unconditional`, whole sequences generated from nothing (test actions)."""
+        n, past, future, steps, temperature = options.n, options.past, options.future, options.steps, options.temperature
+        guidance, confidence_noise, unconditional, out, seed = (options.guidance, options.confidence_noise,
+                                                                options.unconditional, options.out, options.seed)
         num_past = 0 if unconditional else (self.config.data.num_past if past is None else past)
         num_future = future or (self.config.model.num_frames - num_past)
         frames = num_past + num_future
         if frames > self.config.model.num_frames:
-            raise GenflowError(f"--past {num_past} + --future {num_future} exceeds the model's {self.config.model.num_frames} frames")
+            raise GenflowError(f"past={num_past} + future={num_future} exceeds the model's {self.config.model.num_frames} frames")
         seqs = self._test_sequences(limit=n)
         start = time.perf_counter()
         predicted, expected = self.predict(model, torch.from_numpy(seqs["tokens"][:, :frames]), torch.from_numpy(seqs["actions"][:, :frames]),

@@ -37,10 +37,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from genflow.config import TrainConfig
+from genflow.config import TrainConfig, require_at_least
 from genflow.data import ShardDataset, first_samples, load_split
 from genflow.data.namo import draw_valid_placements
-from genflow.engine.recipe import Recipe, StepContext
+from genflow.engine.recipe import EvalOptions, OdeSolverOptions, Recipe, SampleOptions, StepContext, evaluation
 from genflow.errors import ConfigError, GenflowError
 from genflow.metrics.placements import placement_metrics
 from genflow.models import DiT
@@ -55,9 +55,9 @@ CONTEXT_CHANNELS = 5
 # --- configs ----------------------------------------------------------------------------------------
 @dataclass
 class DataConfig:
-    data_dir: str = "datasets/namo"  # genflow data make-namo + genflow data import-npz --kind namo
-    image_size: int = 64
-    in_memory: bool = True
+    data_dir: str = "datasets/namo"  # genflow data make namo, then genflow data import namo DIR
+    image_size: int = 64  # mask side in pixels (must match the shards)
+    in_memory: bool = True  # load the shards into memory (false: read them from disk)
     # generated scenes know every valid placement (mode_map): train on a fresh uniform draw among them
     # each time a scene is seen, not only on the stored target_goal (imported scenes without modes keep it)
     resample_goals: bool = False
@@ -67,13 +67,13 @@ class DataConfig:
 class NetworkConfig:
     """The DiT; its input/output channels are fixed by the data (5 context + 2 coordinates + 1 noisy)."""
 
-    in_ch: int = 8
-    out_ch: int = 1
-    patch_size: int = 8
-    hidden_size: int = 128
-    depth: int = 4
-    num_heads: int = 4
-    mlp_ratio: float = 4.0
+    in_ch: int = 8  # DiT input channels: 5 context + 2 coordinate + 1 noisy (fixed)
+    out_ch: int = 1  # DiT output channels: the target-goal mask (fixed)
+    patch_size: int = 8  # pixels per patch side: 8 gives 64 tokens, ~0.3 s per step of 64 on one CPU core (patch 4: 4x)
+    hidden_size: int = 128  # transformer width
+    depth: int = 4  # DiT blocks
+    num_heads: int = 4  # attention heads
+    mlp_ratio: float = 4.0  # MLP width / hidden_size
     condition_on_target: bool = False  # also feed the target's box (centre, size) to every adaLN layer
     # the 2 coordinate channels: the image grid in [-1, 1] (source), or each pixel's offset from the
     # target's centre (in the same units), so every patch sees where it lies relative to the object
@@ -93,15 +93,15 @@ TimeSampling = Literal["uniform", "logit_normal"]
 
 @dataclass
 class FlowPathConfig:
-    scheduler: Literal["condot", "cosine", "vp", "linear_vp", "polynomial"] = "condot"
+    scheduler: Literal["condot", "cosine", "vp", "linear_vp", "polynomial"] = "condot"  # scheduler of the affine path
 
 
 @dataclass
 class OdeSamplerConfig:
-    method: Literal["euler", "midpoint", "rk4", "dopri5"] = "midpoint"
+    method: Literal["euler", "midpoint", "rk4", "dopri5"] = "midpoint"  # ODE solver (dopri5: adaptive)
     steps: int = 10  # solver steps: midpoint x 10 = 20 network evaluations
-    atol: float = 1e-4  # dopri5 only
-    rtol: float = 1e-4
+    atol: float = 1e-4  # dopri5 only: absolute tolerance
+    rtol: float = 1e-4  # dopri5 only: relative tolerance
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -110,16 +110,16 @@ class OdeSamplerConfig:
 
 @dataclass
 class DiffusionPathConfig:
-    num_train_timesteps: int = 1000
-    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
-    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "sample"
+    num_train_timesteps: int = 1000  # discrete noise levels of the DDPM schedule
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"  # noise schedule (diffusers)
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "sample"  # what the DiT outputs: sample (clean mask) | epsilon | v_prediction
 
 
 @dataclass
 class DiffusionSamplerConfig:
-    sampler_type: Literal["ddim", "ddpm"] = "ddim"
+    sampler_type: Literal["ddim", "ddpm"] = "ddim"  # diffusers sampler
     eta: float = 0.0  # DDIM: 0 deterministic, 1 DDPM-like
-    steps: int = 50
+    steps: int = 50  # network evaluations per sample (alias: sampling_steps)
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -130,29 +130,29 @@ class DiffusionSamplerConfig:
 
 @dataclass
 class FlowModelConfig:
-    network: NetworkConfig = field(default_factory=NetworkConfig)
-    path: FlowPathConfig = field(default_factory=FlowPathConfig)
-    prediction: Literal["velocity", "target", "noise"] = "target"  # what the DiT outputs; sampled as a velocity
-    sampler: OdeSamplerConfig = field(default_factory=OdeSamplerConfig)
-    aux_loss_weight: float = 0.1
-    time_sampling: TimeSampling = "uniform"
+    network: NetworkConfig = field(default_factory=NetworkConfig)  # the DiT
+    path: FlowPathConfig = field(default_factory=FlowPathConfig)  # the flow-matching path
+    prediction: Literal["velocity", "target", "noise"] = "target"  # what the DiT outputs (target: the clean mask); sampled as a velocity either way
+    sampler: OdeSamplerConfig = field(default_factory=OdeSamplerConfig)  # ODE sampling
+    aux_loss_weight: float = 0.1  # weight of the soft Dice loss on the clean-mask estimate (module docstring)
+    time_sampling: TimeSampling = "uniform"  # training noise levels: uniform | logit_normal
 
 
 @dataclass
 class DiffusionModelConfig:
-    network: NetworkConfig = field(default_factory=NetworkConfig)
-    path: DiffusionPathConfig = field(default_factory=DiffusionPathConfig)
-    sampler: DiffusionSamplerConfig = field(default_factory=DiffusionSamplerConfig)
-    aux_loss_weight: float = 0.1
-    time_sampling: TimeSampling = "uniform"
+    network: NetworkConfig = field(default_factory=NetworkConfig)  # the DiT
+    path: DiffusionPathConfig = field(default_factory=DiffusionPathConfig)  # the DDPM noise schedule
+    sampler: DiffusionSamplerConfig = field(default_factory=DiffusionSamplerConfig)  # DDIM / DDPM sampling
+    aux_loss_weight: float = 0.1  # weight of the soft Dice loss on the clean-mask estimate (module docstring)
+    time_sampling: TimeSampling = "uniform"  # training noise levels: uniform | logit_normal
 
 
 @dataclass
 class EvalConfig:
     """The quick evaluation every `train.eval_every` epochs (`genflow eval namo` is the full one)."""
 
-    num_scenes: int = 48
-    samples_per_scene: int = 2
+    num_scenes: int = 48  # val scenes scored at each evaluation
+    samples_per_scene: int = 2  # goal masks sampled per scene
 
     def __post_init__(self) -> None:
         for key in ("num_scenes", "samples_per_scene"):
@@ -184,19 +184,19 @@ SOURCE_ALIASES = {
 @dataclass
 class NamoFlowConfig:
     aliases: ClassVar[dict[str, str]] = SOURCE_ALIASES
-    data: DataConfig = field(default_factory=DataConfig)
-    model: FlowModelConfig = field(default_factory=FlowModelConfig)
-    train: TrainConfig = field(default_factory=_default_train)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    data: DataConfig = field(default_factory=DataConfig)  # the scene shards
+    model: FlowModelConfig = field(default_factory=FlowModelConfig)  # DiT, path, prediction and sampler
+    train: TrainConfig = field(default_factory=_default_train)  # engine settings (TrainConfig); _default_train unless a YAML has a train: section
+    eval: EvalConfig = field(default_factory=EvalConfig)  # the quick check every train.eval_every epochs
 
 
 @dataclass
 class NamoDiffusionConfig:
     aliases: ClassVar[dict[str, str]] = SOURCE_ALIASES
-    data: DataConfig = field(default_factory=DataConfig)
-    model: DiffusionModelConfig = field(default_factory=DiffusionModelConfig)
-    train: TrainConfig = field(default_factory=_default_train)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    data: DataConfig = field(default_factory=DataConfig)  # the scene shards
+    model: DiffusionModelConfig = field(default_factory=DiffusionModelConfig)  # DiT, noise schedule and sampler
+    train: TrainConfig = field(default_factory=_default_train)  # engine settings (TrainConfig); _default_train unless a YAML has a train: section
+    eval: EvalConfig = field(default_factory=EvalConfig)  # the quick check every train.eval_every epochs
 
 
 # --- network ----------------------------------------------------------------------------------------
@@ -261,14 +261,36 @@ def _soft_dice_loss(clean_estimate: torch.Tensor, mask: torch.Tensor, weight: to
 
 
 # --- the recipes ------------------------------------------------------------------------------------
+@dataclass
+class NamoSampleOptions(OdeSolverOptions, SampleOptions):
+    n: int = 8  # how many test scenes
+    samples_per_scene: int = 4  # goal masks drawn per scene
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_at_least("sample option", self, samples_per_scene=1)
+
+
+@dataclass
+class NamoEvalOptions(OdeSolverOptions, EvalOptions):
+    limit: int | None = 200  # scenes evaluated (the first of the split)
+    samples_per_scene: int = 8  # goal masks drawn per scene (K of best-of-K and mode coverage)
+    figure: bool = True  # write RUN/eval/namo-SAMPLER-STEPS.png
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_at_least("eval option", self, samples_per_scene=1)
+
+
 class _NamoRecipe(Recipe):
     """What both objectives share: data, network, auxiliary loss, evaluation, pictures."""
 
-    eval_metrics = ("namo", "compare")
+    sample_options = NamoSampleOptions
     tensorboard_tags = {"train/loss": "train_loss", "val/val_loss": "val_loss", "val/val_loss_best": "val_loss_best",
                         "train/lr": "lr-AdamW", "samples": "Validation_Samples"}
     best_checkpoint_name = "epoch{epoch:03d}-val_loss{value:.4f}"
     compare_metrics = ("validity", "push_validity", "best_of_k_iou", "mode_coverage", "mode_coverage_multimodal")
+    compare_defaults = {"limit": 100, "samples_per_scene": 4, "figure": False}
 
     # --- per objective ------------------------------------------------------------------------------
     def objective_loss(self, model, x1, context, ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -290,7 +312,7 @@ class _NamoRecipe(Recipe):
         size = train.field_shape("context")[-1]
         if size != d.image_size:
             raise ConfigError(f"data.image_size={d.image_size} but {d.data_dir} holds {size} x {size} masks "
-                              f"(re-import with --image-size {d.image_size}, or set data.image_size={size})")
+                              f"(re-import with image_size={d.image_size}, or set data.image_size={size})")
         # val carries what the placement metrics need too (compute_loss reads only context / target_goal)
         return train, ShardDataset(d.data_dir, "val", ["context", "target_goal", "num_modes", "mode_map"], in_memory=d.in_memory)
 
@@ -343,12 +365,12 @@ class _NamoRecipe(Recipe):
         return {f"val_{k}": v for k, v in scores.items()
                 if k in ("iou", "validity", "push_validity", "mode_coverage", "mode_coverage_multimodal")}
 
-    def run_eval(self, metric, model, run_dir, device, *, split="test", steps=None, solver=None, limit=200, seed=0,
-                 samples_per_scene=8, figure=True, **_):
+    @evaluation("namo", NamoEvalOptions)
+    def eval_namo(self, model, run_dir, device, options: NamoEvalOptions):
         """Placement quality on held-out scenes, beside two trivial baselines on the same scenes:
         `stay` (the object left where it is) and `random_train_goal` (K random training goals)."""
-        if metric != "namo":
-            return super().run_eval(metric, model, run_dir, device)
+        split, steps, solver, limit, seed = options.split, options.steps, options.solver, options.limit, options.seed
+        samples_per_scene, figure = options.samples_per_scene, options.figure
         scenes = self._test_scenes(split, limit)
         context, truth = scenes["context"], scenes["target_goal"][:, 0]
         start = time.perf_counter()
@@ -393,7 +415,9 @@ class _NamoRecipe(Recipe):
         plot_placements(scenes["context"], scenes["target_goal"][:, 0], samples, path)
         return {"samples": path}
 
-    def sample(self, model, run_dir, device, *, n=8, steps=None, solver=None, out=None, seed=0, samples_per_scene=4, **_):
+    def sample(self, model, run_dir, device, options: NamoSampleOptions):
+        n, steps, solver, out, seed, samples_per_scene = (options.n, options.steps, options.solver, options.out,
+                                                          options.seed, options.samples_per_scene)
         scenes = self._test_scenes(limit=n)
         samples, nfe = self.generate(model, torch.from_numpy(scenes["context"]), samples_per_scene=samples_per_scene,
                                      solver=solver, steps=steps, seed=seed)
@@ -476,7 +500,7 @@ class NamoDiffusionRecipe(_NamoRecipe):
 
     def draw(self, model, context, generator, solver, steps):
         if solver not in ("ddim", "ddpm"):
-            raise GenflowError(f"--solver {solver}: namo-diffusion samples with ddim or ddpm")
+            raise GenflowError(f"solver={solver}: namo-diffusion samples with ddim or ddpm")
         x = sample_diffusion(lambda x_t, t: model(x_t, t, context).float(), (len(context), 1, *context.shape[-2:]),
                              self.objective, sampler=solver, steps=steps, eta=self.config.model.sampler.eta,
                              generator=generator, device=context.device)

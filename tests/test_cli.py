@@ -42,6 +42,43 @@ def test_recipes_lists_digit4(cli):
     assert code == 0 and "digit4" in out and "digit4.yaml" in out
 
 
+def test_version_and_the_config_a_recipe_resolves(cli, tmp_path):
+    from genflow import __version__
+    from genflow.config import config_keys
+    from genflow_recipes.digit4 import Digit4Config
+
+    code, out, _ = cli("--version")
+    assert code == 0 and __version__ in out
+    code, out, _ = cli("config", "digit4", "--keys")
+    listed = {line.split()[0]: line.split()[1] for line in out.splitlines()[2:]}
+    assert code == 0 and listed == {key: type_name.split()[0] for key, type_name, _, _ in config_keys(Digit4Config)}
+    assert "train.lr" in listed and listed["model.field_hidden"] == "int"
+    code, out, _ = cli("config", "digit4", "train.lr=0.02")  # YAML a user can edit and train from
+    (tmp_path / "mine.yaml").write_text(out)
+    code, again, _ = cli("train", "digit4", "--config", tmp_path / "mine.yaml", "--print-config", "--runs-dir", tmp_path)
+    assert code == 0 and "lr: 0.02" in again and not (tmp_path / "digit4").exists()  # printed, nothing written
+    code, _, err = cli("config", "digit4", "train.lr=fast")
+    assert_user_error(code, err, "train.lr")
+
+
+def test_data_commands_list_and_explain_their_options(cli):
+    code, out, _ = cli("data", "list")
+    assert code == 0 and "genflow data make digit4" in out and "genflow data import namo SOURCE" in out
+    code, out, _ = cli("data", "make", "digit4", "--help")
+    assert code == 0 and "points" in out and "Points per cloud".lower() in out.lower()
+    code, _, err = cli("data", "make", "digit5")
+    assert_user_error(code, err, "unknown data make kind 'digit5'", "did you mean 'digit4'?")
+
+
+def test_sample_and_eval_help_list_the_recipe_s_options(cli, trained_run):
+    code, out, _ = cli("sample", trained_run, "--help")
+    assert code == 0 and "digit4 sample options" in out and "unconditional" in out
+    code, out, _ = cli("eval", "chamfer", "digit4", "--help")
+    assert code == 0 and "eval chamfer (digit4) options" in out and "split" in out
+    code, _, err = cli("eval", "namo", trained_run, "--help")
+    assert_user_error(code, err, "no 'namo' evaluation", "chamfer")
+
+
 def test_data_info_and_verify(cli, digit4_dir):
     code, out, _ = cli("data", "info", digit4_dir)
     assert code == 0 and "train" in out and "points" in out and "(64, 2)" in out
@@ -65,7 +102,7 @@ def test_verify_reports_a_corrupt_shard(cli, digit4_dir, tmp_path):
 
 def test_make_mnist_points_rejects_bad_digits(cli):
     code, _, err = cli("data", "make-mnist-points", "--digits", "4,x")
-    assert_user_error(code, err, "--digits")
+    assert_user_error(code, err, "'digits'", "4,x")
 
 
 def test_data_info_on_missing_dir(cli, tmp_path):
@@ -123,11 +160,13 @@ def test_sample_unconditional_needs_a_prior_flow(cli, trained_run):
     assert_user_error(code, err, "use_prior_flow")
 
 
-@pytest.mark.parametrize("args", [["sample", "{run}", "--n", "0"], ["eval", "chamfer", "{run}", "--limit", "0"],
-                                  ["train", "digit4", "--gpus", "0"]])
-def test_out_of_range_options_are_usage_errors(cli, trained_run, args):
+@pytest.mark.parametrize("args, fragment", [(["sample", "{run}", "--n", "0"], "'n': expected a value >= 1"),
+                                            (["eval", "chamfer", "{run}", "limit=0"], "'limit': expected a value >= 1"),
+                                            (["sample", "{run}", "n=many"], "'n': expected int"),
+                                            (["train", "digit4", "--gpus", "0"], "Invalid value")])
+def test_out_of_range_options_are_usage_errors(cli, trained_run, args, fragment):
     code, _, err = cli(*[a.format(run=trained_run) for a in args])
-    assert code == 2 and "Traceback" not in err and "Invalid value" in err
+    assert code == 2 and "Traceback" not in err and fragment in err
 
 
 def test_sample_bad_solver_and_missing_run(cli, trained_run, tmp_path):
@@ -236,9 +275,11 @@ def test_vae_with_prior_flow_samples_unconditionally(cli, tmp_path, digit4_dir):
 
 def test_an_option_the_recipe_does_not_take_is_a_clear_error(cli, trained_run, tmp_path):
     code, _, err = cli("sample", trained_run, "--energy", tmp_path / "poses.npz")
-    assert code == 2 and "--energy does not apply to recipe 'digit4'" in err
-    code, _, err = cli("eval", "chamfer", trained_run, "--temperature", "0.5")
-    assert code == 2 and "--temperature does not apply" in err
+    assert_user_error(code, err, "unknown digit4 sample option 'energy'", "valid options: n, seed")
+    code, _, err = cli("eval", "chamfer", trained_run, "temprature=0.5")
+    assert_user_error(code, err, "unknown digit4 eval chamfer option 'temprature'")
+    code, _, err = cli("eval", "chamfer", trained_run, "stpes=3")
+    assert_user_error(code, err, "did you mean steps?")
 
 
 # --- honest numbers: val for choosing, test for reporting; precision; logs; runs that travel ----------------
@@ -257,7 +298,7 @@ def test_best_is_chosen_on_val_never_test_and_eval_reports_test(cli, tmp_path, d
     code, out, _ = cli("eval", "chamfer", run, "--json", "--steps", 3, "--split", "val")
     assert code == 0 and json.loads(out)["split"] == "val"
     code, _, err = cli("eval", "chamfer", run, "--split", "tset")
-    assert_user_error(code, err, "--split 'tset'", "test, val")
+    assert_user_error(code, err, "'split'", "'tset'", "'test' | 'val'")
 
 
 def test_a_dataset_without_val_names_the_command_that_rebuilds_it(cli, tmp_path, digit4_dir):
@@ -269,7 +310,7 @@ def test_a_dataset_without_val_names_the_command_that_rebuilds_it(cli, tmp_path,
     del manifest["splits"]["val"]
     (old / "manifest.json").write_text(json.dumps(manifest))
     code, _, err = cli("train", "digit4", "--runs-dir", tmp_path, f"data.path={old}", *TINY_MODEL)
-    assert_user_error(code, err, "no 'val' split", "genflow data make-digit4")
+    assert_user_error(code, err, "no 'val' split", "genflow data make digit4")
 
 
 @pytest.mark.parametrize("precision", ["no", "32", "fp32", "auto"])

@@ -2,11 +2,13 @@
 
 Each run's recipe lists the (sampler, steps) settings worth measuring (`compare_settings`) and the
 metrics to plot (`compare_metrics`); every setting is evaluated on the same held-out scenes with the
-same seed, with the recipe's first evaluation (`eval_metrics[0]`).
+same seed, with the recipe's main (first) evaluation. Its options start from the recipe's
+`compare_defaults`, then the user's `key=value`s; each setting sets only `solver` and `steps`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -19,13 +21,12 @@ from genflow.engine.run_dir import load_run
 __all__ = ["compare_runs"]
 
 
-def compare_runs(run_dirs: list[Path], out: Path | None = None, *, split: str = "test", checkpoint: str = "best",
-                 seed: int = 0, device: torch.device | str = "cpu", limit: int | None = 100,
-                 samples_per_scene: int | None = 4, solver: str | None = None, steps: int | None = None) -> dict[str, Any]:
+def compare_runs(run_dirs: list[Path], out: Path | None = None, values: list[str] | None = None, *,
+                 checkpoint: str = "best", device: torch.device | str = "cpu") -> dict[str, Any]:
     """Evaluate every run at each of its recipe's sampler settings; write a table, JSON and a plot.
 
-    `solver` / `steps`, when given, replace the recipe's list with that one setting.
-    Returns the rows plus the paths written and a rich table.
+    `values`: options of the main evaluation (`split=val limit=50`); `solver=` / `steps=` among them
+    replace the recipe's list with that one setting. Returns the rows, the paths written and a rich table.
     """
     out = Path(out) if out else Path("runs") / "compare" / time.strftime("%Y%m%d-%H%M%S")
     rows: list[dict[str, Any]] = []
@@ -34,12 +35,15 @@ def compare_runs(run_dirs: list[Path], out: Path | None = None, *, split: str = 
         run = load_run(run_dir, checkpoint, device=device)
         recipe = run.recipe
         metrics = metrics or recipe.compare_metrics
-        # one given setting (None parts: the recipe's defaults), else the recipe's list
-        settings = [(solver, steps)] if (solver or steps) else recipe.compare_settings()
+        settings = recipe.compare_settings()
+        main_eval = next(iter(recipe.evaluations))
+        defaults = [f"{k}={json.dumps(v)}" for k, v in recipe.compare_defaults.items()]
+        options = recipe.options(main_eval, defaults + list(values or []))
+        if any(v.startswith(("solver=", "steps=")) for v in values or []):  # one given setting
+            settings = [(options.solver, options.steps)]
         for sampler, n_steps in settings:
-            result = recipe.run_eval(recipe.eval_metrics[0], run.model, run.run_dir, device, split=split, steps=n_steps,
-                                     solver=sampler, limit=limit, seed=seed, samples_per_scene=samples_per_scene or 4,
-                                     figure=False)
+            result = recipe.run_eval(main_eval, run.model, run.run_dir, device,
+                                     dataclasses.replace(options, solver=sampler, steps=n_steps))
             rows.append({"run": str(run_dir), "recipe": recipe.name, **result})
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path, plot_path = out / "compare.json", out / "compare.md", out / "compare.png"

@@ -3,6 +3,11 @@
 A recipe builds the model and datasets, computes the loss of a batch, evaluates, samples and draws
 its pictures. It does not checkpoint, log, handle mixed precision or show progress: the engine does.
 
+A recipe also declares what `genflow sample RUN key=value` and `genflow eval NAME RUN key=value`
+accept: `sample_options` and each `@evaluation(NAME, OptionsClass)` method take one options dataclass
+(fields commented with their help line), so the CLI type-checks, suggests and lists them with no
+recipe-specific code.
+
 Recipes are found through the `genflow.recipes` entry-point group (see pyproject.toml), so a user's
 own package can add recipes without touching genflow.
 """
@@ -13,15 +18,63 @@ import dataclasses
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from genflow.config import require_at_least
 from genflow.errors import GenflowError
 
-__all__ = ["Recipe", "StepContext", "available_recipes", "get_recipe"]
+__all__ = ["Recipe", "StepContext", "SampleOptions", "EvalOptions", "OdeSolverOptions", "evaluation", "available_recipes", "get_recipe"]
+
+
+@dataclass
+class SampleOptions:
+    """`genflow sample RUN key=value`: what every recipe's sampling takes (a recipe subclasses it)."""
+
+    n: int = 16  # how many samples (conditioning scenes / sequences where the recipe conditions)
+    seed: int = 0  # seed of the sampling noise
+    out: str | None = None  # output .png (arrays alongside); default RUN/samples/...
+
+    def __post_init__(self) -> None:
+        require_at_least("sample option", self, n=1)
+
+
+@dataclass
+class EvalOptions:
+    """`genflow eval NAME RUN key=value`: what every evaluation takes (a recipe subclasses it)."""
+
+    # test: the reported figures; val: what best.pt was chosen on; train
+    split: Literal["test", "val", "train"] = "test"
+    limit: int | None = None  # evaluate on at most this many samples / scenes / sequences
+    seed: int = 0  # seed of the sampling noise
+
+    def __post_init__(self) -> None:
+        require_at_least("eval option", self, limit=1)
+
+
+@dataclass
+class OdeSolverOptions:
+    """Sampler choice of a flow-matching / diffusion recipe (mixed into its sample and eval options)."""
+
+    steps: int | None = None  # solver / sampler steps (default: the run config's)
+    solver: str | None = None  # ODE solver euler | midpoint | rk4 | dopri5, or diffusion sampler ddim | ddpm (default: the run config's)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_at_least("option", self, steps=1)
+
+
+def evaluation(name: str, options: type = EvalOptions) -> Callable:
+    """Mark a recipe method as `genflow eval NAME RUN`: `method(model, run_dir, device, options) -> dict`."""
+
+    def mark(method: Callable) -> Callable:
+        method.genflow_evaluation = (name, options)
+        return method
+
+    return mark
 
 
 @dataclass
@@ -67,7 +120,10 @@ class Recipe:
     summary: ClassVar[str]
     config_class: ClassVar[type]
     default_config: ClassVar[Path]  # the recipe's default YAML
-    eval_metrics: ClassVar[tuple[str, ...]] = ()  # names accepted by `genflow eval NAME RUN_DIR`
+    sample_options: ClassVar[type] = SampleOptions  # what `sample` takes
+    # `genflow eval NAME RUN`: name -> (options class, method name), gathered from @evaluation methods
+    # (inherited ones included, the first declared is the recipe's main evaluation)
+    evaluations: ClassVar[dict[str, tuple[type, str]]] = {}
     aliases: ClassVar[tuple[str, ...]] = ()  # other names `genflow train` accepts (e.g. a source config name)
     # TensorBoard tag for a logged value, keyed "kind/name" (e.g. {"train/loss": "train_loss"});
     # unlisted values keep "kind/name". metrics.jsonl always uses the plain names.
@@ -76,12 +132,22 @@ class Recipe:
     # (e.g. "epoch{epoch:03d}-{metric}{value:.4f}"); `best.pt` is always written.
     best_checkpoint_name: ClassVar[str | None] = None
     compare_metrics: ClassVar[tuple[str, ...]] = ()  # what `genflow eval compare` tabulates and plots
+    compare_defaults: ClassVar[dict[str, Any]] = {}  # main-evaluation options `eval compare` starts from
     # Dotted config key of the dataset directory. A run records it absolutely (and as given), so
     # `sample` / `eval` / `export` work from any directory; `eval RUN data.data_dir=NEW` follows moved data.
     data_path_key: ClassVar[str | None] = "data.data_dir"
 
     def __init__(self, config: Any):
         self.config = config
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        found = dict(cls.evaluations)
+        for attr, value in vars(cls).items():
+            if hasattr(value, "genflow_evaluation"):
+                name, options = value.genflow_evaluation
+                found[name] = (options, attr)
+        cls.evaluations = found
 
     # --- training ------------------------------------------------------------------------------
     def build_datasets(self) -> tuple[Dataset, Dataset | None]:
@@ -108,15 +174,33 @@ class Recipe:
         return {}
 
     # --- after training: `genflow sample | eval | export` ----------------------------------------
-    def sample(self, model: nn.Module, run_dir: Path, device: torch.device, **options: Any) -> dict[str, Any]:
-        """Generate from a trained model; returns what was written / measured for the CLI to print."""
+    def sample(self, model: nn.Module, run_dir: Path, device: torch.device, options: Any) -> dict[str, Any]:
+        """Generate from a trained model (`options`: a `sample_options`); returns what was written / measured."""
         raise GenflowError(f"recipe '{self.name}' does not support sampling")
 
-    def run_eval(self, metric: str, model: nn.Module, run_dir: Path, device: torch.device, **options: Any) -> dict[str, Any]:
-        raise GenflowError(f"recipe '{self.name}' has no '{metric}' evaluation (it has: {', '.join(self.eval_metrics) or 'none'})")
+    def options(self, command: str, values: list[str] | None = None) -> Any:
+        """The options of `sample` or of evaluation `command`, from `key=value` strings (type-checked)."""
+        from genflow.config import load_options
+
+        if command == "sample":
+            return load_options(self.sample_options, list(values or []), f"{self.name} sample option")
+        return load_options(self.evaluation(command)[0], list(values or []), f"{self.name} eval {command} option")
+
+    def evaluation(self, name: str) -> tuple[type, Callable]:
+        """(options class, bound method) of evaluation `name`; an unknown name is one clear error."""
+        if name not in self.evaluations:
+            have = ", ".join(self.evaluations) or "none"
+            raise GenflowError(f"recipe '{self.name}' has no '{name}' evaluation (it has: {have})")
+        options, attr = self.evaluations[name]
+        return options, getattr(self, attr)
+
+    def run_eval(self, name: str, model: nn.Module, run_dir: Path, device: torch.device, options: Any = None) -> dict[str, Any]:
+        """Run evaluation `name` with `options` (its options dataclass; None: the defaults)."""
+        options_class, method = self.evaluation(name)
+        return method(model, run_dir, device, options if options is not None else options_class())
 
     def compare_settings(self) -> list[tuple[str, int]]:
-        """(sampler, steps) pairs `genflow eval compare` evaluates with `run_eval(eval_metrics[0], ...)`."""
+        """(sampler, steps) pairs `genflow eval compare` sets as `solver` / `steps` of the main evaluation."""
         raise GenflowError(f"recipe '{self.name}' has no sampler comparison")
 
     def export_graphs(self, model: nn.Module) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...], list[str], list[str], dict]]:

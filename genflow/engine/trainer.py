@@ -1,10 +1,14 @@
 """The training engine: one loop for every recipe, on HuggingFace Accelerate.
 
-Read top to bottom: set up (accelerator, data, model, optimiser, schedule, EMA, resume), then per
-epoch per batch: loss -> finite check -> backward -> (every `grad_accum_steps`) clip, step, schedule,
-EMA -> log; per epoch: validate, pick best, checkpoint. Accelerate gives mixed precision and DDP
-(NCCL on GPUs, gloo on CPU); the data order and the noise come from (seed, epoch, step), which makes
-resume exact and N processes equivalent to one with the same global batch.
+Read top to bottom: `plan_steps` (how many batches make an epoch, and steps the run), `TrainState`
+(where the run is: what every checkpoint saves), `LogWindow` (what happened since the last log
+line), then `Trainer`, whose steps run in this order: set up (accelerator and experiment trackers,
+data, model, optimiser, schedule, EMA), `restore` (resume from a checkpoint), `run`: per epoch per
+batch `train_step` (loss -> backward -> every `grad_accum_steps` clip, step, schedule, EMA -> every
+`log_every` steps `log_train`, where the loss first reaches the host and is checked finite), per
+epoch `end_of_epoch` (validate, pick best, checkpoint). Accelerate gives mixed precision, DDP (NCCL
+on GPUs, gloo on CPU) and the trackers; the data order and the noise come from (seed, epoch, step),
+which makes resume exact and N processes equivalent to one with the same global batch.
 """
 
 from __future__ import annotations
@@ -16,17 +20,18 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
+from accelerate.tracking import GeneralTracker
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 import genflow
-from genflow.config import TrainConfig
+from genflow.config import TrainConfig, config_to_dict
 from genflow.engine.checkpoint import atomic_torch_save, capture_rng_state, load_checkpoint, restore_rng_state
-from genflow.engine.metrics_log import MetricsLogger, plot_loss_trajectory
+from genflow.engine.metrics_log import MetricsLogger, flatten_config, make_trackers, plot_loss_trajectory, tracker_init_kwargs
 from genflow.engine.optim import EpochBatchSampler, ExponentialMovingAverage, build_lr_schedule, build_optimizer
 from genflow.engine.precision import cpu_description, resolve_precision
 from genflow.engine.progress import TrainingProgress
@@ -34,7 +39,7 @@ from genflow.engine.recipe import Recipe, StepContext
 from genflow.engine.run_dir import CONFIG_FILE, record_runtime, write_run_config
 from genflow.errors import ConfigError, GenflowError
 
-__all__ = ["train", "TrainResult", "TrainingDiverged", "make_accelerator"]
+__all__ = ["train", "TrainResult", "TrainingDiverged", "TrainState", "make_accelerator"]
 
 
 class TrainingDiverged(GenflowError):
@@ -64,15 +69,21 @@ def peak_memory_mib(device: torch.device) -> float | None:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def make_accelerator(precision: str) -> tuple[Accelerator, str, str]:
-    """An Accelerator for this machine, the precision it resolved (`no | bf16 | fp16`) and why."""
+def make_accelerator(precision: str, log_with: list[str | GeneralTracker] | None = None,
+                     project_dir: Path | None = None) -> tuple[Accelerator, str, str]:
+    """An Accelerator for this machine, the precision it resolved (`no | bf16 | fp16`) and why.
+
+    `log_with`: its experiment trackers (`metrics_log.make_trackers`); `project_dir`: the run dir.
+    """
     on_cpu = not torch.cuda.is_available()
     resolved, reason = resolve_precision(precision, "cpu" if on_cpu else "cuda")
     # Accelerate keeps its settings in process-wide singletons; one process may train several runs
     # (the Python API, tests), so forget the previous run's settings but keep the process group.
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-    return Accelerator(mixed_precision=resolved, cpu=on_cpu), resolved, reason
+    accelerator = Accelerator(mixed_precision=resolved, cpu=on_cpu, log_with=log_with or None,
+                              project_dir=str(project_dir) if project_dir is not None else None)
+    return accelerator, resolved, reason
 
 
 def _loader(dataset: Dataset, sampler: EpochBatchSampler | None, cfg: TrainConfig, pin: bool, local_batch: int) -> DataLoader:
@@ -104,26 +115,18 @@ def validation_loss(recipe: Recipe, model: torch.nn.Module, val_data: Dataset, c
     return total / max(count, 1)
 
 
-def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_progress: bool = True) -> TrainResult:
-    """Train `recipe` into `run_dir`, optionally resuming from a checkpoint file."""
-    cfg: TrainConfig = recipe.config.train
-    accelerator, precision, precision_reason = make_accelerator(cfg.precision)
-    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    is_main = accelerator.is_main_process
-    if is_main:  # what this run used, beside what was asked (a resume on other hardware resolves again)
-        if not (run_dir / CONFIG_FILE).is_file():  # the Python API, without `genflow train`'s set-up
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_run_config(run_dir, recipe.name, recipe.config)
-        record_runtime(run_dir, {"device": str(device), "precision_requested": cfg.precision, "precision": precision,
-                                 "precision_reason": precision_reason, "world_size": world,
-                                 "cpu": cpu_description() if device.type == "cpu" else None,
-                                 "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None})
-    if cfg.batch_size % world:
-        raise ConfigError(f"train.batch_size={cfg.batch_size} must be divisible by the number of processes ({world})")
-    torch.manual_seed(cfg.seed)
+@dataclass(frozen=True)
+class StepPlan:
+    """How many batches make an epoch and how many optimiser steps make the run."""
 
-    # --- data, model, optimiser --------------------------------------------------------------------
-    train_data, val_data = recipe.build_datasets()
+    batches_per_epoch: int  # a multiple of grad_accum_steps (each process takes its share of every batch)
+    steps_per_epoch: int
+    total_steps: int  # all epochs, capped by train.max_steps
+    streaming: bool  # the training set is a stream (an IterableDataset): no length, no replay
+
+
+def plan_steps(cfg: TrainConfig, train_data: Dataset) -> StepPlan:
+    """The run's length from the training set and `train.*` (epochs, batch, accumulation, caps)."""
     streaming = isinstance(train_data, IterableDataset)
     if streaming:  # an iterator of samples (simulator, generator): no length, no replay
         if cfg.batches_per_epoch is None:
@@ -142,63 +145,360 @@ def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_p
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
+    return StepPlan(batches_per_epoch, steps_per_epoch, total_steps, streaming)
 
-    model = recipe.build_model()
-    if world > 1 and device.type == "cuda":  # batch statistics over the global batch (no-op without BatchNorm)
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = build_optimizer(model, cfg, recipe.parameter_groups(model))
-    schedule = build_lr_schedule(optimizer, cfg, steps_per_epoch * cfg.epochs)
-    ema = ExponentialMovingAverage(model, cfg.ema_decay) if cfg.ema_decay else None
-    progress = {"epoch": 0, "batch": 0, "step": 0, "micro_step": 0}
-    best = {"metric": cfg.best_metric, "mode": cfg.best_mode, "value": None, "epoch": None}
 
-    if resume_from is not None:
-        state = load_checkpoint(resume_from)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["scheduler"])
-        if ema is not None and state.get("ema") is not None:
-            ema.model.load_state_dict(state["ema"])
-        restore_rng_state(state["rng"])
-        progress, best = dict(state["progress"]), dict(state["best"])
+@dataclass
+class TrainState:
+    """Where the run is. Every checkpoint saves it (as `progress` and `best`), so a resume continues exactly."""
 
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if resume_from is not None and accelerator.scaler is not None and state.get("scaler"):
-        accelerator.scaler.load_state_dict(state["scaler"])
-    unwrapped = accelerator.unwrap_model(model)
-    if ema is not None:
-        ema.model.to(device)
+    epoch: int = 0  # epochs done
+    batch: int = 0  # batches done in the current epoch
+    step: int = 0  # optimiser steps done
+    micro_step: int = 0  # batches done in all epochs (step x grad_accum_steps, plus an unfinished accumulation)
+    best: dict[str, Any] = field(default_factory=dict)  # metric, mode, value, epoch (and file: the named best checkpoint)
+    stop: bool = False  # the run's last step is done (not saved: a resumed run works it out again)
 
-    logger = MetricsLogger(run_dir, enabled=is_main, tags=recipe.tensorboard_tags)
-    if resume_from is not None:
-        logger.truncate_after(progress["step"])
-    ckpt_dir = run_dir / "checkpoints"
+    @classmethod
+    def new(cls, cfg: TrainConfig) -> TrainState:
+        return cls(best={"metric": cfg.best_metric, "mode": cfg.best_mode, "value": None, "epoch": None})
 
-    def save_checkpoint(name: str) -> Path | None:
-        if not is_main:
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> TrainState:
+        p = checkpoint["progress"]
+        return cls(epoch=p["epoch"], batch=p["batch"], step=p["step"], micro_step=p["micro_step"], best=dict(checkpoint["best"]))
+
+    def progress(self) -> dict[str, int]:
+        """The position, as checkpoints store it."""
+        return {"epoch": self.epoch, "batch": self.batch, "step": self.step, "micro_step": self.micro_step}
+
+    def improved(self, value: float) -> bool:
+        if self.best["value"] is None:
+            return True
+        return value < self.best["value"] if self.best["mode"] == "min" else value > self.best["value"]
+
+
+class LogWindow:
+    """The batches since the last train log line. Their losses stay on the device until a log point
+    (or a checkpoint, or an evaluation) reads them: one device sync there instead of one per step."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.batches = 0
+        self.data_wait_s = 0.0
+        self.losses: list[torch.Tensor] = []  # each batch's loss on this process, (1,) float32 on the device
+        self.positions: list[tuple[int, int]] = []  # (step, epoch) of each batch, for the divergence message
+        self.extras: dict[str, list[float | torch.Tensor]] = {}  # the recipe's extra scalars, per batch
+
+    def add(self, loss: torch.Tensor, extras: dict[str, float | torch.Tensor], *, step: int, epoch: int) -> None:
+        self.batches += 1
+        self.losses.append(loss.detach().float().reshape(1))
+        self.positions.append((step, epoch))
+        for key, value in extras.items():
+            self.extras.setdefault(key, []).append(value.detach() if isinstance(value, torch.Tensor) else value)
+
+    def host_losses(self, accelerator: Accelerator | None) -> torch.Tensor:
+        """The losses `(processes, batches)` on the host: gathered from every process (a collective: all
+        processes call it at the same points), or this process's alone (`accelerator=None`)."""
+        if not self.losses:
+            return torch.zeros(1, 0)
+        local = torch.cat(self.losses)
+        if accelerator is None:
+            return local.cpu().reshape(1, -1)
+        return accelerator.gather(local).cpu().reshape(-1, len(self.losses))
+
+    def raise_if_diverged(self, losses: torch.Tensor, kept: Path) -> None:
+        """TrainingDiverged at the first batch whose loss (on any process) is NaN or Inf."""
+        bad = ~torch.isfinite(losses)
+        if not bad.any():
+            return
+        first = int(bad.any(dim=0).nonzero()[0])
+        step, epoch = self.positions[first]
+        raise TrainingDiverged(
+            f"loss became {float(losses[:, first][bad[:, first]][0])} at step {step} (epoch {epoch}); training "
+            f"stopped. Last good checkpoint: {kept if kept.exists() else 'none written yet'}. "
+            f"Lower train.lr or enable train.grad_clip.")
+
+    def values(self, losses: torch.Tensor, lr: float, batch_size: int) -> dict[str, float]:
+        """Means over the window (the loss over all processes in `losses`), lr, throughput, data wait."""
+        elapsed = time.perf_counter() - self.start
+        means = {"loss": sum(losses.mean(dim=0).tolist()) / self.batches}
+        for key, items in self.extras.items():
+            tensors = [v.float().reshape(()) for v in items if isinstance(v, torch.Tensor)]
+            moved = iter(torch.stack(tensors).tolist() if tensors else [])  # one transfer for a key's tensors
+            means[key] = sum(next(moved) if isinstance(v, torch.Tensor) else float(v) for v in items) / self.batches
+        return {**means, "lr": lr, "samples_per_s": self.batches * batch_size / max(elapsed, 1e-9),
+                "data_wait_fraction": self.data_wait_s / max(elapsed, 1e-9)}
+
+
+class Trainer:
+    """One training run of `recipe` into `run_dir`: the parts its steps share, and the steps."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, *, show_progress: bool = True):
+        """Start the accelerator and the experiment trackers (before any seeding: nothing they draw
+        changes the run). `set_up` builds the rest."""
+        self.recipe, self.run_dir, self.show_progress = recipe, run_dir, show_progress
+        self.cfg = cfg = recipe.config.train
+        trackers = make_trackers(cfg.trackers(), run_dir, experiment=recipe.name, tags={"genflow.run_dir": str(run_dir)},
+                                 tensorboard_tags=recipe.tensorboard_tags)
+        accelerator, precision, self.precision_reason = make_accelerator(cfg.precision, trackers, project_dir=run_dir)
+        self.accelerator, self.device = accelerator, accelerator.device
+        self.rank, self.world, self.is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+        if self.is_main:  # what this run used, beside what was asked (a resume on other hardware resolves again)
+            if not (run_dir / CONFIG_FILE).is_file():  # the Python API, without `genflow train`'s set-up
+                run_dir.mkdir(parents=True, exist_ok=True)
+                write_run_config(run_dir, recipe.name, recipe.config)
+            record_runtime(run_dir, {"device": str(self.device), "precision_requested": cfg.precision, "precision": precision,
+                                     "precision_reason": self.precision_reason, "world_size": self.world,
+                                     "cpu": cpu_description() if self.device.type == "cpu" else None,
+                                     "gpu": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None})
+        if cfg.batch_size % self.world:
+            raise ConfigError(f"train.batch_size={cfg.batch_size} must be divisible by the number of processes ({self.world})")
+        self.logger = MetricsLogger(run_dir, accelerator, enabled=self.is_main)
+        accelerator.init_trackers(recipe.name, config={"recipe": recipe.name, **flatten_config(config_to_dict(recipe.config))},
+                                  init_kwargs=tracker_init_kwargs(run_dir))
+        self.ckpt_dir = run_dir / "checkpoints"
+
+    def set_up(self, resume_from: Path | None) -> None:
+        """Data, plan, model, optimiser, schedule and EMA, restored from `resume_from` when given."""
+        cfg, accelerator = self.cfg, self.accelerator
+        torch.manual_seed(cfg.seed)
+        self.train_data, self.val_data = self.recipe.build_datasets()
+        self.plan = plan_steps(cfg, self.train_data)
+        model = self.recipe.build_model()
+        if self.world > 1 and self.device.type == "cuda":  # batch statistics over the global batch (no-op without BatchNorm)
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.optimizer = build_optimizer(model, cfg, self.recipe.parameter_groups(model))
+        self.schedule = build_lr_schedule(self.optimizer, cfg, self.plan.steps_per_epoch * cfg.epochs)
+        self.ema = ExponentialMovingAverage(model, cfg.ema_decay) if cfg.ema_decay else None
+        self.state = TrainState.new(cfg)
+        checkpoint = self.restore(resume_from, model) if resume_from is not None else None
+
+        self.model, self.optimizer = accelerator.prepare(model, self.optimizer)
+        if checkpoint is not None and accelerator.scaler is not None and checkpoint.get("scaler"):
+            accelerator.scaler.load_state_dict(checkpoint["scaler"])
+        self.unwrapped = accelerator.unwrap_model(self.model)
+        if self.ema is not None:
+            self.ema.model.to(self.device)
+        if resume_from is not None:
+            self.logger.truncate_after(self.state.step)
+
+    def restore(self, path: Path, model: torch.nn.Module) -> dict[str, Any]:
+        """Weights, optimiser, schedule, EMA, RNG and position from a checkpoint (before `prepare`, as saved)."""
+        checkpoint = load_checkpoint(path)
+        model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.schedule.load_state_dict(checkpoint["scheduler"])
+        if self.ema is not None and checkpoint.get("ema") is not None:
+            self.ema.model.load_state_dict(checkpoint["ema"])
+        restore_rng_state(checkpoint["rng"])
+        self.state = TrainState.from_checkpoint(checkpoint)
+        return checkpoint
+
+    # --- the loop ------------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        """All epochs from the current position; returns what the run did."""
+        cfg, plan, state = self.cfg, self.plan, self.state
+        self.reporter = TrainingProgress(enabled=self.is_main, bar=self.show_progress, total_steps=plan.total_steps,
+                                         done_steps=state.step, epochs=cfg.epochs)
+        self.reporter.message(
+            f"training {self.recipe.name} -> {self.run_dir}: {plan.total_steps} steps ({plan.steps_per_epoch} per epoch, "
+            f"{cfg.epochs} epochs), global batch {cfg.batch_size}, {len(self.val_data) if self.val_data is not None else 0} "
+            f"validation samples; device {self.device}, {self.world} process(es); precision {cfg.precision} -> {self.precision_reason}")
+        start_time = time.perf_counter()
+        first_step = state.step
+        self.window = LogWindow()
+        self.last_metrics: dict[str, float] = {}
+        self.model.train()
+        state.stop = state.step >= plan.total_steps
+        try:
+            while not state.stop and state.epoch < cfg.epochs:
+                epoch = state.epoch
+                for batch in self.epoch_batches(epoch):
+                    self.train_step(batch, epoch)
+                    if state.stop:
+                        break
+                if plan.streaming and state.batch != 0 and not state.stop:  # the stream ran out early: next epoch
+                    state.epoch, state.batch = epoch + 1, 0
+                if state.batch != 0:  # stopped mid-epoch (max_steps): keep the exact position
+                    self.check_losses()
+                    self.save_checkpoint("last")
+                    break
+                self.end_of_epoch()
+        except KeyboardInterrupt:
+            # Position as of the last optimiser step: an unfinished gradient accumulation is redone on resume.
+            partial = state.micro_step - state.step * cfg.grad_accum_steps
+            state.micro_step -= partial
+            state.batch -= partial
+            self.raise_if_diverged_here()
+            path = self.save_checkpoint("last")
+            self.reporter.close()
+            self.logger.end_trackers("KILLED")
+            raise GenflowError(f"interrupted at step {state.step}; resume with --resume {self.run_dir} "
+                               f"(checkpoint {path})") from None
+        finally:
+            self.reporter.close()
+
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+        return TrainResult(run_dir=self.run_dir, steps=state.step, epochs_done=state.epoch,
+                           seconds=time.perf_counter() - start_time, best=state.best, last_metrics=self.last_metrics,
+                           samples_seen=(state.step - first_step) * cfg.batch_size * cfg.grad_accum_steps,
+                           peak_memory_mib=peak_memory_mib(self.device))
+
+    def epoch_batches(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        """This process's rest of the epoch, on the device, from the current position (the wait is timed)."""
+        cfg, plan, state = self.cfg, self.plan, self.state
+        sampler = None if plan.streaming else EpochBatchSampler(
+            len(self.train_data), cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=self.rank, world_size=self.world,
+            start_batch=state.batch, num_batches=plan.batches_per_epoch)
+        batches = iter(_loader(self.train_data, sampler, cfg, pin=self.device.type == "cuda",
+                               local_batch=cfg.batch_size // self.world))
+        for _ in range(plan.batches_per_epoch - state.batch):
+            wait_start = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:  # a finite stream ran out: the epoch ends here
+                return
+            self.window.data_wait_s += time.perf_counter() - wait_start
+            yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def train_step(self, batch: dict[str, torch.Tensor], epoch: int) -> None:
+        """One batch: loss -> backward; every `grad_accum_steps` batches the optimiser step, then log and checkpoint."""
+        cfg, plan, state, accelerator = self.cfg, self.plan, self.state, self.accelerator
+        is_update = (state.micro_step + 1) % cfg.grad_accum_steps == 0
+        ctx = StepContext(step=state.step, micro_step=state.micro_step, epoch=epoch, device=self.device,
+                          rank=self.rank, world_size=self.world, generator=_noise_generator(cfg.seed, state.micro_step))
+        try:
+            with nullcontext() if is_update else accelerator.no_sync(self.model):
+                with accelerator.autocast():
+                    loss, extras = self.recipe.compute_loss(self.model, batch, ctx)
+                accelerator.backward(loss / cfg.grad_accum_steps)
+        except Exception:  # weights spoiled by a NaN loss not yet checked can break a recipe's code: say that first
+            self.raise_if_diverged_here()
+            raise
+        self.window.add(loss, extras, step=state.step, epoch=epoch)
+        state.micro_step += 1
+        state.batch += 1
+        if not is_update:
+            return
+        if cfg.grad_clip:
+            accelerator.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        if not accelerator.optimizer_step_was_skipped:
+            self.schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.unwrapped)
+        state.step += 1
+        if state.batch == plan.batches_per_epoch:
+            state.epoch, state.batch = epoch + 1, 0
+
+        if state.step % cfg.log_every == 0 or state.step == plan.total_steps:
+            self.log_train(epoch)
+        elif self.reporter.line_due():  # long steps: a batch log still hears from the run every 30 s
+            # main process only, so no gather: the line shows this process's loss
+            values = self.window.values(self.window.host_losses(None), self.schedule.get_last_lr()[0], cfg.batch_size)
+            self.reporter.update(state.step, epoch + 1, values)
+        if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0:
+            self.check_losses()
+            self.save_checkpoint("last")
+        if state.step >= plan.total_steps:
+            state.stop = True
+
+    def check_losses(self) -> torch.Tensor:
+        """The window's losses from every process, on the host `(processes, batches)`; TrainingDiverged if
+        one is NaN or Inf. Called on every process at each log point and before every checkpoint and
+        evaluation, never per step: a NaN stops the run up to `log_every` steps late (the weights it
+        spoiled are never saved), for one device sync and one small gather per call instead of per step."""
+        losses = self.window.host_losses(self.accelerator)
+        self.window.raise_if_diverged(losses, self.ckpt_dir / "last.pt")
+        return losses
+
+    def raise_if_diverged_here(self) -> None:
+        """TrainingDiverged if this process's window holds a NaN or Inf loss. No collective, so safe on the
+        paths that not every process takes (an error, Ctrl-C)."""
+        try:
+            losses = self.window.host_losses(None)
+        except Exception:  # the device itself failed: the error being handled says more
+            return
+        self.window.raise_if_diverged(losses, self.ckpt_dir / "last.pt")
+
+    def log_train(self, epoch: int) -> None:
+        """The window's means to metrics.jsonl, the trackers and the progress line; a new window."""
+        step = self.state.step
+        values = self.window.values(self.check_losses(), self.schedule.get_last_lr()[0], self.cfg.batch_size)
+        self.logger.log("train", step, epoch + 1, values)  # epochs count from 1, as in val records
+        self.reporter.update(step, epoch + 1, values)
+        self.window = LogWindow()
+
+    def end_of_epoch(self) -> None:
+        """Validate and pick the best (every `eval_every` epochs, at the last and at a stop), then checkpoint."""
+        cfg, state = self.cfg, self.state
+        done_epochs = state.epoch
+        self.check_losses()
+        if done_epochs % cfg.eval_every == 0 or done_epochs == cfg.epochs or state.stop:
+            if self.is_main:
+                metrics = self.evaluate()
+                value = metrics.get(state.best["metric"])
+                if value is not None and math.isfinite(value) and state.improved(value):
+                    state.best.update(value=float(value), epoch=done_epochs)
+                    self.save_best_checkpoint()
+                if state.best["value"] is not None:
+                    metrics[f"{state.best['metric']}_best"] = state.best["value"]
+                self.logger.log("val", state.step, done_epochs, metrics)
+                plot_loss_trajectory(self.run_dir)
+                self.reporter.note(done_epochs, metrics)
+                self.last_metrics = metrics
+            self.accelerator.wait_for_everyone()
+        if done_epochs % cfg.checkpoint_every == 0:
+            self.save_checkpoint(f"epoch_{done_epochs:04d}")
+        self.save_checkpoint("last")
+        self.accelerator.wait_for_everyone()
+
+    def evaluate(self) -> dict[str, float]:
+        """Validation loss + the recipe's metrics and pictures (main process; EMA weights if kept)."""
+        eval_model = self.ema.model if self.ema is not None else self.unwrapped
+        eval_model.eval()
+        metrics: dict[str, float] = {}
+        if self.val_data is not None and len(self.val_data) > 0:
+            metrics["val_loss"] = validation_loss(self.recipe, eval_model, self.val_data, self.cfg, self.device, self.accelerator)
+        # Outside autocast, but a recipe that calls the model's forward gets Accelerate's autocast wrapper
+        # (mixed precision); models are tested to compute the same function either way.
+        with torch.no_grad():
+            metrics.update(self.recipe.evaluate(eval_model, self.val_data, self.device))
+            for name, path in self.recipe.save_figures(eval_model, self.val_data, self.run_dir, self.device).items():
+                self.logger.log_image_file(name, path, self.state.step)
+        self.model.train()
+        return metrics
+
+    # --- checkpoints (callers check the losses first: weights are never saved after a NaN) ------------
+    def save_checkpoint(self, name: str) -> Path | None:
+        if not self.is_main:
             return None
-        state = {
-            "model": unwrapped.state_dict(),
-            "ema": ema.model.state_dict() if ema is not None else None,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": schedule.state_dict(),
-            "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+        scaler = self.accelerator.scaler
+        checkpoint = {
+            "model": self.unwrapped.state_dict(),
+            "ema": self.ema.model.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
             "rng": capture_rng_state(),
-            "progress": dict(progress),
-            "best": dict(best),
+            "progress": self.state.progress(),
+            "best": dict(self.state.best),
             "genflow_version": genflow.__version__,
         }
-        return atomic_torch_save(state, ckpt_dir / f"{name}.pt")
+        return atomic_torch_save(checkpoint, self.ckpt_dir / f"{name}.pt")
 
-    def save_best_checkpoint() -> None:
+    def save_best_checkpoint(self) -> None:
         """`best.pt`, and the same file under the recipe's descriptive name (the previous one removed)."""
-        path = save_checkpoint("best")
-        if recipe.best_checkpoint_name is None or path is None:
+        path = self.save_checkpoint("best")
+        best, pattern = self.state.best, self.recipe.best_checkpoint_name
+        if pattern is None or path is None:
             return
-        named = ckpt_dir / (recipe.best_checkpoint_name.format(epoch=best["epoch"], metric=best["metric"], value=best["value"]) + ".pt")
+        named = self.ckpt_dir / (pattern.format(epoch=best["epoch"], metric=best["metric"], value=best["value"]) + ".pt")
         previous = best.get("file")
         if previous and previous != named.name:
-            (ckpt_dir / previous).unlink(missing_ok=True)
+            (self.ckpt_dir / previous).unlink(missing_ok=True)
         best["file"] = named.name
         tmp = named.with_suffix(".tmp")
         tmp.unlink(missing_ok=True)
@@ -208,145 +508,13 @@ def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_p
             shutil.copyfile(path, tmp)
         os.replace(tmp, named)
 
-    def evaluate() -> dict[str, float]:
-        """Validation loss + the recipe's metrics and pictures (main process; EMA weights if kept)."""
-        eval_model = ema.model if ema is not None else unwrapped
-        eval_model.eval()
-        metrics: dict[str, float] = {}
-        if val_data is not None and len(val_data) > 0:
-            metrics["val_loss"] = validation_loss(recipe, eval_model, val_data, cfg, device, accelerator)
-        # Outside autocast, but a recipe that calls the model's forward gets Accelerate's autocast wrapper
-        # (mixed precision); models are tested to compute the same function either way.
-        with torch.no_grad():
-            metrics.update(recipe.evaluate(eval_model, val_data, device))
-            for name, path in recipe.save_figures(eval_model, val_data, run_dir, device).items():
-                logger.log_image_file(name, path, progress["step"])
-        model.train()
-        return metrics
 
-    def improved(value: float) -> bool:
-        if best["value"] is None:
-            return True
-        return value < best["value"] if best["mode"] == "min" else value > best["value"]
-
-    # --- the loop ------------------------------------------------------------------------------------
-    reporter = TrainingProgress(enabled=is_main, bar=show_progress, total_steps=total_steps, done_steps=progress["step"],
-                                epochs=cfg.epochs)
-    reporter.message(f"training {recipe.name} -> {run_dir}: {total_steps} steps ({steps_per_epoch} per epoch, "
-                     f"{cfg.epochs} epochs), global batch {cfg.batch_size}, {len(val_data) if val_data is not None else 0} "
-                     f"validation samples; device {device}, {world} process(es); precision {cfg.precision} -> {precision_reason}")
-    start_time = time.perf_counter()
-    first_step = progress["step"]
-    window = {"n": 0, "t": start_time, "sums": {}, "data_wait_s": 0.0}  # sums of logged values between log lines
-
-    def window_values() -> dict[str, float]:
-        elapsed = time.perf_counter() - window["t"]
-        return {**{k: v / window["n"] for k, v in window["sums"].items()}, "lr": schedule.get_last_lr()[0],
-                "samples_per_s": window["n"] * cfg.batch_size / max(elapsed, 1e-9),
-                "data_wait_fraction": window["data_wait_s"] / max(elapsed, 1e-9)}
-    last_metrics: dict[str, float] = {}
-    model.train()
-    stop = progress["step"] >= total_steps
+def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_progress: bool = True) -> TrainResult:
+    """Train `recipe` into `run_dir`, optionally resuming from a checkpoint file."""
+    trainer = Trainer(recipe, run_dir, show_progress=show_progress)
     try:
-        while not stop and progress["epoch"] < cfg.epochs:
-            epoch = progress["epoch"]
-            sampler = None if streaming else EpochBatchSampler(
-                len(train_data), cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=rank, world_size=world,
-                start_batch=progress["batch"], num_batches=batches_per_epoch)
-            batches = iter(_loader(train_data, sampler, cfg, pin=device.type == "cuda", local_batch=cfg.batch_size // world))
-            for _ in range(batches_per_epoch - progress["batch"]):
-                wait_start = time.perf_counter()
-                batch = next(batches, None)
-                if batch is None:  # a finite stream ran out: the epoch ends here
-                    break
-                window["data_wait_s"] += time.perf_counter() - wait_start
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                is_update = (progress["micro_step"] + 1) % cfg.grad_accum_steps == 0
-                ctx = StepContext(step=progress["step"], micro_step=progress["micro_step"], epoch=epoch, device=device,
-                                  rank=rank, world_size=world, generator=_noise_generator(cfg.seed, progress["micro_step"]))
-                with nullcontext() if is_update else accelerator.no_sync(model):
-                    with accelerator.autocast():
-                        loss, extras = recipe.compute_loss(model, batch, ctx)
-                    losses = accelerator.gather(loss.detach().float().reshape(1))
-                    if not torch.isfinite(losses).all():
-                        kept = ckpt_dir / "last.pt"
-                        raise TrainingDiverged(
-                            f"loss became {float(losses[~torch.isfinite(losses)][0])} at step {progress['step']} "
-                            f"(epoch {epoch}); training stopped. Last good checkpoint: "
-                            f"{kept if kept.exists() else 'none written yet'}. Lower train.lr or enable train.grad_clip.")
-                    accelerator.backward(loss / cfg.grad_accum_steps)
-                progress["micro_step"] += 1
-                progress["batch"] += 1
-                window["n"] += 1
-                for key, value in {"loss": float(losses.mean()), **extras}.items():
-                    window["sums"][key] = window["sums"].get(key, 0.0) + float(value)
-                if not is_update:
-                    continue
-                if cfg.grad_clip:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                if not accelerator.optimizer_step_was_skipped:
-                    schedule.step()
-                optimizer.zero_grad(set_to_none=True)
-                if ema is not None:
-                    ema.update(unwrapped)
-                progress["step"] += 1
-                if progress["batch"] == batches_per_epoch:
-                    progress["epoch"], progress["batch"] = epoch + 1, 0
-
-                if progress["step"] % cfg.log_every == 0 or progress["step"] == total_steps:
-                    values = window_values()
-                    logger.log("train", progress["step"], epoch + 1, values)  # epochs count from 1, as in val records
-                    reporter.update(progress["step"], epoch + 1, values)
-                    window = {"n": 0, "t": time.perf_counter(), "sums": {}, "data_wait_s": 0.0}
-                elif reporter.line_due():  # long steps: a batch log still hears from the run every 30 s
-                    reporter.update(progress["step"], epoch + 1, window_values())
-                if cfg.checkpoint_every_steps and progress["step"] % cfg.checkpoint_every_steps == 0:
-                    save_checkpoint("last")
-                if progress["step"] >= total_steps:
-                    stop = True
-                    break
-
-            if streaming and progress["batch"] != 0 and not stop:  # the stream ran out early: next epoch
-                progress["epoch"], progress["batch"] = epoch + 1, 0
-            if progress["batch"] != 0:  # stopped mid-epoch (max_steps): keep the exact position
-                save_checkpoint("last")
-                break
-            done_epochs = progress["epoch"]
-            if done_epochs % cfg.eval_every == 0 or done_epochs == cfg.epochs or stop:
-                if is_main:
-                    last_metrics = evaluate()
-                    value = last_metrics.get(best["metric"])
-                    if value is not None and math.isfinite(value) and improved(value):
-                        best.update(value=float(value), epoch=done_epochs)
-                        save_best_checkpoint()
-                    if best["value"] is not None:
-                        last_metrics[f"{best['metric']}_best"] = best["value"]
-                    logger.log("val", progress["step"], done_epochs, last_metrics)
-                    plot_loss_trajectory(run_dir)
-                    reporter.note(done_epochs, last_metrics)
-                accelerator.wait_for_everyone()
-            if done_epochs % cfg.checkpoint_every == 0:
-                save_checkpoint(f"epoch_{done_epochs:04d}")
-            save_checkpoint("last")
-            accelerator.wait_for_everyone()
-    except KeyboardInterrupt:
-        # Position as of the last optimiser step: an unfinished gradient accumulation is redone on resume.
-        partial = progress["micro_step"] - progress["step"] * cfg.grad_accum_steps
-        progress["micro_step"] -= partial
-        progress["batch"] -= partial
-        path = save_checkpoint("last")
-        reporter.close()
-        logger.close()
-        raise GenflowError(f"interrupted at step {progress['step']}; resume with --resume {run_dir} "
-                           f"(checkpoint {path})") from None
-    finally:
-        reporter.close()
-
-    logger.close()
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return TrainResult(run_dir=run_dir, steps=progress["step"], epochs_done=progress["epoch"],
-                       seconds=time.perf_counter() - start_time, best=best, last_metrics=last_metrics,
-                       samples_seen=(progress["step"] - first_step) * cfg.batch_size * cfg.grad_accum_steps,
-                       peak_memory_mib=peak_memory_mib(accelerator.device))
+        trainer.set_up(resume_from)
+        return trainer.run()
+    except BaseException:
+        trainer.logger.end_trackers("FAILED")  # a no-op after Ctrl-C's KILLED
+        raise

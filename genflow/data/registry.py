@@ -1,0 +1,70 @@
+"""Dataset makers and importers that register themselves: `genflow data make KIND` / `data import KIND SRC`.
+
+A `DataCommand` is a name, a one-line summary, an options dataclass (fields commented with their help
+line, like configs) and the function that does the work. genflow finds them through the entry-point
+groups `genflow.data_makers` and `genflow.data_importers` (see pyproject.toml), so a recipe package
+adds its own data commands without touching genflow:
+
+    [project.entry-points."genflow.data_makers"]
+    rings = "my_recipes.rings:MAKE_RINGS"
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from genflow.errors import GenflowError
+
+__all__ = ["DataCommand", "DataJob", "data_commands", "get_data_command", "GROUPS"]
+
+GROUPS = {"make": "genflow.data_makers", "import": "genflow.data_importers"}
+
+
+@dataclass(frozen=True)
+class DataJob:
+    """What the CLI hands a data command besides its options."""
+
+    command: str  # the command line that remakes this dataset (recorded in the manifest)
+    progress: Callable[[int, int], None]  # progress(done, total)
+    source: Path | None = None  # importers: the SOURCE argument
+
+
+@dataclass(frozen=True)
+class DataCommand:
+    """One `genflow data make NAME` / `genflow data import NAME SOURCE` command.
+
+    `run(options, job)` writes the data and returns what to print: `"dataset"` (a shard directory,
+    summarised as a table) and any other `key: value` lines.
+    """
+
+    name: str
+    summary: str
+    options: type
+    run: Callable[[Any, DataJob], dict[str, Any]]
+    source: str | None = None  # importers: what SOURCE is, e.g. "directory of .npz files"; None for makers
+
+
+def data_commands(action: Literal["make", "import"]) -> dict[str, DataCommand]:
+    """The installed data commands of `action`, by name."""
+    found: dict[str, DataCommand] = {}
+    for ep in entry_points(group=GROUPS[action]):
+        command = ep.load()
+        if not isinstance(command, DataCommand):
+            raise GenflowError(f"entry point '{ep.name} = {ep.value}' ({GROUPS[action]}): expected a "
+                               f"genflow.data.registry.DataCommand, got {type(command).__name__}")
+        found[ep.name] = command
+    return dict(sorted(found.items()))
+
+
+def get_data_command(action: Literal["make", "import"], name: str) -> DataCommand:
+    """The data command `name`; an unknown one is one clear line with the closest names."""
+    commands = data_commands(action)
+    if name not in commands:
+        close = difflib.get_close_matches(name, list(commands), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"available: {', '.join(commands) or 'none installed'}"
+        raise GenflowError(f"unknown data {action} kind '{name}': {hint} (see `genflow data list`)")
+    return commands[name]

@@ -1,0 +1,166 @@
+"""Experiment trackers (`train.log_with`) through Accelerate, and the loss kept on the device between log points."""
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+import genflow.engine.metrics_log as metrics_log
+from genflow.config import TrainConfig, load_config
+from genflow.engine.checkpoint import load_checkpoint
+from genflow.engine.metrics_log import TRACKER_PACKAGES, flatten_config, read_metrics
+from genflow.engine.trainer import LogWindow, TrainingDiverged, train
+from genflow.errors import ConfigError, GenflowError
+
+
+@dataclass
+class SectionConfig:
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@pytest.mark.parametrize("override, trackers", [
+    ([], ["tensorboard"]),
+    (["train.log_with=mlflow"], ["mlflow"]),
+    (["train.log_with=[tensorboard,mlflow]"], ["tensorboard", "mlflow"]),
+    (["train.log_with=none"], []),
+    (["train.log_with=null"], []),
+])
+def test_log_with_takes_a_name_a_list_or_none(override, trackers):
+    assert load_config(SectionConfig, None, override).train.log_with == trackers
+
+
+def test_an_unknown_tracker_is_one_clear_config_error():
+    with pytest.raises(ConfigError, match=r"'train.log_with': expected tensorboard \| wandb \| mlflow, a list of them or none, got 'mlfow'"):
+        load_config(SectionConfig, None, ["train.log_with=mlfow"])
+
+
+def test_every_tracker_name_has_a_package_to_install():
+    assert set(TrainConfig.TRACKERS) == set(TRACKER_PACKAGES)
+
+
+def test_config_flattens_to_scalars():
+    flat = flatten_config({"train": {"lr": 1e-3, "betas": [0.9, 0.999], "max_steps": None, "ema": True}, "name": "x"})
+    assert flat == {"train.lr": 1e-3, "train.betas": "[0.9, 0.999]", "train.max_steps": "null", "train.ema": True, "name": "x"}
+
+
+def test_a_tracker_without_its_package_names_the_package(toy_recipe, tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(metrics_log.importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(GenflowError, match="train.log_with=wandb needs the wandb package: pip install wandb"):
+        train(toy_recipe(log_with=["wandb"]), tmp_path, show_progress=False)
+
+
+def test_log_with_none_writes_only_metrics_jsonl(toy_recipe, tmp_path):
+    train(toy_recipe(epochs=1, log_with="none"), tmp_path, show_progress=False)
+    assert (tmp_path / "metrics.jsonl").stat().st_size > 0
+    assert not (tmp_path / "tb").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_tensorboard_gets_the_train_scalars_under_the_recipe_tags(toy_recipe, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recipe = toy_recipe(epochs=1, log_every=2)
+    recipe.tensorboard_tags = {"train/loss": "train_loss"}
+    train(recipe, tmp_path, show_progress=False)
+    events = EventAccumulator(str(tmp_path / "tb")).Reload()
+    jsonl = [r for r in read_metrics(tmp_path) if r["kind"] == "train"]
+    assert [e.step for e in events.Scalars("train_loss")] == [r["step"] for r in jsonl] == [2, 4, 6, 8]
+    assert [e.value for e in events.Scalars("train_loss")] == pytest.approx([r["loss"] for r in jsonl])
+    assert "val/val_loss" in events.Tags()["scalars"]
+
+
+@pytest.fixture
+def mlflow_store(monkeypatch):
+    """A reader of a run dir's MLflow file store (MLflow 3 wants the file store allowed explicitly)."""
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+
+    def open_store(run_dir):
+        client = mlflow.tracking.MlflowClient(tracking_uri=(run_dir / "mlruns").resolve().as_uri())
+        (experiment,) = [e for e in client.search_experiments() if e.name != "Default"]
+        return client, client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+    return open_store
+
+
+def test_mlflow_file_store_in_the_run_dir_holds_the_train_loss_and_the_config(toy_recipe, tmp_path, mlflow_store, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    train(toy_recipe(epochs=2, log_every=4, log_with="mlflow"), tmp_path, show_progress=False)
+    client, (run,) = mlflow_store(tmp_path)
+    assert run.info.run_name == tmp_path.name and run.info.status == "FINISHED"
+    records = read_metrics(tmp_path)
+    loss = client.get_metric_history(run.info.run_id, "train/loss")
+    jsonl = [r for r in records if r["kind"] == "train"]
+    assert [m.step for m in loss] == [r["step"] for r in jsonl] == [4, 8, 12, 16]
+    assert [m.value for m in loss] == pytest.approx([r["loss"] for r in jsonl])
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "val/val_loss")] == pytest.approx(
+        [r["val_loss"] for r in records if r["kind"] == "val"])
+    params = run.data.params
+    assert params["recipe"] == "toy" and float(params["train.lr"]) == 0.01 and params["train.log_every"] == "4"
+    assert params["train.betas"] == "[0.9, 0.999]" and params["train.max_steps"] == "null"
+    assert not (tmp_path / "tb").exists()
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # the process's MLflow settings are restored
+
+
+def test_resume_with_mlflow_is_exact_and_each_invocation_is_an_mlflow_run(toy_recipe, tmp_path, mlflow_store):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(toy_recipe(max_steps=10), straight, show_progress=False)
+    train(toy_recipe(max_steps=5, log_with="mlflow"), split, show_progress=False)
+    train(toy_recipe(max_steps=10, log_with="mlflow"), split, resume_from=split / "checkpoints" / "last.pt",
+          show_progress=False)
+    one, two = load_checkpoint(straight / "checkpoints" / "last.pt"), load_checkpoint(split / "checkpoints" / "last.pt")
+    assert all(torch.equal(one["model"][k], two["model"][k]) for k in one["model"])
+    client, runs = mlflow_store(split)
+    steps = [[m.step for m in client.get_metric_history(r.info.run_id, "train/loss")] for r in runs]
+    assert steps == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]
+    assert [r.data.params["train.max_steps"] for r in runs] == ["5", "10"]
+
+
+def test_a_diverged_run_ends_its_mlflow_run_failed_and_the_next_run_starts(toy_recipe, tmp_path, mlflow_store):
+    with pytest.raises(TrainingDiverged):
+        train(toy_recipe(fail_at_step=3, log_with="mlflow"), tmp_path / "bad", show_progress=False)
+    assert mlflow_store(tmp_path / "bad")[1][0].info.status == "FAILED"
+    train(toy_recipe(epochs=1, log_with="mlflow"), tmp_path / "good", show_progress=False)
+    assert mlflow_store(tmp_path / "good")[1][0].info.status == "FINISHED"
+
+
+# --- the loss stays on the device between log points ----------------------------------------------
+def test_the_loss_reaches_the_host_only_at_log_points_and_before_checkpoints(toy_recipe, tmp_path, monkeypatch):
+    reads = []
+    real = LogWindow.host_losses
+    monkeypatch.setattr(LogWindow, "host_losses", lambda self, acc: reads.append(len(self.losses)) or real(self, acc))
+    train(toy_recipe(epochs=1, log_every=4), tmp_path, show_progress=False)  # 8 steps
+    assert reads == [4, 4, 0]  # log lines at steps 4 and 8, then the (empty) check before the epoch's checkpoints
+
+
+def test_a_nan_between_log_points_stops_before_the_next_checkpoint(toy_recipe, tmp_path):
+    with pytest.raises(TrainingDiverged, match="loss became nan at step 11 "):
+        train(toy_recipe(fail_at_step=11, log_every=5, checkpoint_every_steps=3), tmp_path, show_progress=False)
+    kept = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert kept["progress"]["step"] == 9  # written at step 9; the check before step 12's checkpoint stopped the run
+    assert all(torch.isfinite(v).all() for v in kept["model"].values())
+    assert max(r["step"] for r in read_metrics(tmp_path)) == 10  # no line logged from the spoiled window
+
+
+def test_a_recipe_error_on_weights_spoiled_by_an_unseen_nan_reports_the_nan(toy_recipe, tmp_path):
+    recipe = toy_recipe(fail_at_step=3, log_every=100)
+    compute_loss = recipe.compute_loss
+
+    def strict_loss(model, batch, ctx):  # e.g. a distribution that validates its NaN parameters
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise ValueError("parameters are not finite")
+        return compute_loss(model, batch, ctx)
+
+    recipe.compute_loss = strict_loss
+    with pytest.raises(TrainingDiverged, match="loss became nan at step 3 "):
+        train(recipe, tmp_path, show_progress=False)
+
+
+def test_a_train_line_logs_the_mean_of_its_steps_losses(toy_recipe, tmp_path):
+    train(toy_recipe(epochs=1, log_every=1), tmp_path / "each", show_progress=False)
+    train(toy_recipe(epochs=1, log_every=4), tmp_path / "four", show_progress=False)
+    each = [r["loss"] for r in read_metrics(tmp_path / "each") if r["kind"] == "train"]
+    four = [r["loss"] for r in read_metrics(tmp_path / "four") if r["kind"] == "train"]
+    assert four == pytest.approx([sum(each[:4]) / 4, sum(each[4:]) / 4], rel=1e-12)
