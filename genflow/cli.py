@@ -57,14 +57,8 @@ def recipes_command() -> None:
     """List the installed recipes: name, summary, default config."""
     from genflow.engine.catalog import recipe_entries  # read from the sources: no torch import, well under 1 s
 
-    table = Table(title="genflow recipes")
-    table.add_column("name", no_wrap=True)
-    table.add_column("summary")
-    table.add_column("default config", no_wrap=True)
-    for entry in recipe_entries():
-        config = _display_path(entry.default_config) if entry.default_config else ""
-        table.add_row(entry.name, escape(entry.summary), escape(config))
-    console.print(table)
+    rows = [(e.name, _display_path(e.default_config) if e.default_config else "-", e.summary) for e in recipe_entries()]
+    _print_plain(_aligned(("name", "default config", "summary"), rows))
 
 
 def _display_path(path: Path) -> str:
@@ -117,14 +111,22 @@ def _is_key_value(word: str) -> bool:
     return re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*=", word) is not None and not Path(word).exists()
 
 
+def _aligned(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """A header line and one line per row, columns padded to their widest cell; the last column is free
+    text. Greppable and never wrapped or cut at the terminal width (as a rich table would be)."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)][:-1]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)) + ("  " + line[-1] if line[-1] else "")
+                     for line in [headers, *rows])
+
+
+def _print_plain(text: str) -> None:
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 def _key_lines(title: str, rows: list[tuple[str, str, Any, str]]) -> str:
-    """One aligned line per key (key, type, default, help): greppable, never wrapped."""
-    cells = [(key, type_name, json.dumps(default)) for key, type_name, default, _ in rows]
-    widths = [max([len(c[i]) for c in cells] + [len(h)]) for i, h in enumerate(("key", "type", "default"))]
-    lines = [title, "  ".join(h.ljust(w) for h, w in zip(("key", "type", "default"), widths)) + "  help"]
-    for cell, (*_, help_text) in zip(cells, rows):
-        lines.append("  ".join(c.ljust(w) for c, w in zip(cell, widths)) + ("  " + help_text if help_text else ""))
-    return "\n".join(lines)
+    """One aligned line per key (key, type, default, help)."""
+    return title + "\n" + _aligned(("key", "type", "default", "help"),
+                                   [(key, type_name, json.dumps(default), help_text) for key, type_name, default, help_text in rows])
 
 
 def _options_text(options: type, title: str) -> str:
@@ -208,11 +210,9 @@ def data_list() -> None:
     """The installed dataset makers and importers."""
     from genflow.data.registry import data_commands
 
-    table = Table("command", "summary", title="genflow data commands")
-    for action in ("make", "import"):
-        for name, command in data_commands(action).items():
-            table.add_row(f"genflow data {action} {name}" + (" SOURCE" if command.source else ""), escape(command.summary))
-    console.print(table)
+    rows = [(f"genflow data {action} {name}" + (" SOURCE" if command.source else ""), command.summary)
+            for action in ("make", "import") for name, command in data_commands(action).items()]
+    _print_plain(_aligned(("command", "summary"), rows))
 
 
 # Names of the earlier per-kind commands, kept working: `genflow data make-digit4 --out D` is `data make digit4 out=D`.

@@ -34,30 +34,30 @@ __all__ = [
 class TrainConfig:
     """Engine settings shared by every recipe (the `train:` section of a recipe config)."""
 
-    epochs: int = 50
+    epochs: int = 50  # passes over the training set (a streamed set: train.batches_per_epoch batches each)
     batch_size: int = 32  # global batch per optimiser micro-step, split evenly over processes
     max_steps: int | None = None  # stop after this many optimiser steps (None: run all epochs)
     batches_per_epoch: int | None = None  # epoch length of a streamed training set (caps a finite one)
-    optimizer: Literal["adam", "adamw"] = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
-    warmup_steps: int = 0
+    optimizer: Literal["adam", "adamw"] = "adam"  # adamw: decoupled weight decay (torch.optim.AdamW)
+    lr: float = 1e-3  # peak learning rate (reached after warmup_steps, then lr_schedule)
+    weight_decay: float = 0.0  # L2 penalty (adam) or decoupled decay (adamw); recipes may exempt norms and biases
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decay rates, each in [0, 1)
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"  # after warmup: keep lr, or decay to min_lr by the last epoch
+    warmup_steps: int = 0  # optimiser steps of linear warmup from 0 to lr
     min_lr: float = 0.0  # floor of the cosine / linear decay
     grad_clip: float | None = 1.0  # max global grad norm; None disables clipping
-    grad_accum_steps: int = 1
+    grad_accum_steps: int = 1  # micro-batches summed per optimiser step (the step sees batch_size x this)
     ema_decay: float | None = None  # e.g. 0.999; evaluation and sampling then use the EMA weights
     # auto: bf16 where the GPU / CPU computes it natively, else fp32 (GPU without bf16: fp16). Also
     # no | fp32 | 32 | 32-true | bf16 | bf16-mixed | fp16 | 16-mixed (Lightning: fp16 on a GPU, bf16 on CPU).
     # The request is kept; the engine resolves it on the hardware of each run (and resume).
     precision: str | bool | int = "auto"  # bool / int: YAML's reading of `no` and `32`
-    seed: int = 42
+    seed: int = 42  # seeds the model init, data order and noise (from seed, epoch, step: resume is exact)
     eval_every: int = 5  # epochs
     checkpoint_every: int = 10  # epochs (`last` is written every epoch regardless)
     checkpoint_every_steps: int | None = None  # also refresh `last` every N steps, for long epochs
-    best_metric: str = "val_loss"
-    best_mode: Literal["min", "max"] = "min"
+    best_metric: str = "val_loss"  # validation metric that picks checkpoints/best.pt (val_loss or a recipe metric)
+    best_mode: Literal["min", "max"] = "min"  # whether a lower or a higher best_metric is better
     # steps between train scalars (metrics.jsonl, trackers); the loss is read off the device only at these
     # points and before checkpoints and evaluations (a NaN stops the run at the next of them)
     log_every: int = 10
