@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 from rich.table import Table
 
 from genflow.errors import ConfigError, GenflowError
@@ -29,8 +29,9 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
 data_app = typer.Typer(no_args_is_help=True, help="Make, import, list, inspect and verify HDF5 shard datasets.")
 app.add_typer(data_app, name="data")
 
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+# Markup off: paths, keys and values a user typed print as typed (a path like runs/exp[1] is not a style tag)
+console = Console(soft_wrap=True, markup=False, highlight=False)
+err_console = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 _state = {"debug": False}
 # commands whose options come from a recipe or a data command: `--key value` and `key=value` are theirs
 FREE_OPTIONS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
@@ -259,7 +260,7 @@ def _print_info(info: dict[str, Any], path: Path) -> None:
     console.print(fields)
     for key in ("seed", "source", "attrs", "total_bytes"):
         if info.get(key) is not None:
-            console.print(f"[bold]{key}[/bold]: {info[key]}")
+            console.print(Text.assemble((key, "bold"), f": {info[key]}"))
 
 
 @data_app.command("info")
@@ -278,9 +279,9 @@ def data_verify(path: Path = typer.Argument(..., help="Dataset directory.")) -> 
     problems = verify_shards(path)
     if problems:
         for problem in problems:
-            err_console.print(f"[red]✗[/red] {problem}")
+            err_console.print(Text.assemble(("✗", "red"), f" {problem}"))
         raise GenflowError(f"{path}: {len(problems)} problem(s) found")
-    console.print(f"[green]✓[/green] {path}: all shards match the manifest")
+    console.print(Text.assemble(("✓", "green"), f" {path}: all shards match the manifest"))
 
 
 # --- train ----------------------------------------------------------------------------------------------
@@ -315,8 +316,8 @@ def train_command(
     plan = prepare_training(recipe, config_path=config, overrides=overrides, name=name, resume=resume,
                             runs_root=runs_dir, create=not (gpus > 1 and not is_launched_worker()))
     if gpus > 1 and not is_launched_worker():
-        overrides = [o for o in overrides if not o.startswith("ckpt_path=")]  # resolved into plan.resume_checkpoint
-        args = [*(["--debug"] if _state["debug"] else []), "train", recipe, *overrides, "--runs-dir", str(runs_dir),
+        # plan.overrides: without ckpt_path= / resume_from_checkpoint=, which became --resume (given once, not twice)
+        args = [*(["--debug"] if _state["debug"] else []), "train", recipe, *plan.overrides, "--runs-dir", str(runs_dir),
                 "--resume" if plan.resume_checkpoint else "--name", str(plan.resume_checkpoint or plan.run_dir.name),
                 *(["--config", str(config)] if config else []), *([] if progress else ["--no-progress"])]
         console.print(f"launching {gpus} processes -> {plan.run_dir}")
@@ -324,14 +325,15 @@ def train_command(
         if code:
             raise GenflowError(f"distributed training failed (exit code {code}); see the messages above", exit_code=code)
         return
-    result = train(plan.recipe, plan.run_dir, resume_from=plan.resume_checkpoint, show_progress=progress)
+    result = train(plan.recipe, plan.run_dir, resume_from=plan.resume_checkpoint, show_progress=progress,
+                   discard_failed_start=plan.created_run_dir)
     if plan.is_main:
         best = result.best
         best_text = f"best {best['metric']} {best['value']:.4f} (epoch {best['epoch']})" if best.get("value") is not None else ""
         seen = max(result.samples_seen, 1)
         memory = f", peak memory {result.peak_memory_mib:.0f} MiB" if result.peak_memory_mib else ""
-        console.print(f"[green]done[/green]: {result.steps} steps in {result.seconds:.0f} s ({result.samples_seen} samples, "
-                      f"{result.seconds / seen * 1000:.1f} ms per sample{memory})  {best_text}\nrun dir: {result.run_dir}")
+        console.print(Text.assemble(("done", "green"), f": {result.steps} steps in {result.seconds:.0f} s ({result.samples_seen} samples, "
+                      f"{result.seconds / seen * 1000:.1f} ms per sample{memory})  {best_text}\nrun dir: {result.run_dir}"))
 
 
 def _source_trainer_overrides(overrides: list[str], gpus: int) -> tuple[list[str], int]:
@@ -503,11 +505,11 @@ def eval_command(
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
         return
-    table = Table("metric", "value", title=escape(f"{name} — {run_dir}"))
+    table = Table("metric", "value", title=f"{name} — {run_dir}")
     for key, value in result.items():
         if isinstance(value, dict):
             continue  # nested per-horizon numbers: in --json and the files the recipe wrote
-        table.add_row(escape(key), escape(f"{value:.5f}" if isinstance(value, float) else str(value)))
+        table.add_row(key, f"{value:.5f}" if isinstance(value, float) else str(value))
     console.print(table)
 
 
@@ -570,6 +572,16 @@ def _one_line(exc: GenflowError) -> str:
     return text
 
 
+def _os_error_line(exc: OSError) -> str:
+    """`PATH: reason` of an OSError (h5py's and zipfile's too), with what to do about a full disk."""
+    import errno
+
+    paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+    reason = exc.strerror or str(exc).strip() or type(exc).__name__
+    hint = "; free some space or write elsewhere (--runs-dir, out=)" if exc.errno == errno.ENOSPC else ""
+    return f"{paths}: {reason}{hint}" if paths else f"{reason}{hint} ({type(exc).__name__})"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the CLI, turning user errors into one line on stderr and an exit code."""
     try:
@@ -578,8 +590,13 @@ def main(argv: list[str] | None = None) -> int:
     except GenflowError as exc:
         if _state["debug"]:
             raise
-        err_console.print(f"[red]error:[/red] {escape(_one_line(exc))}", highlight=False, markup=True)
+        err_console.print(Text.assemble(("error:", "red"), " ", _one_line(exc)))
         return exc.exit_code
+    except OSError as exc:  # a path or the disk the user gave us: no such file, not a directory, disk full, no permission
+        if _state["debug"]:
+            raise
+        err_console.print(Text.assemble(("error:", "red"), " ", _os_error_line(exc)))
+        return 2
     except typer.Abort:
         err_console.print("aborted")
         return 130

@@ -13,7 +13,8 @@ import dataclasses
 import difflib
 import types
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+import math
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -22,6 +23,13 @@ from genflow.errors import ConfigError
 
 __all__ = [
     "TrainConfig",
+    "Range",
+    "PositiveInt",
+    "NonNegativeInt",
+    "Positive",
+    "NonNegative",
+    "Probability",
+    "check_ranges",
     "load_config",
     "config_from_dict",
     "config_to_dict",
@@ -30,38 +38,114 @@ __all__ = [
 ]
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric config key, declared beside it: `lr: Annotated[float, Range(gt=0)]`.
+
+    Loading a config checks it (a value out of range is one `ConfigError` naming the key and the
+    range, before anything is built), `genflow config RECIPE --keys` prints it after the type, and a
+    float must also be finite. A tuple or list key is checked item by item.
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def __str__(self) -> str:
+        if (self.ge is not None or self.gt is not None) and (self.le is not None or self.lt is not None):
+            low = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}"
+            high = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})"
+            return f"in {low}, {high}"
+        parts = [f"{op} {bound:g}" for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+                 if bound is not None]
+        return " and ".join(parts)
+
+    def check(self, value: Any, key: str) -> None:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            if item is None or isinstance(item, bool) or not isinstance(item, (int, float)):
+                continue
+            ok = math.isfinite(item) and all((
+                self.ge is None or item >= self.ge, self.gt is None or item > self.gt,
+                self.le is None or item <= self.le, self.lt is None or item < self.lt))
+            if not ok:
+                what = "a finite value" if isinstance(item, float) and not math.isfinite(item) else "a value"
+                got = value if len(items) == 1 and not isinstance(value, (list, tuple)) else f"{list(value)}"
+                raise _OutOfRange(f"config key '{key}': expected {what} {self}{' (each)' if got is not value else ''}, got {got}")
+
+
+class _OutOfRange(ConfigError):
+    """A value of the right type outside its key's Range (reported as such, not as a type mismatch)."""
+
+
+PositiveInt = Annotated[int, Range(ge=1)]  # a count, size or width: at least 1
+NonNegativeInt = Annotated[int, Range(ge=0)]
+Positive = Annotated[float, Range(gt=0)]  # finite and > 0 (a learning rate, a scale)
+NonNegative = Annotated[float, Range(ge=0)]  # finite and >= 0 (a weight, a noise level)
+Probability = Annotated[float, Range(ge=0, le=1)]
+Decay = Annotated[float, Range(ge=0, lt=1)]  # a moving-average rate (Adam's betas, EMA)
+
+
+def check_ranges(obj: Any, prefix: str = "") -> None:
+    """ConfigError for the first field of dataclass `obj` outside its declared `Range` (sections too).
+
+    `load_config` checks ranges while it reads values; a config's `__post_init__` calls this so that
+    one built in Python (`TrainConfig(lr=-1)`) is checked the same way.
+    """
+    hints = get_type_hints(type(obj), include_extras=True)
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        for bound in _ranges(hints[f.name]):
+            bound.check(value, prefix + f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_ranges(value, prefix + f.name + ".")
+
+
+def _ranges(tp: Any) -> list[Range]:
+    """The `Range`s declared on a type hint, looking inside `X | None`."""
+    if get_origin(tp) is Annotated:
+        return [m for m in tp.__metadata__ if isinstance(m, Range)]
+    if get_origin(tp) in (Union, types.UnionType):
+        return [r for a in get_args(tp) for r in _ranges(a)]
+    return []
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Engine settings shared by every recipe (the `train:` section of a recipe config)."""
 
-    epochs: int = 50  # passes over the training set (a streamed set: train.batches_per_epoch batches each)
-    batch_size: int = 32  # global batch per optimiser micro-step, split evenly over processes
-    max_steps: int | None = None  # stop after this many optimiser steps (None: run all epochs)
-    batches_per_epoch: int | None = None  # epoch length of a streamed training set (caps a finite one)
+    epochs: PositiveInt = 50  # passes over the training set (a streamed set: train.batches_per_epoch batches each)
+    batch_size: PositiveInt = 32  # global batch per optimiser micro-step, split evenly over processes
+    max_steps: PositiveInt | None = None  # stop after this many optimiser steps (None: run all epochs)
+    batches_per_epoch: PositiveInt | None = None  # epoch length of a streamed training set (caps a finite one)
     optimizer: Literal["adam", "adamw"] = "adam"  # adamw: decoupled weight decay (torch.optim.AdamW)
-    lr: float = 1e-3  # peak learning rate (reached after warmup_steps, then lr_schedule)
-    weight_decay: float = 0.0  # L2 penalty (adam) or decoupled decay (adamw); recipes may exempt norms and biases
-    betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decay rates, each in [0, 1)
+    lr: Positive = 1e-3  # peak learning rate (reached after warmup_steps, then lr_schedule)
+    weight_decay: NonNegative = 0.0  # L2 penalty (adam) or decoupled decay (adamw); recipes may exempt norms and biases
+    betas: Annotated[tuple[float, float], Range(ge=0, lt=1)] = (0.9, 0.999)  # Adam's moment decay rates, each in [0, 1)
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"  # after warmup: keep lr, or decay to min_lr by the last epoch
-    warmup_steps: int = 0  # optimiser steps of linear warmup from 0 to lr
-    min_lr: float = 0.0  # floor of the cosine / linear decay
-    grad_clip: float | None = 1.0  # max global grad norm; None disables clipping
-    grad_accum_steps: int = 1  # micro-batches summed per optimiser step (the step sees batch_size x this)
-    ema_decay: float | None = None  # e.g. 0.999; evaluation and sampling then use the EMA weights
+    warmup_steps: NonNegativeInt = 0  # optimiser steps of linear warmup from 0 to lr
+    min_lr: NonNegative = 0.0  # floor of the cosine / linear decay
+    grad_clip: Positive | None = 1.0  # max global grad norm; None disables clipping
+    grad_accum_steps: PositiveInt = 1  # micro-batches summed per optimiser step (the step sees batch_size x this)
+    ema_decay: Annotated[float, Range(gt=0, lt=1)] | None = None  # e.g. 0.999; evaluation and sampling then use the EMA weights
     # auto: bf16 where the GPU / CPU computes it natively, else fp32 (GPU without bf16: fp16). Also
     # no | fp32 | 32 | 32-true | bf16 | bf16-mixed | fp16 | 16-mixed (Lightning: fp16 on a GPU, bf16 on CPU).
     # The request is kept; the engine resolves it on the hardware of each run (and resume).
     precision: str | bool | int = "auto"  # bool / int: YAML's reading of `no` and `32`
     seed: int = 42  # seeds the model init, data order and noise (from seed, epoch, step: resume is exact)
-    eval_every: int = 5  # epochs
-    checkpoint_every: int = 10  # epochs (`last` is written every epoch regardless)
-    checkpoint_every_steps: int | None = None  # also refresh `last` every N steps, for long epochs
+    eval_every: PositiveInt = 5  # epochs
+    checkpoint_every: PositiveInt = 10  # epochs (`last` is written every epoch regardless)
+    checkpoint_every_steps: PositiveInt | None = None  # also refresh `last` every N steps, for long epochs
     best_metric: str = "val_loss"  # validation metric that picks checkpoints/best.pt (val_loss or a recipe metric)
     best_mode: Literal["min", "max"] = "min"  # whether a lower or a higher best_metric is better
     # steps between train scalars (metrics.jsonl, trackers); the loss is read off the device only at these
     # points and before checkpoints and evaluations (a NaN stops the run at the next of them)
-    log_every: int = 10
-    num_workers: int = 0  # DataLoader worker processes per training process
+    log_every: PositiveInt = 10
+    # checkpoints/last_good.pt follows last.pt only while the training loss stays within this factor of its
+    # lowest value so far (a loss blowing up towards NaN is finite for a while: those weights are not kept there)
+    last_good_loss_ratio: Annotated[float, Range(gt=1)] = 4.0
+    num_workers: NonNegativeInt = 0  # DataLoader worker processes per training process
     # Experiment trackers (through Accelerate), fed the same scalars as metrics.jsonl and the resolved config as
     # hyper-parameters: tensorboard (RUN/tb), mlflow (a local file store, RUN/mlruns), wandb; a name, a list of
     # names, or none. metrics.jsonl is always written.
@@ -70,19 +154,8 @@ class TrainConfig:
     TRACKERS = ("tensorboard", "wandb", "mlflow")  # the valid `log_with` names (no annotation: not a config key)
 
     def __post_init__(self) -> None:
-        at_least_one = ("epochs", "batch_size", "grad_accum_steps", "eval_every", "checkpoint_every", "log_every")
-        for key in at_least_one + ("max_steps", "checkpoint_every_steps", "batches_per_epoch"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise ConfigError(f"config key 'train.{key}': expected an integer >= 1, got {value}")
-        for key in ("lr", "weight_decay", "min_lr", "warmup_steps", "num_workers"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"config key 'train.{key}': expected a value >= 0, got {getattr(self, key)}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ConfigError(f"config key 'train.grad_clip': expected a positive norm or null, got {self.grad_clip}")
+        check_ranges(self, "train.")
         self.precision = normalise_precision(self.precision)
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ConfigError(f"config key 'train.ema_decay': expected a value in (0, 1) or null, got {self.ema_decay}")
         self.log_with = self.trackers()
 
     def trackers(self) -> list[str]:
@@ -106,6 +179,9 @@ def _is_dataclass_type(tp: Any) -> bool:
 
 def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
+    if origin is Annotated:
+        bounds = _ranges(tp)
+        return _type_name(get_args(tp)[0]) + "".join(f" ({b})" for b in bounds)
     if origin is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
     if origin in (Union, types.UnionType):
@@ -123,11 +199,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     bad = ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
     if tp is Any:
         return value
+    if origin is Annotated:
+        value = _coerce(value, get_args(tp)[0], key)
+        for bound in _ranges(tp):
+            bound.check(value, key)
+        return value
     if origin is Literal:
         if value in get_args(tp):
             return value
         raise bad
     if origin in (Union, types.UnionType):
+        out_of_range = None
         for option in get_args(tp):
             if option is type(None):
                 if value is None:
@@ -135,9 +217,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 continue
             try:
                 return _coerce(value, option, key)
+            except _OutOfRange as exc:  # the right type, the wrong value: say that, not "expected int | null"
+                out_of_range = out_of_range or exc
             except ConfigError:
                 pass
-        raise bad
+        raise out_of_range or bad
     if tp is type(None):
         if value is None:
             return None
@@ -203,7 +287,7 @@ def config_from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """
     if not isinstance(data, dict):
         raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}': expected a mapping, got {data!r}")
-    hints = get_type_hints(cls)
+    hints = get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
@@ -368,7 +452,7 @@ def _comments_of_fields(cls: type) -> dict[str, str]:
 
 def config_keys(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
     """Every leaf key of a config dataclass as (dotted key, type, default, help), in field order."""
-    hints = get_type_hints(cls)
+    hints = get_type_hints(cls, include_extras=True)
     helps = field_help(cls)
     defaults = cls()
     rows = []

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genflow.config import TrainConfig
+from genflow.config import NonNegative, PositiveInt, Range, TrainConfig, check_ranges
 from genflow.data import ShardDataset, first_samples, images_to_point_clouds, load_split
 from genflow.engine.recipe import EvalOptions, OdeSolverOptions, Recipe, SampleOptions, StepContext, evaluation
-from genflow.errors import ConfigError, GenflowError
+from genflow.errors import GenflowError
 from genflow.metrics import chamfer_distance, coverage_mmd_1nna
 from genflow.models import AdaLNMLPVelocityField, PointNetEncoder, VectorVelocityField
 from genflow.objectives import AffinePath, FlowMatchingObjective, make_scheduler
@@ -38,32 +38,30 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    latent_dim: int = 64  # size of a cloud's latent code (the velocity field's condition)
-    encoder_hidden: tuple[int, ...] = (64, 128, 256)  # PointNet encoder: per-point layer widths
-    field_hidden: int = 128  # velocity field width (128 x 4 blocks: ~0.19 s/step on 2 CPU cores at batch 32 x 500 points)
-    field_depth: int = 4  # adaLN MLP blocks of the velocity field
-    time_dim: int = 64  # width of the time embedding (velocity field and prior flow)
+    latent_dim: PositiveInt = 64  # size of a cloud's latent code (the velocity field's condition)
+    encoder_hidden: Annotated[tuple[int, ...], Range(ge=1)] = (64, 128, 256)  # PointNet encoder: per-point layer widths
+    field_hidden: PositiveInt = 128  # velocity field width (128 x 4 blocks: ~0.19 s/step on 2 CPU cores at batch 32 x 500 points)
+    field_depth: PositiveInt = 4  # adaLN MLP blocks of the velocity field
+    time_dim: PositiveInt = 64  # width of the time embedding (velocity field and prior flow)
     # what the velocity field outputs (noise / target are converted to a velocity for sampling)
     prediction_target: Literal["velocity", "noise", "target"] = "velocity"
     path: Literal["condot", "cosine", "vp", "linear_vp", "polynomial"] = "condot"  # scheduler of the affine path; t = 0 noise, t = 1 data
     use_vae: bool = False  # variational encoder: the context is a draw from it, plus a KL term
-    kl_weight: float = 1e-3  # weight of the KL term (use_vae only)
+    kl_weight: NonNegative = 1e-3  # weight of the KL term (use_vae only)
     use_prior_flow: bool = False  # true: a flow over the latent, enables `genflow sample RUN unconditional=true`
-    prior_hidden: int = 256  # hidden width of the latent prior flow
-    prior_depth: int = 3  # blocks of the latent prior flow
-    prior_weight: float = 1.0  # weight of the prior-flow loss in the total loss
+    prior_hidden: PositiveInt = 256  # hidden width of the latent prior flow
+    prior_depth: PositiveInt = 3  # blocks of the latent prior flow
+    prior_weight: NonNegative = 1.0  # weight of the prior-flow loss in the total loss
 
 
 @dataclass
 class EvalConfig:
-    num_clouds: int = 256  # validation clouds scored every `train.eval_every` epochs (best.pt is chosen on them)
-    steps: int = 20  # ODE steps of validation (and of sample / eval unless given)
+    num_clouds: PositiveInt = 256  # validation clouds scored every `train.eval_every` epochs (best.pt is chosen on them)
+    steps: PositiveInt = 20  # ODE steps of validation (and of sample / eval unless given)
     solver: Literal["euler", "midpoint", "rk4", "dopri5"] = "euler"  # ODE solver of validation (and of sample / eval unless given)
 
     def __post_init__(self) -> None:
-        for key in ("num_clouds", "steps"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"config key 'eval.{key}': expected an integer >= 1, got {getattr(self, key)}")
+        check_ranges(self, "eval.")
 
 
 def _default_train() -> TrainConfig:

@@ -18,13 +18,13 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from typing import Annotated, Any, Callable, Iterable, Literal
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, Subset
 
-from genflow.config import TrainConfig, require_at_least
+from genflow.config import NonNegative, NonNegativeInt, Positive, PositiveInt, Probability, Range, TrainConfig, check_ranges
 from genflow.data import ShardDataset, load_split
 from genflow.engine.recipe import EvalOptions, Recipe, SampleOptions, StepContext, evaluation
 from genflow.errors import ConfigError, GenflowError
@@ -42,98 +42,89 @@ class DataConfig:
     data_dir: str = "datasets/mnist-images"  # genflow data make-mnist-images [--fashion]
     classes: list[int] | None = None  # train on these classes only (reference: target_classes); null = all
     conditional: bool = True  # label nodes hold the class; false: one dummy class (unconditioned)
-    threshold: float = 0.5  # grayscale_levels 1: pixel on iff value / 255 > threshold (reference: pixel_threshold_for_single_trials)
-    train_images: int | None = None  # use the first N training images (null = all)
-    val_images: int = 128  # validation images (held out of train): validation loss, autocorrelation
-    resolution: int = 32  # dtm-lunar: frame side in pixels (frames are resolution x resolution RGB)
-    image_shape: list[int] | None = None  # streams: shape of one image (dtm-lunar: resolution x resolution x 3)
-    frame_skip: int = 2  # dtm-lunar: render every k-th environment step
-    random_action_prob: float = 0.3  # dtm-lunar: probability of a random action, else gymnasium's heuristic pilot
+    threshold: Annotated[float, Range(ge=0, lt=1)] = 0.5  # grayscale_levels 1: pixel on iff value / 255 > threshold (reference: pixel_threshold_for_single_trials)
+    train_images: PositiveInt | None = None  # use the first N training images (null = all)
+    val_images: PositiveInt = 128  # validation images (held out of train): validation loss, autocorrelation
+    resolution: PositiveInt = 32  # dtm-lunar: frame side in pixels (frames are resolution x resolution RGB)
+    image_shape: Annotated[list[int], Range(ge=1)] | None = None  # streams: shape of one image (dtm-lunar: resolution x resolution x 3)
+    frame_skip: PositiveInt = 2  # dtm-lunar: render every k-th environment step
+    random_action_prob: Probability = 0.3  # dtm-lunar: probability of a random action, else gymnasium's heuristic pilot
 
     def __post_init__(self) -> None:
-        if not 0 <= self.threshold < 1:
-            raise ConfigError(f"config key 'data.threshold': expected a value in [0, 1), got {self.threshold}")
-        if self.val_images < 1:
-            raise ConfigError(f"config key 'data.val_images': expected an integer >= 1, got {self.val_images}")
+        check_ranges(self, "data.")
 
 
 @dataclass
 class ModelConfig:
     graph: str | int = "44_12"  # SIDE_DEGREE torus preset, e.g. 80_12 (reference: graph_preset_architecture, also 8012)
-    grayscale_levels: int = 1  # spins per pixel (thermometer code); 1 = binary
-    num_label_spots: int = 10  # copies of the one-hot label among the visible nodes
-    num_steps: int = 4  # denoising steps T, each its own Ising model
+    grayscale_levels: PositiveInt = 1  # spins per pixel (thermometer code); 1 = binary
+    num_label_spots: PositiveInt = 10  # copies of the one-hot label among the visible nodes
+    num_steps: PositiveInt = 4  # denoising steps T, each its own Ising model
     time_grid: str = "log"  # log: t_k = -ln(1 - k/T) (last step unconditional); linear: t_k = k/T
-    time_offset: float = 0.15  # training pairs at t_s (1 - offset), t_e (1 + offset) (reference: diffusion_offset)
-    image_rate: float = 0.9  # noise rate of image spins: re-drawn at random over dt with probability 1 - exp(-rate dt)
-    label_rate: float = 0.2  # noise rate of label spins (as image_rate)
-    graph_seed: int = 0  # step k places its visible nodes with seed graph_seed + k
+    time_offset: Annotated[float, Range(ge=0, lt=1)] = 0.15  # training pairs at t_s (1 - offset), t_e (1 + offset) (reference: diffusion_offset)
+    image_rate: Positive = 0.9  # noise rate of image spins: re-drawn at random over dt with probability 1 - exp(-rate dt)
+    label_rate: Positive = 0.2  # noise rate of label spins (as image_rate)
+    graph_seed: NonNegativeInt = 0  # step k places its visible nodes with seed graph_seed + k
     placement: Literal["random", "image"] = "random"  # visible nodes on colour-0 sites: random (reference) or image (pixels keep the image's layout)
     compile: bool = True  # torch.compile the Gibbs updates (needs a C++ compiler on CPU; false = eager)
 
     def __post_init__(self) -> None:
         side, degree = parse_preset(self.graph)
         self.graph = f"{side}_{degree}"
-        for key in ("grayscale_levels", "num_label_spots", "num_steps"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"config key 'model.{key}': expected an integer >= 1, got {getattr(self, key)}")
-        if self.image_rate <= 0 or self.label_rate <= 0:
-            raise ConfigError("config keys 'model.image_rate' / 'model.label_rate': expected positive rates")
+        check_ranges(self, "model.")
 
 
 @dataclass
 class SamplingConfig:
     """Training chains: warm-up sweeps, then n_samples samples every steps_per_sample sweeps."""
 
-    steps_warmup: int = 40  # sweeps before the first sample; a phase costs steps_warmup + (n_samples - 1) x steps_per_sample
-    n_samples: int = 10  # samples per chain for the moment estimates
-    steps_per_sample: int = 4  # sweeps between samples
-    training_beta: float = 1.0  # inverse temperature β of the training chains
-    persistent_warmup: int | None = None  # unconditional step: negative chains persist across batches (PCD), this many warm-up sweeps; null = fresh chains
+    steps_warmup: NonNegativeInt = 40  # sweeps before the first sample; a phase costs steps_warmup + (n_samples - 1) x steps_per_sample
+    n_samples: PositiveInt = 10  # samples per chain for the moment estimates
+    steps_per_sample: PositiveInt = 4  # sweeps between samples
+    training_beta: Positive = 1.0  # inverse temperature β of the training chains
+    persistent_warmup: NonNegativeInt | None = None  # unconditional step: negative chains persist across batches (PCD), this many warm-up sweeps; null = fresh chains
 
     def __post_init__(self) -> None:
-        if self.persistent_warmup is not None and self.persistent_warmup < 0:
-            raise ConfigError(f"config key 'sampling.persistent_warmup': expected null or an integer >= 0, got {self.persistent_warmup}")
-        if self.steps_warmup < 0 or self.n_samples < 1 or self.steps_per_sample < 1:
-            raise ConfigError("config keys 'sampling.*': expected steps_warmup >= 0, n_samples >= 1, steps_per_sample >= 1")
+        check_ranges(self, "sampling.")
 
 
 @dataclass
 class GenerationConfig:
-    sweeps: int = 100  # per denoising step (reference: generation steps_warmup)
-    beta_start: float = 0.8  # β at a step's first sweep, annealed linearly to beta_end
-    beta_end: float = 1.2  # β at a step's last sweep (chains start from the biases at beta_end)
-    num_images: int = 100  # figure grid after each evaluation
+    sweeps: PositiveInt = 100  # per denoising step (reference: generation steps_warmup)
+    beta_start: NonNegative = 0.8  # β at a step's first sweep, annealed linearly to beta_end
+    beta_end: Positive = 1.2  # β at a step's last sweep (chains start from the biases at beta_end)
+    num_images: PositiveInt = 100  # figure grid after each evaluation
 
 
 @dataclass
 class OptimConfig:
-    step_learning_rates: list[float] | None = None  # per denoising step (last repeated); null = train.lr for all
-    bias_decay: float = 0.0  # decoupled decay of biases (couplings use train.weight_decay); input couplings: never
+    step_learning_rates: Annotated[list[float], Range(gt=0)] | None = None  # per denoising step (last repeated); null = train.lr for all
+    bias_decay: NonNegative = 0.0  # decoupled decay of biases (couplings use train.weight_decay); input couplings: never
 
 
 @dataclass
 class CorrelationPenaltyConfig:
     """λ_cp per step (last repeated); adapted once per evaluation from the chains' autocorrelation."""
 
-    initial: list[float] = field(default_factory=lambda: [0.0])  # λ_cp per denoising step at the start (last repeated)
+    initial: Annotated[list[float], Range(ge=0)] = field(default_factory=lambda: [0.0])  # λ_cp per denoising step at the start (last repeated)
     adaptive: bool = False  # adapt λ_cp once per evaluation from the chains' autocorrelation (reference iterator training: off)
-    minimum: float = 0.001  # below this the penalty is switched off
-    threshold: float = 0.016  # target autocorrelation
-    chains: int = 16  # per held-out image
-    images: int = 2  # held-out images (reference: 64 // n_cores reps)
-    samples: int = 40  # recorded states per chain, every 4 sweeps after steps_warmup // 2
+    minimum: NonNegative = 0.001  # below this the penalty is switched off
+    threshold: Positive = 0.016  # target autocorrelation
+    chains: PositiveInt = 16  # per held-out image
+    images: PositiveInt = 2  # held-out images (reference: 64 // n_cores reps)
+    samples: PositiveInt = 40  # recorded states per chain, every 4 sweeps after steps_warmup // 2
 
     def __post_init__(self) -> None:
-        if not self.initial or any(v < 0 for v in self.initial):
+        check_ranges(self, "correlation_penalty.")
+        if not self.initial:
             raise ConfigError("config key 'correlation_penalty.initial': expected a non-empty list of values >= 0")
 
 
 @dataclass
 class EvalConfig:
-    num_images: int = 1000  # generated images for the Fréchet distance
+    num_images: PositiveInt = 1000  # generated images for the Fréchet distance
     fd_every_eval: bool = True  # val_fd (free generation) at every evaluation; needs labelled shards
-    classifier_epochs: int = 2  # training epochs of the feature classifier behind the Fréchet distance
+    classifier_epochs: PositiveInt = 2  # training epochs of the feature classifier behind the Fréchet distance
 
 
 def _default_train() -> TrainConfig:
@@ -204,24 +195,24 @@ class _Images(Dataset):
 # --- the recipe --------------------------------------------------------------------------------------
 @dataclass
 class DtmSampleOptions(SampleOptions):
-    n: int = 64  # how many images
-    steps: int | None = None  # Gibbs sweeps per denoising step (default: generation.sweeps of the run config)
+    n: PositiveInt = 64  # how many images
+    steps: PositiveInt | None = None  # Gibbs sweeps per denoising step (default: generation.sweeps of the run config)
     unconditional: bool = False  # free generation even when the model is label-conditioned
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require_at_least("sample option", self, steps=1)
+        check_ranges(self)
 
 
 @dataclass
 class DtmEvalOptions(EvalOptions):
     # images generated (default: eval.num_images of the run config)
-    limit: int | None = None
-    steps: int | None = None  # Gibbs sweeps per denoising step (default: generation.sweeps of the run config)
+    limit: PositiveInt | None = None
+    steps: PositiveInt | None = None  # Gibbs sweeps per denoising step (default: generation.sweeps of the run config)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require_at_least("eval option", self, steps=1)
+        check_ranges(self)
 
 
 class DtmRecipe(Recipe):

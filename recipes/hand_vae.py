@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from genflow.config import TrainConfig
+from genflow.config import NonNegative, NonNegativeInt, Positive, PositiveInt, TrainConfig, check_ranges
 from genflow.data import ShardDataset, load_split
 from genflow.data.hands import FAMILIES, hand_joint_positions, inside_limits, read_hands_npz
 from genflow.engine.metrics_log import read_metrics
@@ -33,41 +33,39 @@ __all__ = ["HandVaeRecipe", "HandVaeConfig"]
 @dataclass
 class DataConfig:
     data_dir: str = "datasets/hands"  # genflow data make hands | genflow data import hands DIR
-    val_limit: int | None = 20_000  # validation loss / energy on at most this many val poses
+    val_limit: PositiveInt | None = 20_000  # validation loss / energy on at most this many val poses
 
 
 @dataclass
 class ModelConfig:
     model_type: str = "standard"  # standard: (B, 90) Gaussian; so3: 30 rotations, geodesic, 6-D decoder
-    z_dim: int = 24  # latent dimensions
-    hidden: int = 256  # hidden width of the encoder and decoder MLPs
+    z_dim: PositiveInt = 24  # latent dimensions
+    hidden: PositiveInt = 256  # hidden width of the encoder and decoder MLPs
     learn_sigma: bool = True  # reconstruction sigma learned (standard: per dimension; so3: one, radians)
-    init_sigma: float = 0.1  # initial reconstruction sigma (so3: radians)
+    init_sigma: Positive = 0.1  # initial reconstruction sigma (so3: radians)
 
     def __post_init__(self) -> None:
         if self.model_type not in ("standard", "so3"):
             raise ConfigError(f"config key 'model.model_type': expected 'standard' or 'so3', got '{self.model_type}'")
-        if self.z_dim < 1 or self.hidden < 1:
-            raise ConfigError("config keys 'model.z_dim' / 'model.hidden': expected integers >= 1")
+        check_ranges(self, "model.")
 
 
 @dataclass
 class LossConfig:
-    kl_warmup_epochs: float = 10  # β rises linearly from 0 to beta_max over these epochs
-    beta_max: float = 1.0  # KL weight β after the warm-up
-    free_bits: float = 0.0  # nats per latent dimension below which KL is not penalised
+    kl_warmup_epochs: NonNegative = 10  # β rises linearly from 0 to beta_max over these epochs
+    beta_max: NonNegative = 1.0  # KL weight β after the warm-up
+    free_bits: NonNegative = 0.0  # nats per latent dimension below which KL is not penalised
 
     def __post_init__(self) -> None:
-        if self.kl_warmup_epochs < 0 or self.beta_max < 0 or self.free_bits < 0:
-            raise ConfigError("config keys 'loss.kl_warmup_epochs' / 'beta_max' / 'free_bits': expected values >= 0")
+        check_ranges(self, "loss.")
 
 
 @dataclass
 class EvalConfig:
-    poses: int = 5000  # test poses for reconstruction and AUROC
-    prior_samples: int = 5000  # samples for plausibility
-    energy_samples: int = 0  # K > 0: importance-weighted energy with K samples
-    figure_poses: int = 2000  # val poses drawn in the figures
+    poses: PositiveInt = 5000  # test poses for reconstruction and AUROC
+    prior_samples: PositiveInt = 5000  # samples for plausibility
+    energy_samples: NonNegativeInt = 0  # K > 0: importance-weighted energy with K samples
+    figure_poses: PositiveInt = 2000  # val poses drawn in the figures
 
 
 def _default_train() -> TrainConfig:
@@ -108,7 +106,7 @@ class HandSampleOptions(SampleOptions):
 
 @dataclass
 class HandEvalOptions(EvalOptions):
-    limit: int | None = None  # poses evaluated (default: eval.poses of the run config)
+    limit: PositiveInt | None = None  # poses evaluated (default: eval.poses of the run config)
 
 
 class HandVaeRecipe(Recipe):

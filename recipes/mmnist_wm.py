@@ -20,14 +20,14 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from genflow.config import TrainConfig, require_at_least
+from genflow.config import NonNegative, NonNegativeInt, Positive, PositiveInt, Probability, Range, TrainConfig, check_ranges
 from genflow.data import ShardDataset, first_samples, load_split
 from genflow.data.moving_mnist import MASK_TOKEN, NUM_LEVELS, dequantise
 from genflow.engine.precision import autocast_dtype
@@ -82,16 +82,13 @@ def ablated_actions(actions: np.ndarray, kind: str, seed: int = 0) -> np.ndarray
 @dataclass
 class DataConfig:
     data_dir: str = "datasets/mmnist"  # genflow data make-moving-mnist | import-moving-mnist
-    num_past: int = 10  # clean context frames (the other num_frames - num_past are predicted)
-    train_sequences: int | None = None  # use only the first N training sequences (source: 2000 fast, 8000 full)
-    val_sequences: int = 32  # validation loss and quick metrics on the first N val sequences
+    num_past: PositiveInt = 10  # clean context frames (the other num_frames - num_past are predicted)
+    train_sequences: PositiveInt | None = None  # use only the first N training sequences (source: 2000 fast, 8000 full)
+    val_sequences: PositiveInt = 32  # validation loss and quick metrics on the first N val sequences
     in_memory: bool = True  # load the shards into memory (false: read them from disk)
 
     def __post_init__(self) -> None:
-        if self.num_past < 1:
-            raise ConfigError(f"config key 'data.num_past': expected an integer >= 1, got {self.num_past}")
-        if self.val_sequences < 1 or (self.train_sequences is not None and self.train_sequences < 1):
-            raise ConfigError("config keys 'data.train_sequences' / 'data.val_sequences': expected integers >= 1")
+        check_ranges(self, "data.")
 
 
 @dataclass
@@ -99,13 +96,13 @@ class ModelConfig:
     """SimpleVideoTransformer; the source's ``fast``: 128 / 2 layers / 4 heads (0.67M), ``full``: 384 / 6
     (14.6M), both one position per token (``patch_size`` 1); the CPU default: 4 x 4 patches."""
 
-    num_frames: int = 20  # frames per sequence
-    frame_size: int = 32  # tokens per frame side: 32 x 32 tokens of 16 levels (+ mask token 16)
-    embed_dim: int = 128  # transformer width D
-    num_layers: int = 2  # transformer blocks
-    num_heads: int = 4  # attention heads
-    mlp_ratio: float = 4.0  # MLP width / embed_dim
-    patch_size: int = 1  # tokens per side of the patch one transformer position holds
+    num_frames: PositiveInt = 20  # frames per sequence
+    frame_size: PositiveInt = 32  # tokens per frame side: 32 x 32 tokens of 16 levels (+ mask token 16)
+    embed_dim: PositiveInt = 128  # transformer width D
+    num_layers: PositiveInt = 2  # transformer blocks
+    num_heads: PositiveInt = 4  # attention heads
+    mlp_ratio: Positive = 4.0  # MLP width / embed_dim
+    patch_size: PositiveInt = 1  # tokens per side of the patch one transformer position holds
     attention: str = "factorized"  # factorized (spatial then temporal, the source) | joint (all positions of all frames)
 
 
@@ -113,16 +110,16 @@ class ModelConfig:
 class TaskWeights:
     """Probability of each masking task per batch (see genflow/objectives/masked_tokens.py)."""
 
-    future: float = 1.0  # past clean, future masked with ratio ~ U(mask_ratio), causal
-    joint: float = 0.0  # random frames (past and future) masked, causal
-    individual: float = 0.0  # each frame denoised alone (identity temporal mask): the unconditional model
+    future: NonNegative = 1.0  # past clean, future masked with ratio ~ U(mask_ratio), causal
+    joint: NonNegative = 0.0  # random frames (past and future) masked, causal
+    individual: NonNegative = 0.0  # each frame denoised alone (identity temporal mask): the unconditional model
 
 
 @dataclass
 class ObjectiveConfig:
     tasks: TaskWeights = field(default_factory=TaskWeights)  # probability of each masking task per batch
-    mask_ratio: tuple[float, float] = (0.5, 1.0)  # (min, max) of the uniform masking ratio
-    full_mask_probability: float = 0.0  # future task: the whole future masked for this fraction of sequences
+    mask_ratio: Annotated[tuple[float, float], Range(ge=0, le=1)] = (0.5, 1.0)  # (min, max) of the uniform masking ratio
+    full_mask_probability: Probability = 0.0  # future task: the whole future masked for this fraction of sequences
     random_context: bool = False  # future task: clean frames drawn from num_past..T-1 per sequence (next-frame training, for sampling.order=autoregressive)
 
 
@@ -130,10 +127,10 @@ class ObjectiveConfig:
 class SamplingConfig:
     """MaskGIT decoding (genflow/samplers/maskgit.py) used by `genflow sample` and `genflow eval video`."""
 
-    steps: int = 20  # MaskGIT decoding steps (1 = predict everything at once)
-    temperature: float = 0.0  # 0 = the most likely level (best MSE / SSIM); 1.0 = sample the softmax (diverse)
-    confidence_noise: float = 4.5  # scale of the annealed Gumbel noise on the unmasking confidences (0: greedy order)
-    guidance: float = 0.0  # classifier-free guidance weight w (try 1.0-3.0); needs objective.tasks.individual > 0
+    steps: PositiveInt = 20  # MaskGIT decoding steps (1 = predict everything at once)
+    temperature: NonNegative = 0.0  # 0 = the most likely level (best MSE / SSIM); 1.0 = sample the softmax (diverse)
+    confidence_noise: NonNegative = 4.5  # scale of the annealed Gumbel noise on the unmasking confidences (0: greedy order)
+    guidance: NonNegative = 0.0  # classifier-free guidance weight w (try 1.0-3.0); needs objective.tasks.individual > 0
     order: str = "joint"  # joint: all future frames decoded together (the source) | autoregressive: one frame at a time
     greedy_level: str = "mode"  # at temperature 0: mode (most likely level, the source) | median (ordered levels)
 
@@ -142,17 +139,14 @@ class SamplingConfig:
             raise ConfigError(f"config key 'sampling.greedy_level': expected one of {', '.join(GREEDY_LEVELS)}, got {self.greedy_level!r}")
         if self.order not in DECODING_ORDERS:
             raise ConfigError(f"config key 'sampling.order': expected one of {', '.join(DECODING_ORDERS)}, got {self.order!r}")
-        if self.steps < 1:
-            raise ConfigError(f"config key 'sampling.steps': expected an integer >= 1, got {self.steps}")
-        if self.temperature < 0 or self.confidence_noise < 0 or self.guidance < 0:
-            raise ConfigError("config keys 'sampling.temperature / confidence_noise / guidance' must be >= 0")
+        check_ranges(self, "sampling.")
 
 
 @dataclass
 class EvalConfig:
     """The quick check every `train.eval_every` epochs (`genflow eval video` is the full one)."""
 
-    num_sequences: int = 16  # val sequences decoded and scored at each evaluation
+    num_sequences: PositiveInt = 16  # val sequences decoded and scored at each evaluation
 
 
 def _default_train() -> TrainConfig:
@@ -190,31 +184,27 @@ class WorldModelConfig:
 class DecodingOptions:
     """MaskGIT decoding choices shared by `sample` and `eval video` (None: the run config's `sampling.*`)."""
 
-    steps: int | None = None  # MaskGIT decoding steps per frame group
-    temperature: float | None = None  # token sampling temperature (0 = most likely)
-    confidence_noise: float | None = None  # noise on the confidence that picks which tokens to keep
-    guidance: float | None = None  # classifier-free guidance weight (full model)
-    future: int | None = None  # frames to predict (default: all after the past)
+    steps: PositiveInt | None = None  # MaskGIT decoding steps per frame group
+    temperature: NonNegative | None = None  # token sampling temperature (0 = most likely)
+    confidence_noise: NonNegative | None = None  # noise on the confidence that picks which tokens to keep
+    guidance: NonNegative | None = None  # classifier-free guidance weight (full model)
+    future: PositiveInt | None = None  # frames to predict (default: all after the past)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require_at_least("option", self, steps=1, temperature=0.0, guidance=0.0, future=1)
+        check_ranges(self)
 
 
 @dataclass
 class VideoSampleOptions(DecodingOptions, SampleOptions):
-    n: int = 4  # how many test sequences
-    past: int | None = None  # given frames (default: data.num_past of the run config)
+    n: PositiveInt = 4  # how many test sequences
+    past: NonNegativeInt | None = None  # given frames (default: data.num_past of the run config)
     unconditional: bool = False  # whole sequences generated from nothing (with the test actions)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require_at_least("sample option", self, past=0)
 
 
 @dataclass
 class VideoEvalOptions(DecodingOptions, EvalOptions):
-    limit: int | None = 200  # sequences evaluated (the first of the split)
+    limit: PositiveInt | None = 200  # sequences evaluated (the first of the split)
     # the actions the model gets: true, shuffled (other sequences', a seeded derangement) or zero: the action ablation
     actions: Literal["true", "shuffled", "zero"] = "true"
     figure: bool = True  # write the per-horizon plot and table under RUN/eval/

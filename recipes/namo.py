@@ -31,13 +31,13 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from genflow.config import TrainConfig, require_at_least
+from genflow.config import NonNegative, Positive, PositiveInt, Range, TrainConfig, check_ranges
 from genflow.data import ShardDataset, first_samples, load_split
 from genflow.data.namo import draw_valid_placements
 from genflow.engine.recipe import EvalOptions, OdeSolverOptions, Recipe, SampleOptions, StepContext, evaluation
@@ -56,7 +56,7 @@ CONTEXT_CHANNELS = 5
 @dataclass
 class DataConfig:
     data_dir: str = "datasets/namo"  # genflow data make namo, then genflow data import namo DIR
-    image_size: int = 64  # mask side in pixels (must match the shards)
+    image_size: PositiveInt = 64  # mask side in pixels (must match the shards)
     in_memory: bool = True  # load the shards into memory (false: read them from disk)
     # generated scenes know every valid placement (mode_map): train on a fresh uniform draw among them
     # each time a scene is seen, not only on the stored target_goal (imported scenes without modes keep it)
@@ -69,11 +69,11 @@ class NetworkConfig:
 
     in_ch: int = 8  # DiT input channels: 5 context + 2 coordinate + 1 noisy (fixed)
     out_ch: int = 1  # DiT output channels: the target-goal mask (fixed)
-    patch_size: int = 8  # pixels per patch side: 8 gives 64 tokens, ~0.3 s per step of 64 on one CPU core (patch 4: 4x)
-    hidden_size: int = 128  # transformer width
-    depth: int = 4  # DiT blocks
-    num_heads: int = 4  # attention heads
-    mlp_ratio: float = 4.0  # MLP width / hidden_size
+    patch_size: PositiveInt = 8  # pixels per patch side: 8 gives 64 tokens, ~0.3 s per step of 64 on one CPU core (patch 4: 4x)
+    hidden_size: PositiveInt = 128  # transformer width
+    depth: PositiveInt = 4  # DiT blocks
+    num_heads: PositiveInt = 4  # attention heads
+    mlp_ratio: Positive = 4.0  # MLP width / hidden_size
     condition_on_target: bool = False  # also feed the target's box (centre, size) to every adaLN layer
     # the 2 coordinate channels: the image grid in [-1, 1] (source), or each pixel's offset from the
     # target's centre (in the same units), so every patch sees where it lies relative to the object
@@ -99,18 +99,17 @@ class FlowPathConfig:
 @dataclass
 class OdeSamplerConfig:
     method: Literal["euler", "midpoint", "rk4", "dopri5"] = "midpoint"  # ODE solver (dopri5: adaptive)
-    steps: int = 10  # solver steps: midpoint x 10 = 20 network evaluations
-    atol: float = 1e-4  # dopri5 only: absolute tolerance
-    rtol: float = 1e-4  # dopri5 only: relative tolerance
+    steps: PositiveInt = 10  # solver steps: midpoint x 10 = 20 network evaluations
+    atol: Positive = 1e-4  # dopri5 only: absolute tolerance
+    rtol: Positive = 1e-4  # dopri5 only: relative tolerance
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ConfigError(f"model.sampler.steps={self.steps}: expected an integer >= 1")
+        check_ranges(self, "model.sampler.")
 
 
 @dataclass
 class DiffusionPathConfig:
-    num_train_timesteps: int = 1000  # discrete noise levels of the DDPM schedule
+    num_train_timesteps: Annotated[int, Range(ge=2)] = 1000  # discrete noise levels of the DDPM schedule
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"  # noise schedule (diffusers)
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "sample"  # what the DiT outputs: sample (clean mask) | epsilon | v_prediction
 
@@ -118,14 +117,11 @@ class DiffusionPathConfig:
 @dataclass
 class DiffusionSamplerConfig:
     sampler_type: Literal["ddim", "ddpm"] = "ddim"  # diffusers sampler
-    eta: float = 0.0  # DDIM: 0 deterministic, 1 DDPM-like
-    steps: int = 50  # network evaluations per sample (alias: sampling_steps)
+    eta: NonNegative = 0.0  # DDIM: 0 deterministic, 1 DDPM-like
+    steps: PositiveInt = 50  # network evaluations per sample (alias: sampling_steps)
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ConfigError(f"model.sampler.steps={self.steps}: expected an integer >= 1")
-        if self.eta < 0:
-            raise ConfigError(f"model.sampler.eta={self.eta}: expected a value >= 0")
+        check_ranges(self, "model.sampler.")
 
 
 @dataclass
@@ -134,7 +130,7 @@ class FlowModelConfig:
     path: FlowPathConfig = field(default_factory=FlowPathConfig)  # the flow-matching path
     prediction: Literal["velocity", "target", "noise"] = "target"  # what the DiT outputs (target: the clean mask); sampled as a velocity either way
     sampler: OdeSamplerConfig = field(default_factory=OdeSamplerConfig)  # ODE sampling
-    aux_loss_weight: float = 0.1  # weight of the soft Dice loss on the clean-mask estimate (module docstring)
+    aux_loss_weight: NonNegative = 0.1  # weight of the soft Dice loss on the clean-mask estimate (module docstring)
     time_sampling: TimeSampling = "uniform"  # training noise levels: uniform | logit_normal
 
 
@@ -143,7 +139,7 @@ class DiffusionModelConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)  # the DiT
     path: DiffusionPathConfig = field(default_factory=DiffusionPathConfig)  # the DDPM noise schedule
     sampler: DiffusionSamplerConfig = field(default_factory=DiffusionSamplerConfig)  # DDIM / DDPM sampling
-    aux_loss_weight: float = 0.1  # weight of the soft Dice loss on the clean-mask estimate (module docstring)
+    aux_loss_weight: NonNegative = 0.1  # weight of the soft Dice loss on the clean-mask estimate (module docstring)
     time_sampling: TimeSampling = "uniform"  # training noise levels: uniform | logit_normal
 
 
@@ -151,13 +147,11 @@ class DiffusionModelConfig:
 class EvalConfig:
     """The quick evaluation every `train.eval_every` epochs (`genflow eval namo` is the full one)."""
 
-    num_scenes: int = 48  # val scenes scored at each evaluation
-    samples_per_scene: int = 2  # goal masks sampled per scene
+    num_scenes: PositiveInt = 48  # val scenes scored at each evaluation
+    samples_per_scene: PositiveInt = 2  # goal masks sampled per scene
 
     def __post_init__(self) -> None:
-        for key in ("num_scenes", "samples_per_scene"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"config key 'eval.{key}': expected an integer >= 1, got {getattr(self, key)}")
+        check_ranges(self, "eval.")
 
 
 def _default_train() -> TrainConfig:
@@ -263,23 +257,23 @@ def _soft_dice_loss(clean_estimate: torch.Tensor, mask: torch.Tensor, weight: to
 # --- the recipes ------------------------------------------------------------------------------------
 @dataclass
 class NamoSampleOptions(OdeSolverOptions, SampleOptions):
-    n: int = 8  # how many test scenes
-    samples_per_scene: int = 4  # goal masks drawn per scene
+    n: PositiveInt = 8  # how many test scenes
+    samples_per_scene: PositiveInt = 4  # goal masks drawn per scene
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require_at_least("sample option", self, samples_per_scene=1)
+        check_ranges(self)
 
 
 @dataclass
 class NamoEvalOptions(OdeSolverOptions, EvalOptions):
-    limit: int | None = 200  # scenes evaluated (the first of the split)
-    samples_per_scene: int = 8  # goal masks drawn per scene (K of best-of-K and mode coverage)
+    limit: PositiveInt | None = 200  # scenes evaluated (the first of the split)
+    samples_per_scene: PositiveInt = 8  # goal masks drawn per scene (K of best-of-K and mode coverage)
     figure: bool = True  # write RUN/eval/namo-SAMPLER-STEPS.png
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require_at_least("eval option", self, samples_per_scene=1)
+        check_ranges(self)
 
 
 class _NamoRecipe(Recipe):

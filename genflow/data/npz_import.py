@@ -87,7 +87,7 @@ class ImportSummary:
     """What an import did.
 
     Attributes:
-        converted: Samples written (one per converted file).
+        converted: Source files converted (for namo one sample each; a hands file holds many poses: see splits).
         skipped: ``(file name relative to src_dir, reason)`` per skipped file, sorted by name.
         out_dir: The dataset directory.
         splits: Split name -> samples written, e.g. ``{"train": 90, "test": 10}``.

@@ -25,6 +25,7 @@ import json
 import os
 import random
 import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,9 @@ __all__ = [
 
 FORMAT = "genflow-shards/1"
 MANIFEST_NAME = "manifest.json"
+# {shard file: {bytes, mtime_ns, sha256}} of shards whose sha256 was checked against the manifest: a
+# reader re-hashes a shard only when its size or mtime changed (big data is not re-hashed every run)
+VERIFIED_NAME = ".verified.json"
 
 # Aim for HDF5 chunks of this many bytes per field: big enough that a sequential read is a few
 # large copies, small enough that a partial read of a chunk stays cheap.
@@ -180,6 +184,7 @@ class ShardWriter:
         tmp.write_text(text + "\n")
         os.replace(tmp, self.out_dir / MANIFEST_NAME)  # atomic: readers see no manifest or a whole one
         self._manifest = json.loads(text)
+        _remember_verified(self.out_dir, [shard for info in self._manifest["splits"].values() for shard in info["shards"]])
         return self._manifest
 
     def abort(self) -> None:
@@ -190,6 +195,11 @@ class ShardWriter:
             file.unlink(missing_ok=True)
         self._splits.clear()
         self._written_files.clear()
+        for directory in getattr(self, "_created_dirs", []):  # innermost first; stops at one that holds other files
+            try:
+                directory.rmdir()
+            except OSError:
+                break
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -205,7 +215,13 @@ class ShardWriter:
     def _prepare_directory(self, overwrite: bool) -> None:
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise ShardError(f"{self.out_dir}: exists and is not a directory")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        # the directories this write creates: a failed write removes them again (no empty output left)
+        self._created_dirs = [d for d in (self.out_dir, *self.out_dir.parents) if not d.exists()]
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            blocking = next((d for d in self.out_dir.parents if d.exists() and not d.is_dir()), self.out_dir)
+            raise ShardError(f"{self.out_dir}: cannot create the output directory: {blocking} is a file") from None
         manifest_path = self.out_dir / MANIFEST_NAME
         old_shards = [p for p in self.out_dir.iterdir() if _SHARD_FILE_RE.match(p.name)]
         if not manifest_path.exists() and not old_shards:
@@ -216,6 +232,7 @@ class ShardWriter:
         # Manifest first: if we die half-way, the directory reads as unfinished rather than as a
         # dataset whose shards are missing.
         manifest_path.unlink(missing_ok=True)
+        (self.out_dir / VERIFIED_NAME).unlink(missing_ok=True)
         for shard in old_shards:
             shard.unlink()
 
@@ -554,10 +571,11 @@ class _SplitReader:
         self._pid: int | None = None
 
     def _check_files(self, shards: list[dict]) -> None:
-        """Cheap up-front check (stat, HDF5 header and layout; no checksums) in the constructing process.
+        """Up-front check in the constructing process: stat, HDF5 header and layout, then each shard's
+        sha256 against the manifest (hashed once, then cached by size and mtime: `check_shard_hashes`).
 
-        A shard that is missing, truncated or not HDF5 fails here, as one clear line, rather than
-        inside a DataLoader worker, whose errors reach the user wrapped in a worker traceback.
+        A shard that is missing, truncated, not HDF5 or changed fails here, as one clear line, rather
+        than inside a DataLoader worker, whose errors reach the user wrapped in a worker traceback.
         """
         for shard_id, (file, shard) in enumerate(zip(self.files, shards, strict=True)):
             if not file.is_file():
@@ -571,6 +589,7 @@ class _SplitReader:
                     f"{_recreate_hint(self.manifest)}"
                 )
             self._open(shard_id).close()  # only the check: handles are opened lazily, per process
+        check_shard_hashes(self.root, shards)
 
     def locate(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Global sample indices (already in range) -> (shard ids, indices within the shard)."""
@@ -954,6 +973,55 @@ def _recreate_hint(manifest: dict) -> str:
     source = manifest.get("source")
     command = source.get("command") if isinstance(source, dict) else None
     return f"re-create it with {command}" if command else "re-create the dataset"
+
+
+def check_shard_hashes(root: Path, shards: list[dict]) -> None:
+    """ShardError naming the first shard whose bytes no longer match the manifest's sha256 (callers have
+    checked that each file exists with the listed size).
+
+    Each shard is hashed once: the result is kept in `root/.verified.json` by size and mtime (the
+    writer records the shards it wrote), so only a changed file is read again.
+    """
+    cache = _read_verified(root)
+    checked = []
+    for shard in shards:
+        file = root / shard["file"]
+        stat = file.stat()
+        known = cache.get(shard["file"], {})
+        if known.get("sha256") == shard["sha256"] and known.get("bytes") == stat.st_size and known.get("mtime_ns") == stat.st_mtime_ns:
+            continue
+        if _sha256(file) != shard["sha256"]:
+            raise ShardError(f"{file}: sha256 does not match the manifest (the file changed after it was written); "
+                             f"re-create the dataset (`genflow data verify {root}` lists every damaged shard)")
+        checked.append(shard)
+    if checked:
+        _remember_verified(root, checked, cache)
+
+
+def _read_verified(root: Path) -> dict:
+    try:
+        cache = json.loads((root / VERIFIED_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _remember_verified(root: Path, shards: list[dict], cache: dict | None = None) -> None:
+    """Record `shards` (manifest records, checked just now) as verified; a read-only dataset is not cached."""
+    cache = dict(_read_verified(root) if cache is None else cache)
+    for shard in shards:
+        try:
+            stat = (root / shard["file"]).stat()
+        except OSError:
+            continue
+        cache[shard["file"]] = {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": shard["sha256"]}
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f"{VERIFIED_NAME}.", dir=root)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(cache, handle)
+        os.replace(tmp, root / VERIFIED_NAME)
+    except OSError:
+        pass
 
 
 def _sha256(path: Path) -> str:

@@ -19,24 +19,40 @@ import torch
 
 from genflow.errors import CheckpointError
 
-__all__ = ["atomic_torch_save", "load_checkpoint", "capture_rng_state", "restore_rng_state"]
+__all__ = ["atomic_torch_save", "remove_stale_temp_files", "load_checkpoint", "capture_rng_state", "restore_rng_state"]
+
+_TEMP_GLOB = ".*.pt.*.tmp"  # what atomic_torch_save names its temp files
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """`torch.save` to a temp file beside `path`, fsync, then rename over `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # disk full, a file where the directory should be, no permission
+            kept = "the previous one is kept" if path.is_file() else "none was written"
+            raise CheckpointError(f"{path}: could not write the checkpoint ({exc.strerror or exc}); {kept}") from exc
         raise
     return path
+
+
+def remove_stale_temp_files(directory: str | Path) -> list[Path]:
+    """Delete the temp files of checkpoint writes that were killed part-way (call before this run writes)."""
+    directory = Path(directory)
+    stale = sorted(directory.glob(_TEMP_GLOB)) if directory.is_dir() else []
+    for file in stale:
+        file.unlink(missing_ok=True)
+    return stale
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

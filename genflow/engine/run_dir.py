@@ -25,7 +25,7 @@ from genflow.engine.checkpoint import load_checkpoint
 from genflow.engine.recipe import Recipe, get_recipe
 from genflow.errors import CheckpointError, ConfigError
 
-__all__ = ["LoadedRun", "default_run_name", "new_run_dir", "write_run_config", "record_runtime", "read_run_config",
+__all__ = ["LoadedRun", "default_run_name", "check_run_name", "run_dir_for", "write_run_config", "record_runtime", "read_run_config",
            "find_latest_run", "load_run", "pin_data_path", "git_commit", "environment"]
 
 CONFIG_FILE = "config.yaml"
@@ -63,13 +63,21 @@ def default_run_name() -> str:
     return _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def new_run_dir(runs_root: str | Path, recipe: str, name: str | None) -> Path:
-    """`runs_root/recipe/name`, named by the time if no name is given; refuses to reuse a trained run."""
-    name = name or default_run_name()
-    run_dir = Path(runs_root) / recipe / name
+def check_run_name(name: str) -> str:
+    """A run name is one directory name inside `runs/<recipe>/`: no path separator, not `.` / `..`."""
+    separators = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
+    if not name or name in (".", "..") or any(sep in name for sep in separators) or "\0" in name or name != name.strip():
+        raise ConfigError(f"--name {name!r}: a run name is one directory name under runs/<recipe>/ (no '/', '\\', "
+                          f"'..' or surrounding spaces); pass --runs-dir to train somewhere else")
+    return name
+
+
+def run_dir_for(runs_root: str | Path, recipe: str, name: str | None) -> Path:
+    """`runs_root/recipe/name` (named by the start time if no name is given); refuses to reuse a trained
+    run. Nothing is created: the engine makes the directory once the data and the model are built."""
+    run_dir = Path(runs_root) / recipe / check_run_name(name or default_run_name())
     if (run_dir / "checkpoints" / "last.pt").exists():
         raise CheckpointError(f"{run_dir}: a run with this name exists; pass --resume {run_dir} to continue it, or another --name")
-    run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
 

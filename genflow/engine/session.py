@@ -8,8 +8,8 @@ from pathlib import Path
 
 from genflow.config import apply_overrides, config_from_dict, load_config
 from genflow.engine.recipe import Recipe, get_recipe
-from genflow.engine.run_dir import (default_run_name, find_latest_run, new_run_dir, pin_data_path, read_run_config,
-                                    write_run_config)
+from genflow.engine.run_dir import (check_run_name, default_run_name, find_latest_run, pin_data_path, read_run_config,
+                                    run_dir_for, write_run_config)
 from genflow.errors import CheckpointError, ConfigError
 
 __all__ = ["TrainingPlan", "prepare_training"]
@@ -21,6 +21,8 @@ class TrainingPlan:
     run_dir: Path
     resume_checkpoint: Path | None
     is_main: bool
+    overrides: list[str]  # the config overrides, without the `ckpt_path=` / `resume_from_checkpoint=` that became resume_checkpoint
+    created_run_dir: bool = False  # this call made the run dir: a start that fails before training removes it again
 
 
 def prepare_training(recipe_name: str, *, config_path: Path | None = None, overrides: list[str] | None = None,
@@ -59,22 +61,23 @@ def prepare_training(recipe_name: str, *, config_path: Path | None = None, overr
     else:
         config = load_config(recipe_cls.config_class, config_path or recipe_cls.default_config, overrides)
         checkpoint = None
-        if create and is_main:
-            run_dir = new_run_dir(runs_root, recipe_name, name)
+        if os.environ.get("LOCAL_RANK") and not is_main:  # a worker: rank 0 checks for an earlier run of this name
+            run_dir = Path(runs_root) / recipe_name / check_run_name(name or default_run_name())
         else:
-            run_dir = Path(runs_root) / recipe_name / (name or default_run_name())
-            if (run_dir / "checkpoints" / "last.pt").exists() and not os.environ.get("LOCAL_RANK"):
-                raise CheckpointError(f"{run_dir}: a run with this name exists; pass --resume {run_dir} to continue it, or another --name")
+            run_dir = run_dir_for(runs_root, recipe_name, name)
     data_path = pin_data_path(recipe_cls, config)  # absolute: the run works from any directory
     if resume is not None and data_path is not None:  # keep what the user typed when the run began
         first = doc.get("data_path") or {}
         if first.get("absolute") == data_path["absolute"] and first.get("given"):
             data_path["given"] = first["given"]
+    created = False
     if create and is_main:
+        created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_config(run_dir, recipe_name, config, {"overrides": overrides, "resumed_from": str(checkpoint) if checkpoint else None,
                                                         "data_path": data_path})
-    return TrainingPlan(recipe=recipe_cls(config), run_dir=run_dir, resume_checkpoint=checkpoint, is_main=is_main)
+    return TrainingPlan(recipe=recipe_cls(config), run_dir=run_dir, resume_checkpoint=checkpoint, is_main=is_main,
+                        overrides=overrides, created_run_dir=created)
 
 
 def _take_ckpt_path(overrides: list[str], resume: str | None) -> str | None:

@@ -26,11 +26,13 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.tracking import GeneralTracker
+from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 import genflow
 from genflow.config import TrainConfig, config_to_dict
-from genflow.engine.checkpoint import atomic_torch_save, capture_rng_state, load_checkpoint, restore_rng_state
+from genflow.engine.checkpoint import (atomic_torch_save, capture_rng_state, load_checkpoint, remove_stale_temp_files,
+                                       restore_rng_state)
 from genflow.engine.metrics_log import MetricsLogger, flatten_config, make_trackers, plot_loss_trajectory, tracker_init_kwargs
 from genflow.engine.optim import EpochBatchSampler, ExponentialMovingAverage, build_lr_schedule, build_optimizer
 from genflow.engine.precision import cpu_description, resolve_precision
@@ -86,12 +88,16 @@ def make_accelerator(precision: str, log_with: list[str | GeneralTracker] | None
     return accelerator, resolved, reason
 
 
-def _loader(dataset: Dataset, sampler: EpochBatchSampler | None, cfg: TrainConfig, pin: bool, local_batch: int) -> DataLoader:
+def _loader(dataset: Dataset, sampler: EpochBatchSampler | None, cfg: TrainConfig, pin: bool, local_batch: int,
+            epoch: int) -> DataLoader:
+    # Its own generator, seeded by (seed, epoch): a DataLoader draws its workers' base seed from it, not from
+    # the global torch RNG (which a resumed run would otherwise find one draw further on).
+    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 10**8 + epoch)
     if isinstance(dataset, IterableDataset):  # a stream: workers produce batches in the background
         return DataLoader(dataset, batch_size=local_batch, num_workers=cfg.num_workers, pin_memory=pin, drop_last=True,
-                          prefetch_factor=4 if cfg.num_workers else None)
+                          prefetch_factor=4 if cfg.num_workers else None, generator=generator)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers, pin_memory=pin,
-                      persistent_workers=False)
+                      persistent_workers=False, generator=generator)
 
 
 def _noise_generator(seed: int, stream: int) -> torch.Generator:
@@ -150,13 +156,15 @@ def plan_steps(cfg: TrainConfig, train_data: Dataset) -> StepPlan:
 
 @dataclass
 class TrainState:
-    """Where the run is. Every checkpoint saves it (as `progress` and `best`), so a resume continues exactly."""
+    """Where the run is. Every checkpoint saves it (as `progress`, `best` and `loss_floor`), so a resume continues exactly."""
 
     epoch: int = 0  # epochs done
     batch: int = 0  # batches done in the current epoch
     step: int = 0  # optimiser steps done
     micro_step: int = 0  # batches done in all epochs (step x grad_accum_steps, plus an unfinished accumulation)
     best: dict[str, Any] = field(default_factory=dict)  # metric, mode, value, epoch (and file: the named best checkpoint)
+    epochs_closed: int = 0  # epochs whose end-of-epoch work (validation, best, checkpoints) is done
+    loss_floor: float | None = None  # the lowest window-mean training loss so far (judges whether a checkpoint is good)
     stop: bool = False  # the run's last step is done (not saved: a resumed run works it out again)
 
     @classmethod
@@ -166,11 +174,13 @@ class TrainState:
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any]) -> TrainState:
         p = checkpoint["progress"]
-        return cls(epoch=p["epoch"], batch=p["batch"], step=p["step"], micro_step=p["micro_step"], best=dict(checkpoint["best"]))
+        return cls(epoch=p["epoch"], batch=p["batch"], step=p["step"], micro_step=p["micro_step"], best=dict(checkpoint["best"]),
+                   epochs_closed=p.get("epochs_closed", p["epoch"]), loss_floor=checkpoint.get("loss_floor"))
 
     def progress(self) -> dict[str, int]:
         """The position, as checkpoints store it."""
-        return {"epoch": self.epoch, "batch": self.batch, "step": self.step, "micro_step": self.micro_step}
+        return {"epoch": self.epoch, "batch": self.batch, "step": self.step, "micro_step": self.micro_step,
+                "epochs_closed": self.epochs_closed}
 
     def improved(self, value: float) -> bool:
         if self.best["value"] is None:
@@ -182,7 +192,11 @@ class LogWindow:
     """The batches since the last train log line. Their losses stay on the device until a log point
     (or a checkpoint, or an evaluation) reads them: one device sync there instead of one per step."""
 
+    opened = 0  # windows opened in this process: each gets a serial number
+
     def __init__(self) -> None:
+        LogWindow.opened += 1
+        self.serial = LogWindow.opened
         self.start = time.perf_counter()
         self.batches = 0
         self.data_wait_s = 0.0
@@ -207,17 +221,19 @@ class LogWindow:
             return local.cpu().reshape(1, -1)
         return accelerator.gather(local).cpu().reshape(-1, len(self.losses))
 
-    def raise_if_diverged(self, losses: torch.Tensor, kept: Path) -> None:
-        """TrainingDiverged at the first batch whose loss (on any process) is NaN or Inf."""
+    def raise_if_diverged(self, losses: torch.Tensor, kept: Path, lr: float) -> None:
+        """TrainingDiverged at the first batch whose loss (on any process) is NaN or Inf; the message
+        names `kept` (the last checkpoint from before the loss blew up) and what to change."""
         bad = ~torch.isfinite(losses)
         if not bad.any():
             return
         first = int(bad.any(dim=0).nonzero()[0])
         step, epoch = self.positions[first]
-        raise TrainingDiverged(
-            f"loss became {float(losses[:, first][bad[:, first]][0])} at step {step} (epoch {epoch}); training "
-            f"stopped. Last good checkpoint: {kept if kept.exists() else 'none written yet'}. "
-            f"Lower train.lr or enable train.grad_clip.")
+        where = (f"the last good checkpoint is {kept} (written while the loss was still near its lowest); continue "
+                 f"from it with a lower learning rate: genflow train RECIPE --resume {kept} train.lr={lr / 10:.3g}"
+                 if kept.exists() else "no checkpoint was written while the loss was sane")
+        raise TrainingDiverged(f"loss became {float(losses[:, first][bad[:, first]][0])} at step {step} (epoch {epoch}); "
+                               f"training stopped; {where} (or lower train.grad_clip, or add train.warmup_steps)")
 
     def values(self, losses: torch.Tensor, lr: float, batch_size: int) -> dict[str, float]:
         """Means over the window (the loss over all processes in `losses`), lr, throughput, data wait."""
@@ -258,17 +274,22 @@ class Trainer:
         accelerator.init_trackers(recipe.name, config={"recipe": recipe.name, **flatten_config(config_to_dict(recipe.config))},
                                   init_kwargs=tracker_init_kwargs(run_dir))
         self.ckpt_dir = run_dir / "checkpoints"
+        self.last_good_path = self.ckpt_dir / "last_good.pt"  # the newest `last` written while the loss was sane
+        self.period_losses: dict[int, tuple[float, int]] = {}  # LogWindow serial -> (loss sum, count) since the last checkpoint
+        if self.is_main:  # temp files of checkpoint writes that a kill interrupted (nothing else writes here yet)
+            remove_stale_temp_files(self.ckpt_dir)
 
     def set_up(self, resume_from: Path | None) -> None:
         """Data, plan, model, optimiser, schedule and EMA, restored from `resume_from` when given."""
         cfg, accelerator = self.cfg, self.accelerator
-        torch.manual_seed(cfg.seed)
+        set_seed(cfg.seed)  # Python's, NumPy's and torch's global generators: a recipe drawing from any is reproducible
         self.train_data, self.val_data = self.recipe.build_datasets()
         self.plan = plan_steps(cfg, self.train_data)
-        model = self.recipe.build_model()
+        model = _built_from_config("the model (model.*)", self.recipe.build_model)
         if self.world > 1 and self.device.type == "cuda":  # batch statistics over the global batch (no-op without BatchNorm)
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.optimizer = build_optimizer(model, cfg, self.recipe.parameter_groups(model))
+        self.optimizer = _built_from_config("the optimiser (train.optimizer, lr, betas, weight_decay)",
+                                            lambda: build_optimizer(model, cfg, self.recipe.parameter_groups(model)))
         self.schedule = build_lr_schedule(self.optimizer, cfg, self.plan.steps_per_epoch * cfg.epochs)
         self.ema = ExponentialMovingAverage(model, cfg.ema_decay) if cfg.ema_decay else None
         self.state = TrainState.new(cfg)
@@ -282,16 +303,24 @@ class Trainer:
             self.ema.model.to(self.device)
         if resume_from is not None:
             self.logger.truncate_after(self.state.step)
+            restore_rng_state(checkpoint["rng"])  # last: nothing the set-up draws shifts the global generators
 
     def restore(self, path: Path, model: torch.nn.Module) -> dict[str, Any]:
-        """Weights, optimiser, schedule, EMA, RNG and position from a checkpoint (before `prepare`, as saved)."""
+        """Weights, optimiser, schedule, EMA and position from a checkpoint (before `prepare`, as saved); the
+        RNG states are restored at the end of `set_up`."""
         checkpoint = load_checkpoint(path)
         model.load_state_dict(checkpoint["model"])
+        configured = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.schedule.load_state_dict(checkpoint["scheduler"])
+        # The config, not the checkpoint, sets the hyper-parameters (a resume with a lower train.lr after a
+        # divergence); unchanged, they are the same numbers, so the resume stays exact.
+        for group, values, lr_factor in zip(self.optimizer.param_groups, configured, self.schedule.lr_lambdas):
+            group.update(values, initial_lr=values["initial_lr"], lr=values["initial_lr"] * lr_factor(self.schedule.last_epoch))
+        self.schedule.base_lrs = [group["initial_lr"] for group in self.optimizer.param_groups]
+        self.schedule._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         if self.ema is not None and checkpoint.get("ema") is not None:
             self.ema.model.load_state_dict(checkpoint["ema"])
-        restore_rng_state(checkpoint["rng"])
         self.state = TrainState.from_checkpoint(checkpoint)
         return checkpoint
 
@@ -312,6 +341,8 @@ class Trainer:
         self.model.train()
         state.stop = state.step >= plan.total_steps
         try:
+            if state.batch == 0 and state.epochs_closed < state.epoch:  # a step checkpoint at an epoch's last batch,
+                self.end_of_epoch()  # then a kill: validate, pick the best and checkpoint that epoch now
             while not state.stop and state.epoch < cfg.epochs:
                 epoch = state.epoch
                 for batch in self.epoch_batches(epoch):
@@ -353,7 +384,7 @@ class Trainer:
             len(self.train_data), cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=self.rank, world_size=self.world,
             start_batch=state.batch, num_batches=plan.batches_per_epoch)
         batches = iter(_loader(self.train_data, sampler, cfg, pin=self.device.type == "cuda",
-                               local_batch=cfg.batch_size // self.world))
+                               local_batch=cfg.batch_size // self.world, epoch=epoch))
         for _ in range(plan.batches_per_epoch - state.batch):
             wait_start = time.perf_counter()
             batch = next(batches, None)
@@ -411,8 +442,22 @@ class Trainer:
         evaluation, never per step: a NaN stops the run up to `log_every` steps late (the weights it
         spoiled are never saved), for one device sync and one small gather per call instead of per step."""
         losses = self.window.host_losses(self.accelerator)
-        self.window.raise_if_diverged(losses, self.ckpt_dir / "last.pt")
+        self.window.raise_if_diverged(losses, self.last_good_path, self.cfg.lr)
+        if losses.numel():  # a window may be read twice (log point, then checkpoint): keyed by its serial number
+            self.period_losses[self.window.serial] = (float(losses.sum()), losses.numel())
         return losses
+
+    def loss_is_sane(self) -> bool:
+        """Whether the mean training loss since the last checkpoint is within `train.last_good_loss_ratio` of
+        the lowest such mean so far (above it by at most (ratio - 1) x |lowest|); updates the lowest. A
+        loss blowing up towards NaN is finite for a while: checkpoints written then are not good ones."""
+        total, count = (sum(values) for values in zip(*self.period_losses.values())) if self.period_losses else (0.0, 0)
+        self.period_losses = {}
+        if not count:
+            return True
+        mean, floor = total / count, self.state.loss_floor
+        self.state.loss_floor = mean if floor is None else min(floor, mean)
+        return floor is None or mean <= floor + (self.cfg.last_good_loss_ratio - 1) * abs(floor)
 
     def raise_if_diverged_here(self) -> None:
         """TrainingDiverged if this process's window holds a NaN or Inf loss. No collective, so safe on the
@@ -421,7 +466,7 @@ class Trainer:
             losses = self.window.host_losses(None)
         except Exception:  # the device itself failed: the error being handled says more
             return
-        self.window.raise_if_diverged(losses, self.ckpt_dir / "last.pt")
+        self.window.raise_if_diverged(losses, self.last_good_path, self.cfg.lr)
 
     def log_train(self, epoch: int) -> None:
         """The window's means to metrics.jsonl, the trackers and the progress line; a new window."""
@@ -434,7 +479,7 @@ class Trainer:
     def end_of_epoch(self) -> None:
         """Validate and pick the best (every `eval_every` epochs, at the last and at a stop), then checkpoint."""
         cfg, state = self.cfg, self.state
-        done_epochs = state.epoch
+        done_epochs = state.epochs_closed = state.epoch
         self.check_losses()
         if done_epochs % cfg.eval_every == 0 or done_epochs == cfg.epochs or state.stop:
             if self.is_main:
@@ -475,6 +520,7 @@ class Trainer:
     def save_checkpoint(self, name: str) -> Path | None:
         if not self.is_main:
             return None
+        good = name == "last" and self.loss_is_sane() and all(bool(torch.isfinite(p).all()) for p in self.unwrapped.parameters())
         scaler = self.accelerator.scaler
         checkpoint = {
             "model": self.unwrapped.state_dict(),
@@ -485,9 +531,14 @@ class Trainer:
             "rng": capture_rng_state(),
             "progress": self.state.progress(),
             "best": dict(self.state.best),
+            "loss_floor": self.state.loss_floor,  # judges which later checkpoints are good (not the weights: a run
+            # resumed half-way may hold another value, from its other checkpoint periods)
             "genflow_version": genflow.__version__,
         }
-        return atomic_torch_save(checkpoint, self.ckpt_dir / f"{name}.pt")
+        path = atomic_torch_save(checkpoint, self.ckpt_dir / f"{name}.pt")
+        if good:  # last_good.pt follows last.pt while the loss is sane and every weight finite; else the older one stays
+            _second_name(path, self.last_good_path)
+        return path
 
     def save_best_checkpoint(self) -> None:
         """`best.pt`, and the same file under the recipe's descriptive name (the previous one removed)."""
@@ -500,20 +551,47 @@ class Trainer:
         if previous and previous != named.name:
             (self.ckpt_dir / previous).unlink(missing_ok=True)
         best["file"] = named.name
-        tmp = named.with_suffix(".tmp")
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(path, tmp)  # a second name for the same bytes: no extra disk
-        except OSError:
-            shutil.copyfile(path, tmp)
-        os.replace(tmp, named)
+        _second_name(path, named)
 
 
-def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_progress: bool = True) -> TrainResult:
-    """Train `recipe` into `run_dir`, optionally resuming from a checkpoint file."""
-    trainer = Trainer(recipe, run_dir, show_progress=show_progress)
+def _second_name(path: Path, name: Path) -> None:
+    """`name` becomes the same file as `path` (a hard link: no extra disk; a copy where links fail), atomically."""
+    tmp = name.with_name(f".{name.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
     try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, name)
+
+
+def _built_from_config(what: str, build):
+    """`build()`; an error that the config's values cause in library code (a negative width, betas out of
+    range the config did not declare) becomes one ConfigError naming what was built (--debug: the traceback)."""
+    try:
+        return build()
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise ConfigError(f"could not build {what} from the config: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+
+
+def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_progress: bool = True,
+          discard_failed_start: bool = False) -> TrainResult:
+    """Train `recipe` into `run_dir`, optionally resuming from a checkpoint file.
+
+    `discard_failed_start`: `run_dir` was made for this run; if the data, model or optimiser cannot be
+    built, remove it again (a failed start leaves no run dir behind).
+    """
+    trainer = None
+    try:
+        trainer = Trainer(recipe, run_dir, show_progress=show_progress)
         trainer.set_up(resume_from)
+    except BaseException:
+        if trainer is not None:
+            trainer.logger.end_trackers("FAILED")
+        if discard_failed_start and not (run_dir / "checkpoints").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    try:
         return trainer.run()
     except BaseException:
         trainer.logger.end_trackers("FAILED")  # a no-op after Ctrl-C's KILLED

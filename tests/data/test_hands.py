@@ -40,7 +40,8 @@ def test_importer_reads_every_key_variant(tmp_path):
     np.savez(src / "b.npz", left_hand_pose=poses[20:40, :45].reshape(20, 15, 3), right_hand_pose=poses[20:40, 45:].reshape(20, 15, 3))
     np.savez(src / "c.npz", poses=poses[40:])
     summary = import_npz("hands", src, tmp_path / "shards", val_fraction=0.1)
-    assert summary.converted == 60 and not summary.skipped
+    assert summary.converted == 3 and summary.num_files == 3 and not summary.skipped  # files; poses are in splits
+    assert sum(summary.splits.values()) == 60
     total = sum(len(load_split(tmp_path / "shards", s, ["pose"])["pose"]) for s in ("train", "val", "test"))
     assert total == 60
     assert np.allclose(np.sort(read_hands_npz(src / "b.npz"), axis=0), np.sort(poses[20:40], axis=0))
@@ -53,10 +54,16 @@ def test_bad_files_are_skipped_with_a_reason_and_none_readable_is_an_error(tmp_p
     np.savez(src / "good.npz", lhand=poses[:, :45], rhand=poses[:, 45:])
     np.savez(src / "wrong_shape.npz", lhand=np.zeros((10, 44)), rhand=np.zeros((10, 45)))
     (src / "broken.npz").write_bytes(b"not a zip")
+    np.savez(src / "corrupt_member.npz", lhand=poses[:, :45], rhand=poses[:, 45:])  # a readable zip whose member is damaged
+    raw = bytearray((src / "corrupt_member.npz").read_bytes())
+    raw[raw.index(b"rhand.npy") + 200] ^= 0xFF  # inside rhand's data: zipfile's CRC check fails on reading it
+    (src / "corrupt_member.npz").write_bytes(bytes(raw))
     summary = import_npz("hands", src, tmp_path / "shards")
     reasons = dict(summary.skipped)
-    assert summary.converted == 10 and set(reasons) == {"wrong_shape.npz", "broken.npz"}
+    assert summary.converted == 1 and summary.num_files == 4 and sum(summary.splits.values()) == 10
+    assert set(reasons) == {"wrong_shape.npz", "broken.npz", "corrupt_member.npz"}
     assert "expected (N, 45)" in reasons["wrong_shape.npz"] and "not a readable npz" in reasons["broken.npz"]
+    assert "not a readable npz" in reasons["corrupt_member.npz"]
     only_bad = tmp_path / "bad"
     only_bad.mkdir()
     np.savez(only_bad / "x.npz", something=np.zeros((3, 7)))

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from genflow.data import shards
 from genflow.data.shards import (
     MANIFEST_NAME,
     ShardDataset,
@@ -88,7 +89,19 @@ def test_exception_inside_writer_leaves_no_manifest_or_shards(tmp_path):
     with pytest.raises(RuntimeError), ShardWriter(tmp_path / "ds", FIELDS) as writer:
         writer.write("train", **make_samples(3))
         raise RuntimeError("generation failed")
-    assert list((tmp_path / "ds").iterdir()) == []
+    assert not (tmp_path / "ds").exists()  # the directories the write made are gone too: no empty output
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's")
+    with pytest.raises(RuntimeError), ShardWriter(tmp_path / "mine" / "a" / "b", FIELDS) as writer:
+        writer.write("train", **make_samples(3))
+        raise RuntimeError("generation failed")
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]  # what was there before stays
+
+
+def test_an_output_dir_under_a_file_is_one_clear_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ShardError, match=r"cannot create the output directory: .*file is a file"):
+        ShardWriter(tmp_path / "file" / "ds", FIELDS)
 
 
 @pytest.mark.parametrize(
@@ -300,3 +313,23 @@ def test_split_indices_holds_val_out_of_train_and_rejects_fractions_that_leave_n
     assert parts["test"].tolist() == [0, 1] and parts["val"].tolist() == [2, 3, 4, 5] and len(parts["train"]) == 14
     with pytest.raises(ShardError, match="val_fraction=0.6 and test_fraction=0.5: expected each in \\[0, 1\\) and together below 1"):
         split_indices(np.arange(20), val_fraction=0.6, test_fraction=0.5)
+
+
+def test_a_shard_whose_bytes_changed_is_refused_before_training_naming_it(tmp_path, monkeypatch):
+    path = tmp_path / "ds"
+    write_dataset(path)
+    ShardDataset(path, "train")  # the writer recorded its shards as verified
+    hashed = []
+    original = shards._sha256
+    monkeypatch.setattr(shards, "_sha256", lambda file: hashed.append(file.name) or original(file))
+    ShardDataset(path, "train")
+    assert hashed == []  # unchanged files (size + mtime) are not read again
+    shard = path / "train-00002.h5"
+    raw = bytearray(shard.read_bytes())
+    raw[raw.index(np.float32(10.0).tobytes())] ^= 0x01  # one bit of one sample: same size, still valid HDF5
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(ShardError, match=r"train-00002.h5: sha256 does not match the manifest"):
+        ShardDataset(path, "train")
+    with pytest.raises(ShardError, match=r"train-00002.h5: sha256 does not match the manifest"):
+        load_split(path, "train")
+    assert hashed.count("train-00002.h5") == 2 and "train-00001.h5" not in hashed

@@ -20,6 +20,7 @@ def assert_same_state(a, b):
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
     assert a["progress"] == b["progress"]
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"]), "the global torch RNG is not where an uninterrupted run leaves it"
 
 
 def test_loss_goes_down_and_run_dir_is_complete(toy_recipe, tmp_path):

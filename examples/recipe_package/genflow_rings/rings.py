@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 
-from genflow.config import TrainConfig, require_at_least
+from genflow.config import NonNegative, NonNegativeInt, PositiveInt, Range, TrainConfig, check_ranges
 from genflow.data import ShardDataset, ShardWriter, load_split, split_indices
 from genflow.data.registry import DataCommand, DataJob
 from genflow.engine.recipe import EvalOptions, Recipe, SampleOptions, StepContext, evaluation
@@ -30,14 +30,14 @@ from genflow.samplers import solve_ode
 @dataclass
 class RingDataOptions:
     out: str = "datasets/rings"  # output dataset directory
-    n: int = 4000  # points in all (80 / 10 / 10 train / val / test)
-    radii: tuple[float, ...] = (2.0, 4.0)  # ring radii
-    noise: float = 0.05  # standard deviation of the radial noise
-    seed: int = 0  # seed of the points and the split
+    n: Annotated[int, Range(ge=10)] = 4000  # points in all (80 / 10 / 10 train / val / test)
+    radii: Annotated[tuple[float, ...], Range(ge=0)] = (2.0, 4.0)  # ring radii
+    noise: NonNegative = 0.05  # standard deviation of the radial noise
+    seed: NonNegativeInt = 0  # seed of the points and the split
     overwrite: bool = False  # replace an existing dataset
 
     def __post_init__(self) -> None:
-        require_at_least("data option", self, n=10, noise=0.0)
+        check_ranges(self)  # the declared ranges, also for options built in Python (the CLI checks them on reading)
 
 
 def make_rings(options: RingDataOptions, job: DataJob) -> dict[str, Any]:
@@ -65,13 +65,13 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    hidden: int = 64  # width of the velocity field's residual stream
-    depth: int = 2  # residual AdaLN blocks
+    hidden: PositiveInt = 64  # width of the velocity field's residual stream
+    depth: PositiveInt = 2  # residual AdaLN blocks
 
 
 @dataclass
 class EvalConfig:
-    steps: int = 20  # Euler steps of the sampling ODE
+    steps: PositiveInt = 20  # Euler steps of the sampling ODE
 
 
 @dataclass
@@ -86,13 +86,13 @@ class RingsConfig:
 # --- options of `genflow sample` and `genflow eval ring` --------------------------------------------------------
 @dataclass
 class RingSampleOptions(SampleOptions):
-    n: int = 500  # how many points
-    steps: int | None = None  # Euler steps (default: eval.steps)
+    n: PositiveInt = 500  # how many points
+    steps: PositiveInt | None = None  # Euler steps (default: eval.steps)
 
 
 @dataclass
 class RingEvalOptions(EvalOptions):
-    steps: int | None = None  # Euler steps (default: eval.steps)
+    steps: PositiveInt | None = None  # Euler steps (default: eval.steps)
 
 
 def ring_error(points: torch.Tensor, radii: list[float]) -> float:
