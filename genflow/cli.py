@@ -294,17 +294,22 @@ def train_command(
     gpus: int = typer.Option(1, min=1, help="Number of processes: one per GPU, or CPU processes over gloo without CUDA."),
     precision: Optional[str] = typer.Option(None, help="auto (default: bf16 where the GPU / CPU has it natively, else fp32) | "
                                             "no | 32 | fp32 | bf16 | bf16-mixed | fp16 | 16-mixed (sets train.precision)."),
-    resume: Optional[str] = typer.Option(None, help="Run dir to continue from its last checkpoint, or 'auto' for the latest run."),
+    resume: Optional[str] = typer.Option(None, help="Run dir (or checkpoint file) to continue from, or 'auto': the latest run; "
+                                         "with --name, that run if it has a checkpoint, else a fresh one (requeued jobs)."),
     runs_dir: Path = typer.Option(Path("runs"), help="Root of run directories."),
     progress: bool = typer.Option(True, help="Show the progress bar on a terminal (plain progress lines are printed "
                                   "when stdout is not one, and with --no-progress)."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config (YAML) and exit; nothing is written."),
+    nnodes: int = typer.Option(1, min=1, help="Machines in the job; each runs this command with its own --node-rank."),
+    node_rank: int = typer.Option(0, min=0, help="This machine's place among the --nnodes (0: the one at --master-addr)."),
+    master_addr: str = typer.Option("127.0.0.1", help="Address of node 0, reachable from every node (with --nnodes > 1)."),
+    master_port: int = typer.Option(29500, help="Free TCP port on node 0 for the rendezvous (with --nnodes > 1)."),
 ) -> None:
     """Train a recipe into runs/<recipe>/<name>/ (resumable, multi-process with --gpus N).
     `genflow config RECIPE --keys` lists every config key."""
-    from genflow.engine.launch import is_launched_worker, launch_processes
+    from genflow.engine.launch import NodeSpec, is_launched_worker, launch_processes
     from genflow.engine.session import prepare_training
-    from genflow.engine.trainer import train
+    from genflow.engine.trainer import PREEMPTED_EXIT_CODE, TrainingPreempted, train
 
     overrides, gpus = _source_trainer_overrides(list(overrides or []), gpus)
     if precision is not None:
@@ -313,15 +318,22 @@ def train_command(
         plan = prepare_training(recipe, config_path=config, overrides=overrides, name=name, resume=resume,
                                 runs_root=runs_dir, create=False)
         return _print_yaml(plan.recipe.config)
+    nodes = NodeSpec(nnodes, node_rank, master_addr, master_port)
+    launch = (gpus > 1 or nnodes > 1) and not is_launched_worker()
     plan = prepare_training(recipe, config_path=config, overrides=overrides, name=name, resume=resume,
-                            runs_root=runs_dir, create=not (gpus > 1 and not is_launched_worker()))
-    if gpus > 1 and not is_launched_worker():
-        # plan.overrides: without ckpt_path= / resume_from_checkpoint=, which became --resume (given once, not twice)
+                            runs_root=runs_dir, create=not launch)
+    if launch:
+        # plan.overrides: without ckpt_path= / resume_from_checkpoint=, which became --resume (given once, not twice).
+        # No --name given: the processes take rank 0's (every node would pick another start time).
+        where = ["--resume", str(plan.resume_checkpoint)] if plan.resume_checkpoint else (["--name", name] if name else [])
         args = [*(["--debug"] if _state["debug"] else []), "train", recipe, *plan.overrides, "--runs-dir", str(runs_dir),
-                "--resume" if plan.resume_checkpoint else "--name", str(plan.resume_checkpoint or plan.run_dir.name),
-                *(["--config", str(config)] if config else []), *([] if progress else ["--no-progress"])]
-        console.print(f"launching {gpus} processes -> {plan.run_dir}")
-        code = launch_processes(gpus, args)
+                *where, *(["--config", str(config)] if config else []), *([] if progress else ["--no-progress"])]
+        node = f" on node {node_rank} of {nnodes}" if nnodes > 1 else ""
+        console.print(f"launching {gpus} process(es){node} -> {plan.run_dir if where else runs_dir / plan.recipe.name}")
+        code = launch_processes(gpus, args, nodes, tuple(plan.recipe.config.train.preempt_signals))
+        if code == PREEMPTED_EXIT_CODE:
+            raise TrainingPreempted("preempted: the processes stopped after a step with last.pt written; the same command "
+                                    "with --resume auto --name NAME continues")
         if code:
             raise GenflowError(f"distributed training failed (exit code {code}); see the messages above", exit_code=code)
         return

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 from pathlib import Path
-import math
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
@@ -150,6 +150,10 @@ class TrainConfig:
     # hyper-parameters: tensorboard (RUN/tb), mlflow (a local file store, RUN/mlruns), wandb; a name, a list of
     # names, or none. metrics.jsonl is always written.
     log_with: str | list[str] | None = "tensorboard"
+    # Signals that mean "you are being preempted" (a scheduler's notice, e.g. SLURM's --signal=USR1@120): the run
+    # finishes its step, writes checkpoints/last.pt and exits with code 75; `--resume auto --name NAME` continues it.
+    # With several processes they agree at the next train.log_every step. [] leaves the signals' default action.
+    preempt_signals: list[str] = dataclasses.field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
 
     TRACKERS = ("tensorboard", "wandb", "mlflow")  # the valid `log_with` names (no annotation: not a config key)
 
@@ -157,6 +161,12 @@ class TrainConfig:
         check_ranges(self, "train.")
         self.precision = normalise_precision(self.precision)
         self.log_with = self.trackers()
+        import signal
+
+        for name in self.preempt_signals:
+            if not isinstance(getattr(signal, str(name), None), signal.Signals) or name in ("SIGKILL", "SIGSTOP", "SIGINT"):
+                raise ConfigError(f"config key 'train.preempt_signals': expected names of catchable signals such as SIGTERM "
+                                  f"or SIGUSR1 (SIGINT is Ctrl-C, handled already), got {name!r}")
 
     def trackers(self) -> list[str]:
         """`log_with` as a list of tracker names, in order, without repeats (`none` / null / [] -> []).

@@ -15,6 +15,11 @@ from genflow.config import TrainConfig
 from genflow.engine.recipe import Recipe, StepContext
 
 
+# digit4 overrides for a model that trains in seconds (CLI tests)
+TINY_MODEL = ["model.latent_dim=16", "model.encoder_hidden=[16,32]", "model.field_hidden=32", "model.field_depth=2",
+              "model.time_dim=16", "train.batch_size=8", "train.log_every=2", "eval.num_clouds=8", "eval.steps=4"]
+
+
 class DictDataset(Dataset):
     def __init__(self, **arrays: torch.Tensor):
         self.arrays = arrays

@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from genflow.cli import main
+from conftest import TINY_MODEL
 from genflow.engine.checkpoint import load_checkpoint
 
-TINY_MODEL = ["model.latent_dim=16", "model.encoder_hidden=[16,32]", "model.field_hidden=32", "model.field_depth=2",
-              "model.time_dim=16", "train.batch_size=8", "train.log_every=2", "eval.num_clouds=8", "eval.steps=4"]
 
 
 def assert_user_error(code, err, *fragments):
@@ -264,24 +263,64 @@ def test_debug_shows_the_traceback(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.fixture(scope="module")
+def one_process_weights(tmp_path_factory, digit4_dir):
+    """6 steps of the tiny digit4 model in one process, fp32: what the multi-process runs must reach."""
+    runs = tmp_path_factory.mktemp("one")
+    subprocess.run([sys.executable, "-m", "genflow.cli", "train", "digit4", "--runs-dir", str(runs), "--no-progress",
+                    f"data.path={digit4_dir}", "train.max_steps=6", "--precision", "no", *TINY_MODEL, "--name", "one"],
+                   check=True, capture_output=True, timeout=300)
+    return load_checkpoint(runs / "digit4" / "one" / "checkpoints" / "last.pt")["model"]
+
+
 @pytest.mark.slow
-def test_two_cpu_processes_train_like_one(tmp_path, digit4_dir):
+def test_two_cpu_processes_train_like_one(tmp_path, digit4_dir, one_process_weights):
     """--gpus 2 on CPU: two gloo processes, each half of every global batch; same weights as one process,
     also when the two-process run was resumed half-way with `resume_from_checkpoint=FILE`."""
     common = ["train", "digit4", "--runs-dir", str(tmp_path), "--no-progress", f"data.path={digit4_dir}", "train.max_steps=6",
               "--precision", "no",  # equal to float round-off: an fp32 property (auto may pick bf16)
               *TINY_MODEL]
     split = tmp_path / "digit4" / "two" / "checkpoints" / "last.pt"
-    # 6 steps in one process; 3 in two processes, then 3 more resumed through the source trainers' override
-    for extra in (["--name", "one"], ["--name", "two", "--gpus", "2", "train.max_steps=3"],
-                  ["--gpus", "2", f"resume_from_checkpoint={split}"]):
+    # 3 steps in two processes, then 3 more resumed through the source trainers' override
+    for extra in (["--name", "two", "--gpus", "2", "train.max_steps=3"], ["--gpus", "2", f"resume_from_checkpoint={split}"]):
         proc = subprocess.run([sys.executable, "-m", "genflow.cli", *common, *extra], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
-    one = load_checkpoint(tmp_path / "digit4" / "one" / "checkpoints" / "last.pt")
     two = load_checkpoint(split)
     assert two["progress"]["step"] == 6
-    for key, value in one["model"].items():
+    for key, value in one_process_weights.items():
         torch.testing.assert_close(two["model"][key], value, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_two_nodes_of_one_process_each_train_like_one_process(tmp_path, digit4_dir, one_process_weights):
+    """--nnodes 2 on localhost (gloo): node ranks 0 and 1 each start one process, no --name given (rank 0
+    names the run, only it writes); the weights equal one process's with the same global batch."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    common = [sys.executable, "-m", "genflow.cli", "train", "digit4", "--runs-dir", str(tmp_path), "--no-progress",
+              f"data.path={digit4_dir}", "train.max_steps=6", "--precision", "no", *TINY_MODEL]
+    nodes = [subprocess.Popen([*common, "--nnodes", "2", "--node-rank", str(rank), "--master-addr", "127.0.0.1",
+                               "--master-port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    runs = list((tmp_path / "digit4").iterdir())
+    assert len(runs) == 1  # both nodes trained into one run dir, named by rank 0
+    two = load_checkpoint(runs[0] / "checkpoints" / "last.pt")
+    assert two["progress"]["step"] == 6
+    for key, value in one_process_weights.items():
+        torch.testing.assert_close(two["model"][key], value, atol=1e-5, rtol=1e-4)
+
+
+def test_resume_auto_with_a_name_starts_that_run_or_continues_it(cli, tmp_path, digit4_dir):
+    common = ["--runs-dir", tmp_path, "--no-progress", f"data.path={digit4_dir}", *TINY_MODEL]
+    assert cli("train", "digit4", "--name", "job", "--resume", "auto", "train.epochs=1", *common)[0] == 0  # first start
+    assert cli("train", "digit4", "--name", "job", "--resume", "auto", "train.epochs=2", *common)[0] == 0  # requeued
+    assert load_checkpoint(tmp_path / "digit4" / "job" / "checkpoints" / "last.pt")["progress"]["epoch"] == 2
+    assert [p.name for p in (tmp_path / "digit4").iterdir()] == ["job"]
 
 
 def test_resume_auto_continues_the_latest_run(cli, tmp_path, digit4_dir):

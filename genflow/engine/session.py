@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from genflow.config import apply_overrides, config_from_dict, load_config
+from genflow.engine.launch import agree_on
 from genflow.engine.recipe import Recipe, get_recipe
 from genflow.engine.run_dir import (check_run_name, default_run_name, find_latest_run, pin_data_path, read_run_config,
                                     run_dir_for, write_run_config)
@@ -31,8 +32,10 @@ def prepare_training(recipe_name: str, *, config_path: Path | None = None, overr
     """Resolve the config and the run dir of a `genflow train` call.
 
     A fresh run reads `config_path` (default: the recipe's YAML) and applies `overrides`. A resumed run
-    (`resume` = a run dir, or 'auto' for the newest run of the recipe) starts from the run's saved
-    config, applies `overrides` on top (e.g. more epochs) and continues from `checkpoints/last.pt`.
+    (`resume` = a run dir, or 'auto' for the newest run of the recipe; 'auto' with a `name`: that run
+    if it has a checkpoint, else a fresh run of that name, as a requeued cluster job needs) starts from
+    the run's saved config, applies `overrides` on top (e.g. more epochs) and continues from
+    `checkpoints/last.pt`.
     Only the main process writes; `create=False` resolves without writing (before a launch).
     """
     recipe_cls = get_recipe(recipe_name)
@@ -40,6 +43,9 @@ def prepare_training(recipe_name: str, *, config_path: Path | None = None, overr
     overrides = list(overrides or [])
     resume = _take_ckpt_path(overrides, resume)
     is_main = int(os.environ.get("RANK", "0")) == 0
+    if resume == "auto" and name is not None:  # a (re)queued job: continue run NAME if it has a checkpoint, else start it
+        named = Path(runs_root) / recipe_name / check_run_name(name)
+        resume = str(named) if (named / "checkpoints" / "last.pt").is_file() else None
     if resume is not None:
         run_dir = find_latest_run(runs_root, recipe_name) if resume == "auto" else Path(resume)
         if run_dir is None:
@@ -61,6 +67,8 @@ def prepare_training(recipe_name: str, *, config_path: Path | None = None, overr
     else:
         config = load_config(recipe_cls.config_class, config_path or recipe_cls.default_config, overrides)
         checkpoint = None
+        if name is None and create:  # several processes (torchrun, srun, accelerate launch): rank 0's start time names the run
+            name = agree_on(default_run_name())
         if os.environ.get("LOCAL_RANK") and not is_main:  # a worker: rank 0 checks for an earlier run of this name
             run_dir = Path(runs_root) / recipe_name / check_run_name(name or default_run_name())
         else:

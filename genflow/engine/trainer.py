@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -41,11 +43,21 @@ from genflow.engine.recipe import Recipe, StepContext
 from genflow.engine.run_dir import CONFIG_FILE, record_runtime, write_run_config
 from genflow.errors import ConfigError, GenflowError
 
-__all__ = ["train", "TrainResult", "TrainingDiverged", "TrainState", "make_accelerator"]
+__all__ = ["train", "TrainResult", "TrainingDiverged", "TrainingPreempted", "PREEMPTED_EXIT_CODE", "TrainState",
+           "make_accelerator"]
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped on request with last.pt written; run the same command again to continue
 
 
 class TrainingDiverged(GenflowError):
     """The loss became NaN or Inf; training stopped and the last good checkpoint was kept."""
+
+
+class TrainingPreempted(GenflowError):
+    """A preemption signal (`train.preempt_signals`) stopped training after a step; last.pt holds that step."""
+
+    def __init__(self, message: str):
+        super().__init__(message, exit_code=PREEMPTED_EXIT_CODE)
 
 
 @dataclass
@@ -340,6 +352,8 @@ class Trainer:
         self.last_metrics: dict[str, float] = {}
         self.model.train()
         state.stop = state.step >= plan.total_steps
+        self.caught_signal: str | None = None
+        previous_handlers = self.catch_preemption_signals()
         try:
             if state.batch == 0 and state.epochs_closed < state.epoch:  # a step checkpoint at an epoch's last batch,
                 self.end_of_epoch()  # then a kill: validate, pick the best and checkpoint that epoch now
@@ -369,6 +383,8 @@ class Trainer:
                                f"(checkpoint {path})") from None
         finally:
             self.reporter.close()
+            for number, handler in previous_handlers.items():
+                signal.signal(number, handler)
 
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
@@ -435,6 +451,36 @@ class Trainer:
             self.save_checkpoint("last")
         if state.step >= plan.total_steps:
             state.stop = True
+        elif self.preemption_due():
+            self.check_losses()
+            path = self.save_checkpoint("last")
+            self.logger.end_trackers("KILLED")
+            raise TrainingPreempted(f"{self.caught_signal or 'a preemption signal'} received: stopped after step {state.step}, "
+                                    f"checkpoint {path or self.ckpt_dir / 'last.pt'}; the same command with --resume auto "
+                                    f"--name {self.run_dir.name} continues (exit code {PREEMPTED_EXIT_CODE})")
+
+    # --- preemption -----------------------------------------------------------------------------------
+    def catch_preemption_signals(self) -> dict[int, Any]:
+        """Handlers for `train.preempt_signals` that only note the signal (the step in progress finishes);
+        returns the handlers they replace. Signals can only be caught in the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+        for name in self.cfg.preempt_signals:
+            number = getattr(signal, name)
+            previous[number] = signal.signal(number, lambda signum, frame: setattr(self, "caught_signal", signal.Signals(signum).name))
+        return previous
+
+    def preemption_due(self) -> bool:
+        """Whether to stop now. One process: a signal has been caught. Several: whether any process caught
+        one, agreed at each `train.log_every` step (where the loss is read anyway: no extra per-step sync)."""
+        if self.world == 1:
+            return self.caught_signal is not None
+        if self.state.step % self.cfg.log_every:
+            return False
+        flag = torch.tensor([1.0 if self.caught_signal else 0.0], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
 
     def check_losses(self) -> torch.Tensor:
         """The window's losses from every process, on the host `(processes, batches)`; TrainingDiverged if

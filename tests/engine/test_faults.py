@@ -3,6 +3,8 @@ of a killed checkpoint write. Each ends in one clear error and leaves what the u
 
 import errno
 import math
+import os
+import signal
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ import torch
 import genflow.engine.checkpoint as checkpoint_module
 from genflow.engine.checkpoint import load_checkpoint
 from genflow.engine.metrics_log import read_metrics
-from genflow.engine.trainer import TrainingDiverged, train
+from genflow.engine.trainer import PREEMPTED_EXIT_CODE, TrainingDiverged, TrainingPreempted, train
 from genflow.errors import CheckpointError, ConfigError
 from conftest import ToyConfig, ToyRecipe
 
@@ -112,3 +114,31 @@ def test_a_kill_between_the_last_step_checkpoint_and_the_validation_is_made_up_o
     recipe.killed = False
     train(recipe, tmp_path, resume_from=tmp_path / "checkpoints" / "last.pt", show_progress=False)
     assert [r["epoch"] for r in read_metrics(tmp_path) if r["kind"] == "val"] == [1, 2]
+
+
+class PreemptedToy(ToyRecipe):
+    """The scheduler's notice arrives while step `preempt_at` is being computed."""
+
+    preempt_at = -1
+
+    def compute_loss(self, model, batch, ctx):
+        if ctx.step == self.preempt_at:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return super().compute_loss(model, batch, ctx)
+
+
+def test_a_preemption_signal_finishes_the_step_writes_last_and_resume_is_exact(toy_recipe, tmp_path):
+    straight = tmp_path / "straight"
+    train(toy_recipe(epochs=2), straight, show_progress=False)
+    recipe = PreemptedToy(toy_recipe(epochs=2).config)
+    recipe.preempt_at = 5  # mid-epoch (8 steps per epoch)
+    with pytest.raises(TrainingPreempted, match=r"SIGUSR1 received: stopped after step 6") as caught:
+        train(recipe, tmp_path / "requeued", show_progress=False)
+    assert caught.value.exit_code == PREEMPTED_EXIT_CODE == 75
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # the engine's handler is gone again
+    recipe.preempt_at = -1
+    train(recipe, tmp_path / "requeued", resume_from=tmp_path / "requeued" / "checkpoints" / "last.pt", show_progress=False)
+    a, b = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (straight, tmp_path / "requeued"))
+    assert a["progress"] == b["progress"]
+    for name, value in a["model"].items():
+        assert torch.equal(value, b["model"][name]), name
