@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genflow.config import NonNegative, PositiveInt, Range, TrainConfig, check_ranges
-from genflow.data import ShardDataset, first_samples, images_to_point_clouds, load_split
+from genflow.data import ShardDataset, first_samples, images_to_point_clouds, load_split, training_split
 from genflow.engine.recipe import EvalOptions, OdeSolverOptions, Recipe, SampleOptions, StepContext, evaluation
 from genflow.errors import GenflowError
 from genflow.metrics import chamfer_distance, coverage_mmd_1nna
@@ -34,6 +34,9 @@ __all__ = ["Digit4Recipe", "Digit4Config", "Digit4Flow"]
 class DataConfig:
     path: str = "datasets/digit4"  # made by `genflow data make-digit4`
     in_memory: bool = True  # the digit4 set is ~25 MB; larger sets stream from the shards
+    # read the train split as a stream (StreamingShardDataset: each process x worker its own shards, a new shuffle
+    # each epoch, exact resume, flat memory for data larger than RAM) instead of a map-style ShardDataset
+    streaming: bool = False
 
 
 @dataclass
@@ -135,7 +138,7 @@ class Digit4Recipe(Recipe):
     # --- training ------------------------------------------------------------------------------
     def build_datasets(self):
         d = self.config.data
-        return (ShardDataset(d.path, "train", ["points"], in_memory=d.in_memory),
+        return (training_split(d.path, ["points"], streaming=d.streaming, in_memory=d.in_memory, seed=self.config.train.seed),
                 ShardDataset(d.path, "val", ["points"], in_memory=d.in_memory))
 
     def build_model(self) -> Digit4Flow:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from genflow.config import NonNegative, NonNegativeInt, Positive, PositiveInt, TrainConfig, check_ranges
-from genflow.data import ShardDataset, load_split
+from genflow.data import ShardDataset, load_split, training_split
 from genflow.data.hands import FAMILIES, hand_joint_positions, inside_limits, read_hands_npz
 from genflow.engine.metrics_log import read_metrics
 from genflow.engine.recipe import EvalOptions, Recipe, SampleOptions, StepContext, evaluation
@@ -34,6 +34,9 @@ __all__ = ["HandVaeRecipe", "HandVaeConfig"]
 class DataConfig:
     data_dir: str = "datasets/hands"  # genflow data make hands | genflow data import hands DIR
     val_limit: PositiveInt | None = 20_000  # validation loss / energy on at most this many val poses
+    # read the train split as a stream (StreamingShardDataset: each process x worker its own shards, a new shuffle
+    # each epoch, exact resume, flat memory for data larger than RAM) instead of a map-style ShardDataset
+    streaming: bool = False
 
 
 @dataclass
@@ -126,7 +129,7 @@ class HandVaeRecipe(Recipe):
     # --- data / model -------------------------------------------------------------------------------
     def build_datasets(self):
         d = self.config.data
-        train = ShardDataset(d.data_dir, "train", ["pose", "family"], in_memory=True)
+        train = training_split(d.data_dir, ["pose", "family"], streaming=d.streaming, in_memory=True, seed=self.config.train.seed)
         val = ShardDataset(d.data_dir, "val", ["pose", "family"], in_memory=True)
         if d.val_limit is not None and len(val) > d.val_limit:
             val = torch.utils.data.Subset(val, range(d.val_limit))

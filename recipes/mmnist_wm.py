@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from genflow.config import NonNegative, NonNegativeInt, Positive, PositiveInt, Probability, Range, TrainConfig, check_ranges
-from genflow.data import ShardDataset, first_samples, load_split
+from genflow.data import ShardDataset, first_samples, load_split, training_split
 from genflow.data.moving_mnist import MASK_TOKEN, NUM_LEVELS, dequantise
 from genflow.engine.precision import autocast_dtype
 from genflow.engine.recipe import EvalOptions, Recipe, SampleOptions, StepContext, evaluation
@@ -86,6 +86,9 @@ class DataConfig:
     train_sequences: PositiveInt | None = None  # use only the first N training sequences (source: 2000 fast, 8000 full)
     val_sequences: PositiveInt = 32  # validation loss and quick metrics on the first N val sequences
     in_memory: bool = True  # load the shards into memory (false: read them from disk)
+    # read the train split as a stream (StreamingShardDataset: each process x worker its own shards, a new shuffle
+    # each epoch, exact resume, flat memory for data larger than RAM) instead of a map-style ShardDataset
+    streaming: bool = False
 
     def __post_init__(self) -> None:
         check_ranges(self, "data.")
@@ -233,7 +236,7 @@ class MovingMnistWorldModelRecipe(Recipe):
     def build_datasets(self):
         d, m = self.config.data, self.config.model
         fields = ["tokens", "actions"]
-        train = ShardDataset(d.data_dir, "train", fields, in_memory=d.in_memory)
+        train = training_split(d.data_dir, fields, streaming=d.streaming, in_memory=d.in_memory, seed=self.config.train.seed)
         frames, height, width = train.field_shape("tokens")
         if (height, width) != (m.frame_size, m.frame_size) or frames < m.num_frames:
             raise ConfigError(f"{d.data_dir} holds {frames} frames of {height}x{width} tokens; the model expects "
@@ -241,6 +244,9 @@ class MovingMnistWorldModelRecipe(Recipe):
         # val carries the frames too, for the pixel metrics of `evaluate` (compute_loss reads tokens / actions)
         val = ShardDataset(d.data_dir, "val", [*fields, "frames"], in_memory=d.in_memory)
         if d.train_sequences is not None:
+            if d.streaming:
+                raise ConfigError("config keys 'data.train_sequences' and 'data.streaming': a stream reads whole shards; "
+                                  "set train.batches_per_epoch to shorten an epoch instead")
             train = Subset(train, range(min(d.train_sequences, len(train))))
         return train, Subset(val, range(min(d.val_sequences, len(val))))
 

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from genflow.config import NonNegative, Positive, PositiveInt, Range, TrainConfig, check_ranges
-from genflow.data import ShardDataset, first_samples, load_split
+from genflow.data import ShardDataset, first_samples, load_split, training_split
 from genflow.data.namo import draw_valid_placements
 from genflow.engine.recipe import EvalOptions, OdeSolverOptions, Recipe, SampleOptions, StepContext, evaluation
 from genflow.errors import ConfigError, GenflowError
@@ -58,6 +58,9 @@ class DataConfig:
     data_dir: str = "datasets/namo"  # genflow data make namo, then genflow data import namo DIR
     image_size: PositiveInt = 64  # mask side in pixels (must match the shards)
     in_memory: bool = True  # load the shards into memory (false: read them from disk)
+    # read the train split as a stream (StreamingShardDataset: each process x worker its own shards, a new shuffle
+    # each epoch, exact resume, flat memory for data larger than RAM) instead of a map-style ShardDataset
+    streaming: bool = False
     # generated scenes know every valid placement (mode_map): train on a fresh uniform draw among them
     # each time a scene is seen, not only on the stored target_goal (imported scenes without modes keep it)
     resample_goals: bool = False
@@ -302,7 +305,7 @@ class _NamoRecipe(Recipe):
     def build_datasets(self):
         d = self.config.data
         fields = ["context", "target_goal"] + (["mode_map"] if d.resample_goals else [])
-        train = ShardDataset(d.data_dir, "train", fields, in_memory=d.in_memory)
+        train = training_split(d.data_dir, fields, streaming=d.streaming, in_memory=d.in_memory, seed=self.config.train.seed)
         size = train.field_shape("context")[-1]
         if size != d.image_size:
             raise ConfigError(f"data.image_size={d.image_size} but {d.data_dir} holds {size} x {size} masks "

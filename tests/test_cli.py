@@ -275,17 +275,14 @@ def one_process_weights(tmp_path_factory, digit4_dir):
 
 @pytest.mark.slow
 def test_two_cpu_processes_train_like_one(tmp_path, digit4_dir, one_process_weights):
-    """--gpus 2 on CPU: two gloo processes, each half of every global batch; same weights as one process,
-    also when the two-process run was resumed half-way with `resume_from_checkpoint=FILE`."""
+    """--gpus 2 on CPU: two gloo processes, each half of every global batch; same weights as one process."""
     common = ["train", "digit4", "--runs-dir", str(tmp_path), "--no-progress", f"data.path={digit4_dir}", "train.max_steps=6",
               "--precision", "no",  # equal to float round-off: an fp32 property (auto may pick bf16)
               *TINY_MODEL]
-    split = tmp_path / "digit4" / "two" / "checkpoints" / "last.pt"
-    # 3 steps in two processes, then 3 more resumed through the source trainers' override
-    for extra in (["--name", "two", "--gpus", "2", "train.max_steps=3"], ["--gpus", "2", f"resume_from_checkpoint={split}"]):
-        proc = subprocess.run([sys.executable, "-m", "genflow.cli", *common, *extra], capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-    two = load_checkpoint(split)
+    proc = subprocess.run([sys.executable, "-m", "genflow.cli", *common, "--name", "two", "--gpus", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    two = load_checkpoint(tmp_path / "digit4" / "two" / "checkpoints" / "last.pt")
     assert two["progress"]["step"] == 6
     for key, value in one_process_weights.items():
         torch.testing.assert_close(two["model"][key], value, atol=1e-5, rtol=1e-4)
@@ -313,6 +310,24 @@ def test_two_nodes_of_one_process_each_train_like_one_process(tmp_path, digit4_d
     assert two["progress"]["step"] == 6
     for key, value in one_process_weights.items():
         torch.testing.assert_close(two["model"][key], value, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_streamed_run_of_two_processes_x_two_workers_resumes_to_the_same_weights(tmp_path, digit4_dir):
+    """data.streaming: each of 2 processes x 2 DataLoader workers reads its own part of the shards, a new
+    shuffle per epoch; stopped mid-epoch and resumed (through `resume_from_checkpoint=FILE`, which the
+    launcher passes on once), the run ends on the uninterrupted run's weights."""
+    common = [sys.executable, "-m", "genflow.cli", "train", "digit4", "--runs-dir", str(tmp_path), "--no-progress", "--gpus", "2",
+              f"data.path={digit4_dir}", "data.streaming=true", "train.num_workers=2", "--precision", "no", *TINY_MODEL]
+    split = tmp_path / "digit4" / "split"
+    for extra in (["--name", "straight", "train.max_steps=6"], ["--name", "split", "train.max_steps=3"],
+                  [f"resume_from_checkpoint={split / 'checkpoints' / 'last.pt'}", "train.max_steps=6"]):  # the source trainers' form
+        proc = subprocess.run([*common, *extra], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    straight, resumed = (load_checkpoint(tmp_path / "digit4" / n / "checkpoints" / "last.pt") for n in ("straight", "split"))
+    assert straight["progress"] == resumed["progress"] and straight["progress"]["epoch"] >= 1  # crossed an epoch
+    for key, value in straight["model"].items():
+        assert torch.equal(resumed["model"][key], value), key
 
 
 def test_resume_auto_with_a_name_starts_that_run_or_continues_it(cli, tmp_path, digit4_dir):

@@ -17,6 +17,7 @@ from genflow.data.shards import (
     load_split,
     read_manifest,
     split_indices,
+    training_split,
     verify_shards,
 )
 
@@ -32,6 +33,7 @@ __all__ = [
     "load_split",
     "first_samples",
     "split_indices",
+    "training_split",
     "read_manifest",
     "verify_shards",
 ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -51,6 +52,7 @@ __all__ = [
     "first_samples",
     "ShardDataset",
     "StreamingShardDataset",
+    "training_split",
 ]
 
 FORMAT = "genflow-shards/1"
@@ -807,6 +809,7 @@ class StreamingShardDataset(IterableDataset):
         if not 0 <= self.rank < self.world_size:
             raise ShardError(f"{self.path}: rank {self.rank} is not in [0, world_size={self.world_size})")
         self.epoch = 0
+        self.skip_batches, self.batch_size = 0, 1  # set_position: where the next iteration starts
         sample_bytes = sum(
             _sample_bytes(self._reader.shapes[n], self._reader.dtypes[n].str) for n in self.fields
         )
@@ -815,6 +818,21 @@ class StreamingShardDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         """Sets the epoch that seeds the next iteration's shuffles."""
         self.epoch = int(epoch)
+
+    def set_position(self, batches_done: int, batch_size: int) -> None:
+        """Start the next iteration after this rank's first `batches_done` batches of `batch_size` (a resume
+        mid-epoch). A DataLoader with W workers hands out batch i from worker i % W; each worker skips the
+        batches its part had given below `batches_done`, so the rest of the epoch is the same batches, in
+        the same order, as in an iteration that was never interrupted."""
+        self.skip_batches, self.batch_size = int(batches_done), int(batch_size)
+
+    def batches_per_epoch(self, batch_size: int, num_workers: int) -> int:
+        """Full batches of `batch_size` this rank gets per epoch through a DataLoader with `num_workers`
+        workers, counting only rounds in which every worker still has a full batch (so the round-robin
+        order, and with it `set_position`, holds); the same on every rank."""
+        consumers = self.world_size * max(1, num_workers)
+        fewest = self._reader.count // consumers  # consumer ranges differ by at most one sample
+        return max(1, num_workers) * (fewest // batch_size)
 
     def field_shape(self, name: str) -> tuple[int, ...]:
         """Per-sample shape of a field, e.g. ``(500, 2)``."""
@@ -848,7 +866,13 @@ class StreamingShardDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         worker = get_worker_info()
         num_workers, worker_id = (worker.num_workers, worker.id) if worker is not None else (1, 0)
-        consumer = self.rank * num_workers + worker_id
+        # A DataLoader restarts its round-robin at worker 0: after k batches, worker w plays the part that
+        # worker (w + k) % W had (the one whose batch comes next), having already given its batches below k.
+        part = (worker_id + self.skip_batches) % num_workers
+        skip = len(range(part, self.skip_batches, num_workers)) * self.batch_size
+        yield from itertools.islice(self._shuffled(self.rank * num_workers + part, num_workers), skip, None)
+
+    def _shuffled(self, consumer: int, num_workers: int) -> Iterator[dict[str, torch.Tensor]]:
         pieces = self.consumer_ranges(consumer, self.world_size * num_workers)
         blocks = [
             (shard, start, min(start + self.block_rows, stop))
@@ -882,6 +906,18 @@ class StreamingShardDataset(IterableDataset):
                     yield {name: block[name][j] for name in self.fields}
         finally:
             reader.close()
+
+
+def training_split(path: str | Path, fields: list[str], *, streaming: bool = False, in_memory: bool = False,
+                   seed: int = 0) -> ShardDataset | StreamingShardDataset:
+    """A recipe's training set: the train split as a map-style `ShardDataset` (in memory when small), or
+    with `streaming` (a recipe's `data.streaming: true`) as a `StreamingShardDataset`: each process x
+    DataLoader worker reads its own shards sequentially, the engine reshuffles every epoch
+    (`set_epoch`) and a resume continues at the exact sample (`set_position`); memory stays flat
+    whatever the data size."""
+    if streaming:
+        return StreamingShardDataset(path, "train", fields, shuffle=True, seed=seed)
+    return ShardDataset(path, "train", fields, in_memory=in_memory)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -140,13 +140,19 @@ class StepPlan:
     batches_per_epoch: int  # a multiple of grad_accum_steps (each process takes its share of every batch)
     steps_per_epoch: int
     total_steps: int  # all epochs, capped by train.max_steps
-    streaming: bool  # the training set is a stream (an IterableDataset): no length, no replay
+    streaming: bool  # the training set is an IterableDataset: streamed shards (a length, a resumable position) or any
+    # iterator (no length: train.batches_per_epoch; no replay)
 
 
-def plan_steps(cfg: TrainConfig, train_data: Dataset) -> StepPlan:
+def plan_steps(cfg: TrainConfig, train_data: Dataset, world_size: int = 1) -> StepPlan:
     """The run's length from the training set and `train.*` (epochs, batch, accumulation, caps)."""
     streaming = isinstance(train_data, IterableDataset)
-    if streaming:  # an iterator of samples (simulator, generator): no length, no replay
+    if streaming and hasattr(train_data, "batches_per_epoch"):  # streamed shards: a known length per process x worker
+        batches_per_epoch = train_data.batches_per_epoch(cfg.batch_size // world_size, cfg.num_workers)
+        if cfg.batches_per_epoch is not None:
+            batches_per_epoch = min(batches_per_epoch, cfg.batches_per_epoch)
+        batches_per_epoch = batches_per_epoch // cfg.grad_accum_steps * cfg.grad_accum_steps
+    elif streaming:  # an iterator of samples (simulator, generator): no length, no replay
         if cfg.batches_per_epoch is None:
             raise ConfigError("config key 'train.batches_per_epoch': a streamed training set has no length; "
                               "set how many batches make an epoch")
@@ -296,7 +302,7 @@ class Trainer:
         cfg, accelerator = self.cfg, self.accelerator
         set_seed(cfg.seed)  # Python's, NumPy's and torch's global generators: a recipe drawing from any is reproducible
         self.train_data, self.val_data = self.recipe.build_datasets()
-        self.plan = plan_steps(cfg, self.train_data)
+        self.plan = plan_steps(cfg, self.train_data, self.world)
         model = _built_from_config("the model (model.*)", self.recipe.build_model)
         if self.world > 1 and self.device.type == "cuda":  # batch statistics over the global batch (no-op without BatchNorm)
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -399,6 +405,10 @@ class Trainer:
         sampler = None if plan.streaming else EpochBatchSampler(
             len(self.train_data), cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=self.rank, world_size=self.world,
             start_batch=state.batch, num_batches=plan.batches_per_epoch)
+        if hasattr(self.train_data, "set_epoch"):  # streamed shards: a new shuffle each epoch, and the resume position
+            self.train_data.set_epoch(epoch)
+        if hasattr(self.train_data, "set_position"):
+            self.train_data.set_position(state.batch, cfg.batch_size // self.world)
         batches = iter(_loader(self.train_data, sampler, cfg, pin=self.device.type == "cuda",
                                local_batch=cfg.batch_size // self.world, epoch=epoch))
         for _ in range(plan.batches_per_epoch - state.batch):

@@ -333,3 +333,22 @@ def test_a_shard_whose_bytes_changed_is_refused_before_training_naming_it(tmp_pa
     with pytest.raises(ShardError, match=r"train-00002.h5: sha256 does not match the manifest"):
         load_split(path, "train")
     assert hashed.count("train-00002.h5") == 2 and "train-00001.h5" not in hashed
+
+
+def test_a_stream_resumed_mid_epoch_yields_the_rest_of_the_epoch_exactly(tmp_path):
+    """Two ranks x two DataLoader workers: set_position(k) continues with batches k, k+1, ... of the
+    uninterrupted epoch (the engine's resume), and set_epoch reshuffles."""
+    path = tmp_path / "ds"
+    write_dataset(path, n_train=40)
+    for rank in (0, 1):
+        stream = StreamingShardDataset(path, "train", ["label"], seed=3, buffer_size=4, rank=rank, world_size=2)
+        stream.set_epoch(1)
+        loader = lambda: [b["label"].tolist() for b in DataLoader(stream, batch_size=3, num_workers=2, drop_last=True)]
+        batches_per_epoch = stream.batches_per_epoch(3, 2)
+        whole = loader()[:batches_per_epoch]
+        assert batches_per_epoch == 6 and len(whole) == 6
+        stream.set_position(3, 3)
+        assert loader()[: batches_per_epoch - 3] == whole[3:]
+    stream.set_position(0, 3)
+    stream.set_epoch(2)
+    assert loader()[:batches_per_epoch] != whole
