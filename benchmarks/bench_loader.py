@@ -21,8 +21,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from genflow.engine.precision import cpu_description
 from genflow.data.shards import ShardDataset, ShardWriter, StreamingShardDataset
+from genflow.engine.optim import EpochBatchSampler
+from genflow.engine.precision import cpu_description
+from genflow.engine.trainer import as_tensors, training_loader
 
 __all__ = ["NpzDirDataset", "main"]
 
@@ -60,6 +62,29 @@ def time_epoch(dataset: Dataset, batch_size: int, workers: int, shuffle: bool) -
         points = batch["points"] if isinstance(batch, dict) else batch[0]
         seen += points.shape[0]
     return time.perf_counter() - start, seen
+
+
+class PerSample(Dataset):
+    """The same dataset without `get_batch`: the DataLoader fetches its samples and restacks them (the
+    engine's loader before it read whole batches)."""
+
+    def __init__(self, dataset: ShardDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        return self.dataset.__getitems__(indices)
+
+
+def time_engine_epoch(dataset: Dataset, batch_size: int, workers: int) -> float:
+    """Samples / s of one epoch through the engine's loader (`training_loader`), worker start-up included."""
+    sampler = EpochBatchSampler(len(dataset), batch_size, seed=0, epoch=0)
+    start = time.perf_counter()
+    seen = sum(len(as_tensors(batch)["points"]) for batch in training_loader(dataset, sampler, num_workers=workers,
+                                                                             local_batch=batch_size, seed=0, epoch=0))
+    return seen / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -108,6 +133,17 @@ def main() -> None:
             rate = seen / seconds
             baseline = baseline or rate
             print(f"{name:32s} {seconds:8.2f} {rate:10.0f} {rate / baseline:6.1f}x")
+
+        print(f"\nthe engine's loader (training_loader), samples/s; workers {args.workers} vs 0, measured in turn:")
+        print(f"{'dataset':44s} {'0 workers':>10s} {f'{args.workers} workers':>10s} {'ratio':>6s}")
+        engine_cases = [
+            ("ShardDataset, whole batches", lambda: ShardDataset(tmp / "shards", "train")),
+            ("ShardDataset, per sample + restack (before)", lambda: PerSample(ShardDataset(tmp / "shards", "train"))),
+            ("ShardDataset(in_memory=True), whole batches", lambda: ShardDataset(tmp / "shards", "train", in_memory=True)),
+        ]
+        for name, build in engine_cases:
+            alone, workers = (time_engine_epoch(build(), args.batch_size, w) for w in (0, args.workers))
+            print(f"{name:44s} {alone:10.0f} {workers:10.0f} {workers / alone:5.2f}x")
 
 
 if __name__ == "__main__":

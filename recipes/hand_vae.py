@@ -34,6 +34,7 @@ __all__ = ["HandVaeRecipe", "HandVaeConfig"]
 class DataConfig:
     data_dir: str = "datasets/hands"  # genflow data make hands | genflow data import hands DIR
     val_limit: PositiveInt | None = 20_000  # validation loss / energy on at most this many val poses
+    in_memory: bool = True  # load the train split into memory (200k poses: 76 MB); false: read batches from the shards
     # read the train split as a stream (StreamingShardDataset: each process x worker its own shards, a new shuffle
     # each epoch, exact resume, flat memory for data larger than RAM) instead of a map-style ShardDataset
     streaming: bool = False
@@ -129,7 +130,7 @@ class HandVaeRecipe(Recipe):
     # --- data / model -------------------------------------------------------------------------------
     def build_datasets(self):
         d = self.config.data
-        train = training_split(d.data_dir, ["pose", "family"], streaming=d.streaming, in_memory=True, seed=self.config.train.seed)
+        train = training_split(d.data_dir, ["pose", "family"], streaming=d.streaming, in_memory=d.in_memory, seed=self.config.train.seed)
         val = ShardDataset(d.data_dir, "val", ["pose", "family"], in_memory=True)
         if d.val_limit is not None and len(val) > d.val_limit:
             val = torch.utils.data.Subset(val, range(d.val_limit))

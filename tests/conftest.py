@@ -1,72 +1,12 @@
-"""Shared fixtures: a toy recipe for engine tests, tiny synthetic MNIST-like digits and an in-process
-`genflow` runner for CLI tests."""
+"""Shared fixtures: a toy recipe for engine tests (defined in support.py), tiny synthetic MNIST-like
+digits and an in-process `genflow` runner for CLI tests."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import pytest
-import torch
-from torch import nn
-from torch.utils.data import Dataset
 
-from genflow.config import TrainConfig
-from genflow.engine.recipe import Recipe, StepContext
-
-
-# digit4 overrides for a model that trains in seconds (CLI tests)
-TINY_MODEL = ["model.latent_dim=16", "model.encoder_hidden=[16,32]", "model.field_hidden=32", "model.field_depth=2",
-              "model.time_dim=16", "train.batch_size=8", "train.log_every=2", "eval.num_clouds=8", "eval.steps=4"]
-
-
-class DictDataset(Dataset):
-    def __init__(self, **arrays: torch.Tensor):
-        self.arrays = arrays
-
-    def __len__(self) -> int:
-        return len(next(iter(self.arrays.values())))
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {k: v[i] for k, v in self.arrays.items()}
-
-
-@dataclass
-class ToyConfig:
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, batch_size=8, lr=1e-2, eval_every=1,
-                                                                     checkpoint_every=1, log_every=1, grad_clip=1.0))
-    samples: int = 64
-    fail_at_step: int = -1  # make the loss NaN at this step
-    interrupt_at_step: int = -1  # raise KeyboardInterrupt at this step
-
-
-class ToyRecipe(Recipe):
-    """Flow matching of a 2-D two-cluster distribution with a small MLP: noise comes from the context."""
-
-    name = "toy"
-    summary = "engine test recipe"
-    config_class = ToyConfig
-
-    def build_datasets(self):
-        g = torch.Generator().manual_seed(0)
-        centres = torch.tensor([[2.0, 0.0], [-2.0, 1.0]])
-        x = centres[torch.randint(0, 2, (self.config.samples,), generator=g)] + 0.1 * torch.randn(self.config.samples, 2, generator=g)
-        return DictDataset(x=x), DictDataset(x=x[:16])
-
-    def build_model(self):
-        return nn.Sequential(nn.Linear(3, 32), nn.SiLU(), nn.Linear(32, 2))
-
-    def compute_loss(self, model, batch, ctx: StepContext):
-        if ctx.step == self.config.interrupt_at_step:
-            raise KeyboardInterrupt
-        x1 = batch["x"]
-        x0 = ctx.randn(len(x1), 2)
-        t = ctx.rand(len(x1), 1)
-        pred = model(torch.cat([(1 - t) * x0 + t * x1, t], dim=1))
-        loss = ((pred - (x1 - x0)) ** 2).mean()
-        if ctx.step == self.config.fail_at_step:
-            loss = loss * float("nan")
-        return loss, {}
+from support import ToyConfig, ToyRecipe
 
 
 @pytest.fixture

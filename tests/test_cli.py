@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from genflow.cli import main
-from conftest import TINY_MODEL
+from support import TINY_MODEL
 from genflow.engine.checkpoint import load_checkpoint
 
 

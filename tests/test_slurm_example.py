@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from genflow.engine.checkpoint import load_checkpoint
-from conftest import TINY_MODEL
+from support import TINY_MODEL
 from genflow.cli import main
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "slurm" / "train.sbatch"

@@ -14,7 +14,7 @@ from genflow.engine.checkpoint import load_checkpoint
 from genflow.engine.metrics_log import read_metrics
 from genflow.engine.trainer import PREEMPTED_EXIT_CODE, TrainingDiverged, TrainingPreempted, train
 from genflow.errors import CheckpointError, ConfigError
-from conftest import ToyConfig, ToyRecipe
+from support import ToyConfig, ToyRecipe
 
 
 class UnstableToy(ToyRecipe):

@@ -87,3 +87,23 @@ def test_corrupt_checkpoint_is_a_clear_error(toy_recipe, tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(GenflowError, match="last.pt: not a readable genflow checkpoint"):
         train(toy_recipe(), tmp_path, resume_from=bad, show_progress=False)
+
+
+def test_the_loader_reads_whole_batches_the_same_with_or_without_workers(tmp_path):
+    from genflow.data import ShardDataset, ShardWriter
+    from genflow.engine.optim import EpochBatchSampler
+    from genflow.engine.trainer import as_tensors, training_loader
+
+    with ShardWriter(tmp_path / "ds", {"x": ((3,), "float32"), "label": ((), "int64")}, max_shard_bytes=200) as writer:
+        writer.write("train", x=torch.arange(120.0).reshape(40, 3).numpy(), label=torch.arange(40).numpy())
+    data = ShardDataset(tmp_path / "ds", "train")
+
+    def epoch(workers):
+        sampler = EpochBatchSampler(len(data), 8, seed=1, epoch=2)
+        return [as_tensors(b) for b in training_loader(data, sampler, num_workers=workers, local_batch=8, seed=1, epoch=2)]
+
+    alone, with_workers = epoch(0), epoch(2)
+    assert len(alone) == 5 and all(b["x"].shape == (8, 3) and b["label"].dtype == torch.int64 for b in alone)
+    for a, b in zip(alone, with_workers, strict=True):
+        assert torch.equal(a["x"], b["x"]) and torch.equal(a["label"], b["label"])
+    assert torch.equal(torch.cat([b["label"] for b in alone]).sort().values, torch.arange(40))  # each sample once
