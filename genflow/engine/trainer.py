@@ -37,6 +37,7 @@ from genflow.config import TrainConfig, config_to_dict
 from genflow.engine.checkpoint import (atomic_torch_save, capture_rng_state, load_checkpoint, remove_stale_temp_files,
                                        restore_rng_state)
 from genflow.engine.metrics_log import MetricsLogger, flatten_config, make_trackers, plot_loss_trajectory, tracker_init_kwargs
+from genflow.engine.memory import keep_freed_memory
 from genflow.engine.optim import EpochBatchSampler, ExponentialMovingAverage, build_lr_schedule, build_optimizer
 from genflow.engine.precision import cpu_description, resolve_precision
 from genflow.engine.progress import TrainingProgress
@@ -312,6 +313,7 @@ class Trainer:
                                  tensorboard_tags=recipe.tensorboard_tags)
         accelerator, precision, self.precision_reason = make_accelerator(cfg.precision, trackers, project_dir=run_dir)
         self.accelerator, self.device = accelerator, accelerator.device
+        keep_freed_memory()  # big activations are not re-faulted page by page every step (genflow/engine/memory.py)
         self.rank, self.world, self.is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
         if self.is_main:  # what this run used, beside what was asked (a resume on other hardware resolves again)
             if not (run_dir / CONFIG_FILE).is_file():  # the Python API, without `genflow train`'s set-up
@@ -329,6 +331,7 @@ class Trainer:
         self.ckpt_dir = run_dir / "checkpoints"
         self.last_good_path = self.ckpt_dir / "last_good.pt"  # the newest `last` written while the loss was sane
         self.period_losses: dict[int, tuple[float, int]] = {}  # LogWindow serial -> (loss sum, count) since the last checkpoint
+        self.caught_signal: str | None = None  # a preemption signal's name, once one arrived (catch_preemption_signals)
         if self.is_main:  # temp files of checkpoint writes that a kill interrupted (nothing else writes here yet)
             remove_stale_temp_files(self.ckpt_dir)
 
@@ -393,7 +396,6 @@ class Trainer:
         self.last_metrics: dict[str, float] = {}
         self.model.train()
         state.stop = state.step >= plan.total_steps
-        self.caught_signal: str | None = None
         previous_handlers = self.catch_preemption_signals()
         try:
             if state.batch == 0 and state.epochs_closed < state.epoch:  # a step checkpoint at an epoch's last batch,
