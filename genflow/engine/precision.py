@@ -90,9 +90,11 @@ def cpu_description() -> str:
     import torch
 
     capability = torch.backends.cpu.get_cpu_capability()
-    bf16 = "yes (" + ", ".join(sorted(f for f in _cpu_flags() if f in _BF16_CPU_FLAGS or f == "bf16")) + ")" \
+    flags = _cpu_flags()
+    bf16 = "yes (" + ", ".join(sorted(f for f in flags if f in _BF16_CPU_FLAGS or f == "bf16")) + ")" \
         if cpu_has_native_bf16() else "no"
-    return f"{model} ({capability}; bf16 native: {bf16}; {torch.get_num_threads()} threads)"
+    vector = " ".join(sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "sve", "asimd", "neon"))))
+    return f"{model} ({capability}; bf16 native: {bf16}; {torch.get_num_threads()} threads; flags: {vector or 'unknown'})"
 
 
 def resolve_precision(request: str, device_type: str) -> tuple[str, str]:

@@ -82,4 +82,4 @@ def test_a_run_records_the_request_and_what_it_resolved_to(toy_recipe, tmp_path,
 
 def test_cpu_description_names_the_model_and_bf16():
     text = precision.cpu_description()
-    assert "bf16 native:" in text and "threads" in text
+    assert "bf16 native:" in text and "threads" in text and "flags:" in text
