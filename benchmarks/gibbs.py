@@ -82,8 +82,24 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--thrml-python", default=".venv-thrml/bin/python")
     p.add_argument("--no-eager", action="store_true", help="skip the eager (uncompiled) column")
+    p.add_argument("--no-thrml", action="store_true", help="skip THRML (genflow columns only)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for genflow (default: torch's choice)")
+    p.add_argument("--busy", type=int, default=0, help="busy-loop processes competing for the CPU while measuring")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"CPU: {cpu_description()}")  # a figure is a figure for this machine
+    competitors = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    if competitors:
+        print(f"{len(competitors)} busy-loop process(es) share the CPU while measuring")
+    try:
+        measure(args)
+    finally:
+        for competitor in competitors:
+            competitor.kill()
+
+
+def measure(args) -> None:
     batches = [int(b) for b in args.batches.split(",")]
     graph = TorusGraph.from_preset(args.graph)
     if args.graph != "80_12":
@@ -92,7 +108,8 @@ def main() -> None:
     compiled: dict[int, float] = {}
     eager: dict[int, float] = {}
     for _ in range(args.rounds):
-        found = thrml_rates(args.thrml_python, batches, args.min_seconds, args.repeats) if args.graph == "80_12" else None
+        found = (thrml_rates(args.thrml_python, batches, args.min_seconds, args.repeats)
+                 if args.graph == "80_12" and not args.no_thrml else None)
         for batch in batches:
             if found:
                 thrml[batch] = max(thrml.get(batch, 0.0), found[batch])
