@@ -3,7 +3,7 @@
     python benchmarks/scaling.py [--repeats 5] [--precision fp32|bf16]
 
 The digit4 recipe's default model (PointNet encoder + adaLN velocity field), one plain training step
-(loss, backward, Adam) on uniform synthetic clouds: batch 8 ... 512 at 500 points, then 250 ... 2000
+(loss, backward, clipping, Adam: `mfu.plain_step`) on uniform synthetic clouds: batch 8 ... 512 at 500 points, then 250 ... 2000
 points at batch 32; and `genflow.metrics.chamfer_distance` of N pairs of 500-point clouds. Each time is
 the median of `--repeats` after a warm-up, with freed memory kept in the process as the engine does
 (`--glibc-default`: as glibc's malloc does by default, which returns big blocks and re-faults them). A least-squares line t = a + b x is fitted to each series,
@@ -23,9 +23,9 @@ import torch
 
 from genflow.engine.memory import keep_freed_memory
 from genflow.engine.precision import cpu_description
-from genflow.engine.recipe import StepContext
 from genflow.metrics import chamfer_distance
 from genflow_recipes.digit4 import Digit4Config, Digit4Recipe
+from mfu import plain_step  # the same plain training step as the MFU benchmark (benchmarks/ is the script's directory)
 
 
 def median_seconds(run, repeats: int) -> float:
@@ -62,16 +62,8 @@ def main() -> int:
     dtype = torch.bfloat16 if args.precision == "bf16" else None
 
     def step(batch: int, points: int):
-        clouds = torch.rand(batch, points, 2) * 2 - 1
-
-        def run():
-            ctx = StepContext(step=0, micro_step=0, epoch=0, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
-            with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-                loss, _ = recipe.compute_loss(model, {"points": clouds}, ctx)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        return run
+        clouds = {"points": torch.rand(batch, points, 2) * 2 - 1}
+        return lambda: plain_step(recipe, model, optimizer, dtype, clouds, 0)
 
     series = {
         "digit4 step vs batch (500 points)": ([8, 16, 32, 64, 128, 256, 512], lambda x: step(x, 500)),

@@ -406,14 +406,6 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
 
 
 
-def require_at_least(what: str, obj: Any, **minimums: int) -> None:
-    """One clear error for a field below its minimum (None passes: "not set"), e.g. `n=1`."""
-    for key, low in minimums.items():
-        value = getattr(obj, key)
-        if value is not None and value < low:
-            raise ConfigError(f"{what} '{key}': expected a value >= {low}, got {value}")
-
-
 def field_help(cls: type) -> dict[str, str]:
     """Each field's help line: the comment lines just above it, then the `# comment` ending its line.
 

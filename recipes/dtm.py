@@ -199,20 +199,12 @@ class DtmSampleOptions(SampleOptions):
     steps: PositiveInt | None = None  # Gibbs sweeps per denoising step (default: generation.sweeps of the run config)
     unconditional: bool = False  # free generation even when the model is label-conditioned
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_ranges(self)
-
 
 @dataclass
 class DtmEvalOptions(EvalOptions):
     # images generated (default: eval.num_images of the run config)
     limit: PositiveInt | None = None
     steps: PositiveInt | None = None  # Gibbs sweeps per denoising step (default: generation.sweeps of the run config)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_ranges(self)
 
 
 class DtmRecipe(Recipe):

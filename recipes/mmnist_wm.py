@@ -193,10 +193,6 @@ class DecodingOptions:
     guidance: NonNegative | None = None  # classifier-free guidance weight (full model)
     future: PositiveInt | None = None  # frames to predict (default: all after the past)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_ranges(self)
-
 
 @dataclass
 class VideoSampleOptions(DecodingOptions, SampleOptions):

@@ -263,20 +263,12 @@ class NamoSampleOptions(OdeSolverOptions, SampleOptions):
     n: PositiveInt = 8  # how many test scenes
     samples_per_scene: PositiveInt = 4  # goal masks drawn per scene
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_ranges(self)
-
 
 @dataclass
 class NamoEvalOptions(OdeSolverOptions, EvalOptions):
     limit: PositiveInt | None = 200  # scenes evaluated (the first of the split)
     samples_per_scene: PositiveInt = 8  # goal masks drawn per scene (K of best-of-K and mode coverage)
     figure: bool = True  # write RUN/eval/namo-SAMPLER-STEPS.png
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_ranges(self)
 
 
 class _NamoRecipe(Recipe):

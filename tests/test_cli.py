@@ -146,11 +146,13 @@ def test_a_value_outside_its_declared_range_stops_before_anything_is_written(cli
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("name", ["../../escaped", "/tmp/genflow-absolute-run", "a/b", "..", "a\\b"])
+@pytest.mark.parametrize("name", ["../../escaped", "{tmp}/absolute", "a/b", "..", "a\\b"])
 def test_a_run_name_is_a_name_not_a_path(cli, tmp_path, digit4_dir, name):
-    code, _, err = cli("train", "digit4", "--runs-dir", tmp_path / "runs", "--name", name, f"data.path={digit4_dir}")
+    inner = tmp_path / "in" / "deep"  # ../../escaped from its runs/digit4 lands in tmp_path/in; {tmp}/absolute in tmp_path
+    code, _, err = cli("train", "digit4", "--runs-dir", inner / "runs", "--name", name.format(tmp=tmp_path),
+                       f"data.path={digit4_dir}")
     assert_user_error(code, err, "a run name is one directory name")
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # nothing written inside or outside the runs dir
 
 
 def test_paths_print_as_typed_not_as_markup(cli, tmp_path):

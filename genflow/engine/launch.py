@@ -4,7 +4,9 @@ The CLI process re-runs itself under `torch.distributed.run` (torchrun): N proce
 and with `--nnodes M` this machine is node R of M (every node runs the same command with its own
 `--node-rank`; node 0's address and port are the rendezvous point). Each process builds an
 `Accelerator`, which joins the process group (NCCL on GPUs, gloo on CPU). The same code runs under a
-`torchrun`, `accelerate launch` or `srun` that the user starts: the processes agree on the run name
+`torchrun` or `accelerate launch` that the user starts (anything that sets RANK, WORLD_SIZE and
+MASTER_ADDR; a bare `srun` of one genflow per task does not, so examples/slurm starts one launcher
+per node instead): the processes agree on the run name
 (rank 0 picks it) and only global rank 0 writes the run dir, which must be on a file system every node
 sees. A preemption signal the launcher gets is passed to the processes as SIGTERM (they finish their
 step, write last.pt and exit); the launcher then exits with code 75 (`PREEMPTED_EXIT_CODE`).
@@ -48,7 +50,7 @@ class NodeSpec:
 
 
 def is_launched_worker() -> bool:
-    """True inside a process started by torchrun / accelerate launch / srun with a distributed environment."""
+    """True inside a process started by torchrun / accelerate launch (LOCAL_RANK and WORLD_SIZE > 1 set)."""
     return "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 

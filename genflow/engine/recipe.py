@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from genflow.config import require_at_least
+from genflow.config import PositiveInt, check_ranges
 from genflow.errors import GenflowError
 
 __all__ = ["Recipe", "StepContext", "SampleOptions", "EvalOptions", "OdeSolverOptions", "evaluation", "available_recipes", "get_recipe"]
@@ -34,12 +34,12 @@ __all__ = ["Recipe", "StepContext", "SampleOptions", "EvalOptions", "OdeSolverOp
 class SampleOptions:
     """`genflow sample RUN key=value`: what every recipe's sampling takes (a recipe subclasses it)."""
 
-    n: int = 16  # how many samples (conditioning scenes / sequences where the recipe conditions)
+    n: PositiveInt = 16  # how many samples (conditioning scenes / sequences where the recipe conditions)
     seed: int = 0  # seed of the sampling noise
     out: str | None = None  # output .png (arrays alongside); default RUN/samples/...
 
-    def __post_init__(self) -> None:
-        require_at_least("sample option", self, n=1)
+    def __post_init__(self) -> None:  # the declared ranges of every field, a subclass's too (the CLI checks them on reading)
+        check_ranges(self)
 
 
 @dataclass
@@ -48,23 +48,19 @@ class EvalOptions:
 
     # test: the reported figures; val: what best.pt was chosen on; train
     split: Literal["test", "val", "train"] = "test"
-    limit: int | None = None  # evaluate on at most this many samples / scenes / sequences
+    limit: PositiveInt | None = None  # evaluate on at most this many samples / scenes / sequences
     seed: int = 0  # seed of the sampling noise
 
-    def __post_init__(self) -> None:
-        require_at_least("eval option", self, limit=1)
+    def __post_init__(self) -> None:  # as SampleOptions
+        check_ranges(self)
 
 
 @dataclass
 class OdeSolverOptions:
     """Sampler choice of a flow-matching / diffusion recipe (mixed into its sample and eval options)."""
 
-    steps: int | None = None  # solver / sampler steps (default: the run config's)
+    steps: PositiveInt | None = None  # solver / sampler steps (default: the run config's)
     solver: str | None = None  # ODE solver euler | midpoint | rk4 | dopri5, or diffusion sampler ddim | ddpm (default: the run config's)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require_at_least("option", self, steps=1)
 
 
 def evaluation(name: str, options: type = EvalOptions) -> Callable:

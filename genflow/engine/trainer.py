@@ -246,11 +246,7 @@ class LogWindow:
     """The batches since the last train log line. Their losses stay on the device until a log point
     (or a checkpoint, or an evaluation) reads them: one device sync there instead of one per step."""
 
-    opened = 0  # windows opened in this process: each gets a serial number
-
     def __init__(self) -> None:
-        LogWindow.opened += 1
-        self.serial = LogWindow.opened
         self.start = time.perf_counter()
         self.batches = 0
         self.data_wait_s = 0.0
@@ -330,7 +326,7 @@ class Trainer:
                                   init_kwargs=tracker_init_kwargs(run_dir))
         self.ckpt_dir = run_dir / "checkpoints"
         self.last_good_path = self.ckpt_dir / "last_good.pt"  # the newest `last` written while the loss was sane
-        self.period_losses: dict[int, tuple[float, int]] = {}  # LogWindow serial -> (loss sum, count) since the last checkpoint
+        self.period_losses: dict[LogWindow, tuple[float, int]] = {}  # each window's (loss sum, count) since the last checkpoint
         self.caught_signal: str | None = None  # a preemption signal's name, once one arrived (catch_preemption_signals)
         if self.is_main:  # temp files of checkpoint writes that a kill interrupted (nothing else writes here yet)
             remove_stale_temp_files(self.ckpt_dir)
@@ -372,9 +368,9 @@ class Trainer:
         # The config, not the checkpoint, sets the hyper-parameters (a resume with a lower train.lr after a
         # divergence); unchanged, they are the same numbers, so the resume stays exact.
         for group, values, lr_factor in zip(self.optimizer.param_groups, configured, self.schedule.lr_lambdas):
-            group.update(values, initial_lr=values["initial_lr"], lr=values["initial_lr"] * lr_factor(self.schedule.last_epoch))
+            group.update(values)
+            group["lr"] = group["initial_lr"] * lr_factor(self.schedule.last_epoch)  # where the schedule stands
         self.schedule.base_lrs = [group["initial_lr"] for group in self.optimizer.param_groups]
-        self.schedule._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         if self.ema is not None and checkpoint.get("ema") is not None:
             self.ema.model.load_state_dict(checkpoint["ema"])
         self.state = TrainState.from_checkpoint(checkpoint)
@@ -536,15 +532,16 @@ class Trainer:
         spoiled are never saved), for one device sync and one small gather per call instead of per step."""
         losses = self.window.host_losses(self.accelerator)
         self.window.raise_if_diverged(losses, self.last_good_path, self.cfg.lr)
-        if losses.numel():  # a window may be read twice (log point, then checkpoint): keyed by its serial number
-            self.period_losses[self.window.serial] = (float(losses.sum()), losses.numel())
+        if losses.numel():  # a window may be read twice (log point, then checkpoint): the later reading replaces it
+            self.period_losses[self.window] = (float(losses.sum()), losses.numel())
         return losses
 
     def loss_is_sane(self) -> bool:
         """Whether the mean training loss since the last checkpoint is within `train.last_good_loss_ratio` of
         the lowest such mean so far (above it by at most (ratio - 1) x |lowest|); updates the lowest. A
         loss blowing up towards NaN is finite for a while: checkpoints written then are not good ones."""
-        total, count = (sum(values) for values in zip(*self.period_losses.values())) if self.period_losses else (0.0, 0)
+        total = sum(loss_sum for loss_sum, _ in self.period_losses.values())
+        count = sum(n for _, n in self.period_losses.values())
         self.period_losses = {}
         if not count:
             return True
