@@ -14,6 +14,7 @@ windows of at least `--min-seconds`, over `--rounds` rounds that each run THRML 
   Its edges follow its (column, row) jump convention: the mirror image of genflow's graph, isomorphic.
 
     python benchmarks/gibbs.py [--batches 1,16,64,256] [--min-seconds 1] [--thrml-python .venv-thrml/bin/python]
+    python benchmarks/gibbs.py --no-thrml --no-eager --threads auto|1|2 --busy 1   # the CPU shared with a busy process
 """
 
 from __future__ import annotations
@@ -28,17 +29,19 @@ from pathlib import Path
 import torch
 
 from genflow.engine.precision import cpu_description
+from genflow.engine.threads import ThreadBudget
 from genflow.models.ising_graph import TorusGraph
 from genflow.samplers.block_gibbs import BlockGibbsSampler, SamplingSchedule
 
 
-def genflow_rate(graph: TorusGraph, batch: int, compile: bool, min_seconds: float, repeats: int) -> float:
+def genflow_rate(graph: TorusGraph, batch: int, compile: bool, min_seconds: float, repeats: int,
+                 threads: ThreadBudget | None = None) -> float:
     g = torch.Generator().manual_seed(0)
     H, D = graph.half, graph.degree
     w0 = torch.randn(2, D, H, H, generator=g) * 0.1
     weights = (w0, graph.colour_one_weights(w0))
     biases = (torch.randn(2, H, H, generator=g) * 0.1, torch.randn(2, H, H, generator=g) * 0.1)
-    sampler = BlockGibbsSampler(graph, compile=compile)
+    sampler = BlockGibbsSampler(graph, compile=compile, threads=threads)
     key = torch.tensor([1, 2])
     state = sampler.chains(batch, biases, 1.0, key)
 
@@ -83,11 +86,15 @@ def main() -> None:
     p.add_argument("--thrml-python", default=".venv-thrml/bin/python")
     p.add_argument("--no-eager", action="store_true", help="skip the eager (uncompiled) column")
     p.add_argument("--no-thrml", action="store_true", help="skip THRML (genflow columns only)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads for genflow (default: torch's choice)")
+    p.add_argument("--threads", default=None,
+                   help="genflow's threads: N, or auto (ThreadBudget: the cores other processes leave free); default: torch's choice")
     p.add_argument("--busy", type=int, default=0, help="busy-loop processes competing for the CPU while measuring")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args.budget = None
+    if args.threads == "auto":
+        args.budget = ThreadBudget()
+    elif args.threads:
+        torch.set_num_threads(int(args.threads))
     print(f"CPU: {cpu_description()}")  # a figure is a figure for this machine
     competitors = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
     if competitors:
@@ -113,10 +120,12 @@ def measure(args) -> None:
         for batch in batches:
             if found:
                 thrml[batch] = max(thrml.get(batch, 0.0), found[batch])
-            compiled[batch] = max(compiled.get(batch, 0.0), genflow_rate(graph, batch, True, args.min_seconds, args.repeats))
+            compiled[batch] = max(compiled.get(batch, 0.0), genflow_rate(graph, batch, True, args.min_seconds, args.repeats, args.budget))
             if not args.no_eager:
-                eager[batch] = max(eager.get(batch, 0.0), genflow_rate(graph, batch, False, args.min_seconds, args.repeats))
-    print(f"graph {graph.name} ({graph.num_nodes} spins), torch {torch.__version__}, {torch.get_num_threads()} threads; "
+                eager[batch] = max(eager.get(batch, 0.0), genflow_rate(graph, batch, False, args.min_seconds, args.repeats, args.budget))
+    threads = (f"auto threads (changes: {args.budget.changes or 'none'}; (threads, other processes' cores))" if args.budget
+               else f"{torch.get_num_threads()} threads")
+    print(f"graph {graph.name} ({graph.num_nodes} spins), torch {torch.__version__}, {threads}; "
           f"M spin updates / s (fastest of {args.repeats} windows x {args.rounds} rounds)")
     print(f"{'batch':>5} | {'THRML':>8} | {'genflow eager':>13} | {'genflow compiled':>16} | {'compiled / THRML':>16}")
     for batch in batches:

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset, IterableDataset, Subset
 
 from genflow.config import NonNegative, NonNegativeInt, Positive, PositiveInt, Probability, Range, TrainConfig, check_ranges
 from genflow.data import ShardDataset, load_split
+from genflow.engine.threads import ThreadBudget
 from genflow.engine.recipe import EvalOptions, Recipe, SampleOptions, StepContext, evaluation
 from genflow.errors import ConfigError, GenflowError
 from genflow.metrics.frechet import accuracy, features, frechet_distance, load_or_train_classifier
@@ -67,6 +68,9 @@ class ModelConfig:
     graph_seed: NonNegativeInt = 0  # step k places its visible nodes with seed graph_seed + k
     placement: Literal["random", "image"] = "random"  # visible nodes on colour-0 sites: random (reference) or image (pixels keep the image's layout)
     compile: bool = True  # torch.compile the Gibbs updates (needs a C++ compiler on CPU; false = eager)
+    # Gibbs sampler threads: null = the cores other processes leave free, re-checked every second (two
+    # spinning threads on a shared core run several times slower than one); N = always N
+    threads: PositiveInt | None = None
 
     def __post_init__(self) -> None:
         side, degree = parse_preset(self.graph)
@@ -272,6 +276,7 @@ class DtmRecipe(Recipe):
             graph=m.graph, num_pixels=pixels, grayscale_levels=m.grayscale_levels, num_classes=self.num_classes(),
             num_label_spots=m.num_label_spots, num_steps=m.num_steps, time_grid_kind=m.time_grid, time_offset=m.time_offset,
             image_rate=m.image_rate, label_rate=m.label_rate, seed=m.graph_seed, compile=m.compile,
+            threads=ThreadBudget(m.threads),
             correlation_penalty=_per_step(self.config.correlation_penalty.initial, m.num_steps, 0.0),
             placement=m.placement, image_shape=self.image_shape())
 
@@ -303,7 +308,8 @@ class DtmRecipe(Recipe):
 
         s = self.config.sampling
         persistent = None if s.persistent_warmup is None else SamplingSchedule(s.persistent_warmup, s.n_samples, s.steps_per_sample)
-        return model(levels, labels, self.schedule(), keys.to(ctx.device), uniform, s.training_beta, persistent)
+        loss, metrics = model(levels, labels, self.schedule(), keys.to(ctx.device), uniform, s.training_beta, persistent)
+        return loss, {**metrics, "threads": torch.get_num_threads()}  # the sampler's ThreadBudget may change it
 
     # --- generation -------------------------------------------------------------------------------------
     def generate(self, model, n: int, *, seed: int = 0, labels: torch.Tensor | None = None, sweeps: int | None = None,

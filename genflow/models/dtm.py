@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from genflow.errors import ConfigError
+from genflow.engine.threads import ThreadBudget
 from genflow.models.ising_graph import TorusGraph
 from genflow.samplers.block_gibbs import BlockGibbsSampler, SamplingSchedule, SpinState
 
@@ -185,7 +186,7 @@ class DenoisingThermodynamicModel(nn.Module):
     def __init__(self, *, graph: str, num_pixels: int, grayscale_levels: int = 1, num_classes: int = 1,
                  num_label_spots: int = 1, num_steps: int = 1, time_grid_kind: str = "log", time_offset: float = 0.0,
                  image_rate: float = 0.8, label_rate: float = 0.2, seed: int = 0, compile: bool = False,
-                 correlation_penalty: list[float] | None = None, placement: str = "random",
+                 threads: ThreadBudget | None = None, correlation_penalty: list[float] | None = None, placement: str = "random",
                  image_shape: tuple[int, ...] | None = None):
         super().__init__()
         self.graph = TorusGraph.from_preset(graph)
@@ -215,7 +216,7 @@ class DenoisingThermodynamicModel(nn.Module):
             raise ConfigError(f"correlation penalty: expected {self.num_steps} values (one per step), got {penalty.numel()}")
         self.register_buffer("correlation_penalty", penalty)  # λ_cp per step, adapted during training
         self.register_buffer("autocorrelation", torch.full((self.num_steps,), float("nan")))  # last measured, per step
-        self.sampler = BlockGibbsSampler(self.graph, compile=compile)
+        self.sampler = BlockGibbsSampler(self.graph, compile=compile, threads=threads)
 
     # --- encoding -----------------------------------------------------------------------------------
     def encode(self, levels: torch.Tensor, label_bits: torch.Tensor) -> torch.Tensor:
