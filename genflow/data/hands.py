@@ -2,8 +2,9 @@
 
 Joint order per hand (MANO): index 1-3, middle 1-3, pinky 1-3, ring 1-3, thumb 1-3; a sample is
 [left hand (45), right hand (45)]. No real hand-pose data can be had here (MANO is licence-gated),
-so `genflow data make-hands` generates poses procedurally, and `genflow data import-npz DIR --kind
-hands` converts users' real MANO-style files.
+so `genflow data make-hands` generates poses procedurally (by default the contact-solved grasps of
+`genflow.data.hand_grasps`; `--generator families` the synergy model below), and
+`genflow data import-npz DIR --kind hands` converts users' real MANO-style files.
 
 Procedural model (right-hand frame; the left hand is its mirror image, axis-angle (x, -y, -z)). A
 joint's rotation is Rz(flexion) Ry(abduction) Rx(twist) (bone along x); its anatomical limits are
@@ -24,7 +25,7 @@ from genflow.data.shards import ShardWriter
 from genflow.errors import DataSourceError
 from genflow.models.rotations import axis_angle_to_matrix, euler_zyx_to_matrix, matrix_to_axis_angle, matrix_to_euler_zyx
 
-__all__ = ["FAMILIES", "FINGERS", "JOINT_LIMITS", "make_hand_poses", "make_hands_dataset", "inside_limits",
+__all__ = ["FAMILIES", "FINGERS", "GENERATORS", "JOINT_LIMITS", "make_hand_poses", "make_hands_dataset", "inside_limits",
            "hand_joint_positions", "read_hands_npz", "import_hands_npz", "POSE_DIM"]
 
 POSE_DIM = 90
@@ -148,14 +149,29 @@ def _split(n: int, seed: int, val_fraction: float, test_fraction: float) -> dict
     return {"train": order[n_val + n_test:], "val": order[:n_val], "test": order[n_val:n_val + n_test]}
 
 
+GENERATORS = ("grasps", "families")
+
+
 def make_hands_dataset(out_dir: str | Path, n: int = 200_000, seed: int = 0, overwrite: bool = False,
-                       command: str | None = None) -> dict:
-    """Procedural poses -> shards with splits train / val / test (80 / 10 / 10)."""
-    poses, families = make_hand_poses(n, seed)
+                       command: str | None = None, generator: str = "grasps") -> dict:
+    """Procedural poses -> shards with splits train / val / test (80 / 10 / 10).
+
+    `generator`: "grasps" (joint angles solved to touch objects, :mod:`genflow.data.hand_grasps`) or
+    "families" (linear finger synergies + noise, :func:`make_hand_poses`). The manifest's attrs name it
+    and its family names, which the `family` field indexes."""
+    if generator == "grasps":
+        from genflow.data.hand_grasps import GRASP_FAMILIES as names, make_grasp_poses as make  # imports this module
+    elif generator == "families":
+        names, make = FAMILIES, make_hand_poses
+    else:
+        raise ValueError(f"hand pose generator {generator!r}: expected one of {', '.join(GENERATORS)}")
+    poses, families = make(n, seed)
     parts = _split(n, seed + 1, 0.1, 0.1)
-    source = {"generator": "genflow.data.hands (procedural, MANO-style)", "command": command or "genflow data make-hands"}
+    module = "genflow.data.hand_grasps" if generator == "grasps" else "genflow.data.hands"
+    source = {"generator": f"{module} (procedural, MANO-style)", "command": command or "genflow data make-hands"}
     return _write(out_dir, {k: (poses[i], families[i]) for k, i in parts.items()}, source=source,
-                  attrs={"families": list(FAMILIES), "joints": "index, middle, pinky, ring, thumb x 3; left then right"},
+                  attrs={"generator": generator, "families": list(names),
+                         "joints": "index, middle, pinky, ring, thumb x 3; left then right"},
                   overwrite=overwrite)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from genflow.config import NonNegativeInt, PositiveInt, Range, check_ranges
 from genflow.data.registry import DataCommand, DataJob
@@ -182,6 +182,8 @@ class HandPoseOptions:
     n: Annotated[int, Range(ge=10)] = 200_000  # how many two-hand poses
     out: str = "datasets/hands"  # output dataset directory
     seed: NonNegativeInt = 0  # seed of poses and split
+    # grasps: joint angles solved so the fingers touch an object (cylinder, sphere, pinch, tripod; open, point); families: linear finger synergies + noise
+    generator: Literal["grasps", "families"] = "grasps"
     overwrite: bool = False  # replace an existing dataset
 
     def __post_init__(self) -> None:
@@ -191,12 +193,12 @@ class HandPoseOptions:
 def _make_hands(o: HandPoseOptions, job: DataJob) -> dict[str, Any]:
     from genflow.data.hands import make_hands_dataset
 
-    make_hands_dataset(o.out, o.n, o.seed, overwrite=o.overwrite, command=job.command)
+    make_hands_dataset(o.out, o.n, o.seed, overwrite=o.overwrite, command=job.command, generator=o.generator)
     return {"dataset": Path(o.out)}
 
 
-HANDS = DataCommand("hands", "procedural MANO-style two-hand poses (joint limits, finger synergies, grasp families) -> shards",
-                    HandPoseOptions, _make_hands)
+HANDS = DataCommand("hands", "procedural MANO-style two-hand poses (grasps solved against objects, or synergy families; "
+                    "joint limits) -> shards", HandPoseOptions, _make_hands)
 
 
 # --- importers ------------------------------------------------------------------------------------------
