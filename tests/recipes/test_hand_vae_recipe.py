@@ -8,9 +8,11 @@ import pytest
 from genflow.cli import main
 from genflow.data.hands import make_hand_poses
 from genflow.engine.metrics_log import read_metrics
+from genflow.metrics.hand_poses import HYPOTHESIS_KINDS, HYPOTHESIS_SETTINGS
 
 TINY = ["z_dim=8", "hidden=64", "batch_size=256", "learning_rate=0.003", "kl_warmup_epochs=2", "train.eval_every=2",
-        "train.log_every=2", "eval.poses=300", "eval.prior_samples=300", "eval.figure_poses=200"]
+        "train.log_every=2", "eval.poses=300", "eval.prior_samples=300", "eval.figure_poses=200",
+        "eval.hypothesis_poses=100", "eval.hypothesis_iwae_samples=2"]
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +64,32 @@ def test_eval_reports_model_and_gaussian_baseline(cli, runs):
             assert 0 <= result[f"{who}_auroc_{kind}"] <= 1
     assert result["model_auroc_random_joint"] > 0.7 and result["data_plausible"] == 1.0
     assert (runs / "standard" / "eval" / "hand_samples.png").is_file()
+    assert result["val_recon_deg_by_epoch"] and (runs / "standard" / "eval" / "recon_vs_epochs.png").is_file()
     assert result["split"] == "test"
     code, out, _ = cli("eval", "hands", runs / "standard", "--json", "--split", "val", "--limit", "200")
     assert code == 0 and json.loads(out)["split"] == "val"
+
+
+@pytest.mark.parametrize("model_type", ["standard", "so3"])
+def test_eval_reports_hypothesis_selection_for_every_prior(cli, runs, model_type):
+    code, out, err = cli("eval", "hands", runs / model_type, "--json", "eval.hypothesis_poses=50", "eval.hypothesis_iwae_samples=4")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["hyp_poses"] == 50 and result["hyp_hypotheses"] == len(HYPOTHESIS_KINDS)
+    assert result["hyp_all_oracle_deg"] == result["hyp_local_oracle_deg"] < 0.01 < result["hyp_est_oracle_deg"]
+    for who in ("model", "model_iwae", "gaussian", "uniform"):
+        for setting in ("all", "local", "est"):
+            assert 0 <= result[f"hyp_{setting}_{who}_top1"] <= 1
+            assert result[f"hyp_{setting}_oracle_deg"] <= result[f"hyp_{setting}_{who}_picked_deg"] < 180
+    assert result["hyp_all_uniform_top1"] == pytest.approx(1 / len(HYPOTHESIS_KINDS))
+    local = [kind for kind in HYPOTHESIS_KINDS if kind in HYPOTHESIS_SETTINGS["local"]]  # 9: truth, errors, impossible
+    assert result["hyp_local_uniform_top1"] == pytest.approx(1 / len(local))
+    assert result["hyp_est_uniform_top1"] < 0.5  # about 2 of the 8 estimator hypotheses are the 5° ones
+    for who in ("model", "gaussian"):
+        shares = [result[f"hyp_all_{who}_pick_{kind}"] for kind in dict.fromkeys(HYPOTHESIS_KINDS)]
+        assert all(0 <= share <= 1 for share in shares) and sum(shares) == pytest.approx(1)
+    assert result["hyp_local_model_top1"] > result["hyp_local_uniform_top1"]  # even a tiny prior beats a random pick
+    assert "model_auroc_noise_0.1" in result  # the earlier figures stay
 
 
 def test_energy_of_a_users_npz_from_the_cli(cli, runs, tmp_path):
