@@ -25,8 +25,7 @@ from genflow.engine.metrics_log import read_metrics
 from genflow.engine.recipe import EvalOptions, Recipe, SampleOptions, StepContext, evaluation
 from genflow.errors import ConfigError
 from genflow.metrics.hand_poses import (CORRUPTIONS, HYPOTHESIS_SETTINGS, GaussianPosePrior, auroc, corrupt, hypothesis_errors,
-                                        make_hypotheses,
-                                        per_joint_error_degrees, select_hypotheses)
+                                        make_hypotheses, per_joint_error_degrees, select_hypotheses)
 from genflow.models.hand_vae import HandPoseVAE, kl_weight
 
 __all__ = ["HandVaeRecipe", "HandVaeConfig"]

@@ -23,7 +23,7 @@ import torch
 
 from genflow.data.shards import ShardWriter
 from genflow.errors import DataSourceError
-from genflow.models.rotations import axis_angle_to_matrix, euler_zyx_to_matrix, matrix_to_axis_angle, matrix_to_euler_zyx
+from genflow.models.rotations import axis_angle_to_matrix, euler_zyx_to_axis_angle, matrix_to_euler_zyx
 
 __all__ = ["FAMILIES", "FINGERS", "GENERATORS", "JOINT_LIMITS", "make_hand_poses", "make_hands_dataset", "inside_limits",
            "hand_joint_positions", "read_hands_npz", "import_hands_npz", "POSE_DIM"]
@@ -75,8 +75,7 @@ def _hand_angles(families: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _angles_to_axis_angle(angles: np.ndarray) -> np.ndarray:
-    zyx = torch.from_numpy(angles)
-    return matrix_to_axis_angle(euler_zyx_to_matrix(zyx)).numpy()
+    return euler_zyx_to_axis_angle(torch.from_numpy(angles)).numpy()
 
 
 def make_hand_poses(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,7 @@
 """Choosing the number of compute threads from the cores other processes leave free.
 
 OpenMP threads spin while they wait for each other. When another process occupies one of two cores,
-two spinning threads take turns with it and a short parallel kernel can run 4-9x slower than on one
+two spinning threads take turns with it and a short parallel kernel can run 4-23x slower than on one
 thread (measured with `benchmarks/gibbs.py --busy 1`, see the README); the passive wait policy avoids
 that but costs 3x on a quiet CPU. So a sampler that runs many short kernels asks
 :class:`ThreadBudget` before each run: it reads how busy the process's allowed CPUs were since the

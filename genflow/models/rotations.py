@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 __all__ = ["axis_angle_to_matrix", "matrix_to_axis_angle", "rotation_6d_to_matrix", "matrix_to_rotation_6d",
-           "geodesic_angle", "euler_zyx_to_matrix", "matrix_to_euler_zyx"]
+           "geodesic_angle", "euler_zyx_to_matrix", "matrix_to_euler_zyx", "euler_zyx_to_axis_angle"]
 
 
 def _skew(v: torch.Tensor) -> torch.Tensor:
@@ -83,6 +83,20 @@ def euler_zyx_to_matrix(angles: torch.Tensor) -> torch.Tensor:
         sz * cy, sz * sy * sx + cz * cx, sz * sy * cx - cz * sx,
         -sy, cy * sx, cy * cx,
     ], dim=-1).unflatten(-1, (3, 3))
+
+
+def euler_zyx_to_axis_angle(angles: torch.Tensor) -> torch.Tensor:
+    """(..., 3) = (z, y, x) angles -> the rotation vector of Rz(z) Ry(y) Rx(x), through the quaternion
+    qz qy qx (no matrices: ~4x cheaper for millions of joints); angle in [0, π]."""
+    half = angles / 2
+    (cz, cy, cx), (sz, sy, sx) = half.cos().unbind(-1), half.sin().unbind(-1)
+    w = cx * cy * cz + sx * sy * sz
+    v = torch.stack([sx * cy * cz - cx * sy * sz, cx * sy * cz + sx * cy * sz, cx * cy * sz - sx * sy * cz], -1)
+    sign = torch.where(w < 0, -1.0, 1.0).to(angles.dtype)  # q and -q are one rotation: take w >= 0
+    w, v = w * sign, v * sign.unsqueeze(-1)
+    s = v.norm(dim=-1)
+    scale = torch.where(s > 1e-9, 2 * torch.atan2(s, w) / s.clamp_min(1e-9), 2 / w)  # 2 / w: the small-angle limit
+    return v * scale.unsqueeze(-1)
 
 
 def matrix_to_euler_zyx(R: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ import math
 import torch
 
 from genflow.models.rotations import (
+    euler_zyx_to_axis_angle,
     axis_angle_to_matrix,
     euler_zyx_to_matrix,
     geodesic_angle,
@@ -37,6 +38,8 @@ def test_6d_and_euler_round_trips():
     torch.testing.assert_close(rotation_6d_to_matrix(matrix_to_rotation_6d(R)), R, atol=1e-10, rtol=0)
     angles = torch.rand(100, 3, dtype=torch.float64) * torch.tensor([6.0, 3.0, 6.0]) - torch.tensor([3.0, 1.5, 3.0])
     torch.testing.assert_close(matrix_to_euler_zyx(euler_zyx_to_matrix(angles)), angles, atol=1e-8, rtol=0)
+    angles[0] = 0.0  # the identity: the small-angle limit
+    torch.testing.assert_close(axis_angle_to_matrix(euler_zyx_to_axis_angle(angles)), euler_zyx_to_matrix(angles), atol=1e-10, rtol=0)
 
 
 def test_geodesic_distance_properties():
