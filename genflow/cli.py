@@ -550,6 +550,8 @@ def _eval_options_texts(name: str | None, words: list[str]) -> list[str]:
 @app.command("export")
 def export_command(
     run_dir: Path = typer.Argument(..., help="A run directory."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Run config changes data.*=value, for a recipe whose "
+                                                    "model shape is read from its dataset (dtm) when the data moved."),
     format: str = typer.Option("safetensors", "--format", help="safetensors | onnx."),
     out: Optional[Path] = typer.Option(None, help="Output directory (default RUN_DIR/export)."),
     checkpoint: str = typer.Option("best", help="best | last | epoch_XXXX."),
@@ -558,7 +560,7 @@ def export_command(
     from genflow.engine.run_dir import load_run
     from genflow.export import export_onnx, export_safetensors
 
-    run = load_run(run_dir, checkpoint, need_data=False)
+    run = load_run(run_dir, checkpoint, need_data=False, overrides=list(overrides or []))
     out = out or run_dir / "export"
     if format == "safetensors":
         written = export_safetensors(run, out)
