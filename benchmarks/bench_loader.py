@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from genflow.data.shards import ShardDataset, ShardWriter, StreamingShardDataset
 from genflow.engine.optim import EpochBatchSampler
 from genflow.engine.precision import cpu_description
-from genflow.engine.trainer import as_tensors, training_loader
+from genflow.engine.loader import as_tensors, training_loader
 
 __all__ = ["NpzDirDataset", "main"]
 

@@ -13,9 +13,9 @@ import argparse
 import numpy as np
 
 from genflow.engine.precision import cpu_description
-from genflow.data.moving_mnist import dequantise
+from genflow_recipes.mmnist_wm.world import dequantise
 from genflow.data.shards import load_split
-from genflow.metrics.video import all_black_prediction, copy_last_prediction, frame_mse, frame_psnr, frame_ssim, shifted_last_frame_prediction
+from genflow_recipes.mmnist_wm.metrics import all_black_prediction, copy_last_prediction, frame_mse, frame_psnr, frame_ssim, shifted_last_frame_prediction
 
 
 def main() -> None:

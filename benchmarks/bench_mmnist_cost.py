@@ -19,7 +19,7 @@ import torch
 from genflow.config import load_config
 from genflow.engine.precision import cpu_description
 from genflow.engine.recipe import StepContext
-from genflow_recipes.mmnist_wm import MovingMnistWorldModelRecipe, WorldModelConfig
+from genflow_recipes.mmnist_wm.recipe import MovingMnistWorldModelRecipe, WorldModelConfig
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 CONFIGS = {"source fast (mmnist_wm_fast.yaml)": "mmnist_wm_fast.yaml", "CPU default (mmnist_wm.yaml)": "mmnist_wm.yaml"}

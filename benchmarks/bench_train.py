@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from genflow.engine.precision import cpu_description
-from genflow.config import TrainConfig
+from genflow.engine import TrainConfig
 from genflow.data import ShardWriter
 from genflow.engine.metrics_log import read_metrics
 from genflow.engine.recipe import StepContext
 from genflow.engine.trainer import train
-from genflow_recipes.digit4 import Digit4Config, Digit4Recipe
+from genflow_recipes.digit4.recipe import Digit4Config, Digit4Recipe
 
 
 def make_data(root: Path, samples: int, points: int) -> Path:

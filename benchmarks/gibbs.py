@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 
 from genflow.engine.precision import cpu_description
-from genflow.engine.threads import ThreadBudget
-from genflow.models.ising_graph import TorusGraph
-from genflow.samplers.block_gibbs import BlockGibbsSampler, SamplingSchedule
+from genflow.ising.threads import ThreadBudget
+from genflow.ising.graph import TorusGraph
+from genflow.ising.gibbs import BlockGibbsSampler, SamplingSchedule
 
 
 def genflow_rate(graph: TorusGraph, batch: int, compile: bool, min_seconds: float, repeats: int,

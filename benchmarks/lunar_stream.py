@@ -48,7 +48,7 @@ def tree_rss_mb(pid: int) -> float:
 
 
 def source_rate(seconds: float) -> float:
-    from genflow.data.lunar_lander import LunarLanderFrames
+    from genflow_recipes.dtm.lunar import LunarLanderFrames
 
     frames = iter(LunarLanderFrames(resolution=32, seed=0))
     next(frames)

@@ -33,7 +33,9 @@ from genflow.engine.optim import EpochBatchSampler, build_optimizer
 from genflow.engine.precision import cpu_description, resolve_precision
 from genflow.engine.progress import TrainingProgress
 from genflow.engine.recipe import StepContext, get_recipe
-from genflow.engine.trainer import LogWindow, Trainer, as_tensors, training_loader
+from genflow.engine.loader import as_tensors, training_loader
+from genflow.engine.log_window import LogWindow
+from genflow.engine.trainer import Trainer
 
 # recipe -> (recipe name, config overrides, data maker commands given the data dir)
 RECIPES = {

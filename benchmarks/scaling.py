@@ -24,7 +24,7 @@ import torch
 from genflow.engine.memory import keep_freed_memory
 from genflow.engine.precision import cpu_description
 from genflow.metrics import chamfer_distance
-from genflow_recipes.digit4 import Digit4Config, Digit4Recipe
+from genflow_recipes.digit4.recipe import Digit4Config, Digit4Recipe
 from mfu import plain_step  # the same plain training step as the MFU benchmark (benchmarks/ is the script's directory)
 
 

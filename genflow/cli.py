@@ -55,11 +55,11 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 # --- recipes ------------------------------------------------------------------------------------------
 @app.command("recipes")
 def recipes_command() -> None:
-    """List the installed recipes: name, summary, default config."""
-    from genflow.engine.catalog import recipe_entries  # read from the sources: no torch import, well under 1 s
+    """List the installed recipes: name, configs (the first is the default; `--config NAME` picks another), summary."""
+    from genflow.engine.catalog import recipe_entries  # read from the recipe cards: no torch import, well under 1 s
 
-    rows = [(e.name, _display_path(e.default_config) if e.default_config else "-", e.summary) for e in recipe_entries()]
-    _print_plain(_aligned(("name", "default config", "summary"), rows))
+    rows = [(e.name, ", ".join(p.name for p in e.card.configs) or "-", e.summary) for e in recipe_entries()]
+    _print_plain(_aligned(("name", "configs (default first)", "summary"), rows))
 
 
 def _display_path(path: Path) -> str:
@@ -289,7 +289,8 @@ def data_verify(path: Path = typer.Argument(..., help="Dataset directory.")) -> 
 def train_command(
     recipe: str = typer.Argument(..., help="Recipe name (see `genflow recipes`)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides key.sub=value."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (default: the recipe's)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config file, or the name of one of the recipe's "
+                                          "configs (`genflow recipes` lists them; default: its first)."),
     name: Optional[str] = typer.Option(None, help="Run name (default: the start time)."),
     gpus: int = typer.Option(1, min=1, help="Number of processes: one per GPU, or CPU processes over gloo without CUDA."),
     precision: Optional[str] = typer.Option(None, help="auto (default: bf16 where the GPU / CPU has it natively, else fp32) | "
@@ -308,7 +309,7 @@ def train_command(
     """Train a recipe into runs/<recipe>/<name>/ (resumable, multi-process with --gpus N).
     `genflow config RECIPE --keys` lists every config key."""
     from genflow.engine.launch import NodeSpec, is_launched_worker, launch_processes
-    from genflow.engine.session import prepare_training
+    from genflow.engine.run_setup import prepare_training
     from genflow.engine.trainer import PREEMPTED_EXIT_CODE, TrainingPreempted, train
 
     overrides, gpus = _source_trainer_overrides(list(overrides or []), gpus)
@@ -382,7 +383,8 @@ def _source_trainer_overrides(overrides: list[str], gpus: int) -> tuple[list[str
 def config_command(
     recipe: str = typer.Argument(..., help="Recipe name (see `genflow recipes`)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides key.sub=value."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (default: the recipe's)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config file, or the name of one of the recipe's "
+                                          "configs (`genflow recipes` lists them; default: its first)."),
     keys: bool = typer.Option(False, "--keys", help="List every key with its type, default (after the YAML and "
                               "overrides) and help, instead of the YAML."),
 ) -> None:
@@ -391,7 +393,8 @@ def config_command(
     from genflow.engine.recipe import get_recipe
 
     cls = get_recipe(recipe)
-    resolved = load_config(cls.config_class, config or cls.default_config, list(overrides or []))
+    config = cls.config_file(config)
+    resolved = load_config(cls.config_class, config, list(overrides or []))
     if not keys:
         return _print_yaml(resolved)
     values = config_to_dict(resolved)
@@ -401,7 +404,7 @@ def config_command(
         for part in key.split("."):
             value = value[part]
         rows.append((key, type_name, value, help_text))
-    console.print(_key_lines(f"{cls.name} config keys (default: after {_display_path(config or cls.default_config)} "
+    console.print(_key_lines(f"{cls.name} config keys (default: after {_display_path(config)} "
                              f"and the overrides; change one with key.sub=value)", rows),
                   markup=False, highlight=False, soft_wrap=True)
 

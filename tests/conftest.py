@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from support import ToyConfig, ToyRecipe
+from support import ToyConfig, ToyRecipe, draw_digit_images
 
 
 @pytest.fixture
@@ -21,18 +21,6 @@ def toy_recipe():
         return ToyRecipe(cfg)
 
     return make
-
-
-def draw_digit_images(n: int, seed: int = 0) -> np.ndarray:
-    """Synthetic 28x28 uint8 images of a '4'-like stroke pattern with random offsets (test data only)."""
-    rng = np.random.default_rng(seed)
-    images = np.zeros((n, 28, 28), dtype=np.uint8)
-    for i in range(n):
-        dx, dy = rng.integers(-2, 3, size=2)
-        images[i, 5 + dy : 16 + dy, 8 + dx : 10 + dx] = 255  # left stroke
-        images[i, 14 + dy : 16 + dy, 8 + dx : 20 + dx] = 255  # bar
-        images[i, 5 + dy : 24 + dy, 17 + dx : 19 + dx] = 255  # right stroke
-    return images
 
 
 @pytest.fixture(scope="session")

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from genflow.config import TrainConfig
+from genflow.engine import TrainConfig
 from genflow.engine.recipe import Recipe, StepContext
 
 # digit4 overrides for a model that trains in seconds (CLI tests)
@@ -64,3 +65,15 @@ class ToyRecipe(Recipe):
         if ctx.step == self.config.fail_at_step:
             loss = loss * float("nan")
         return loss, {}
+
+
+def draw_digit_images(n: int, seed: int = 0) -> np.ndarray:
+    """Synthetic 28x28 uint8 images of a '4'-like stroke pattern with random offsets (test data only)."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, 28, 28), dtype=np.uint8)
+    for i in range(n):
+        dx, dy = rng.integers(-2, 3, size=2)
+        images[i, 5 + dy : 16 + dy, 8 + dx : 10 + dx] = 255  # left stroke
+        images[i, 14 + dy : 16 + dy, 8 + dx : 20 + dx] = 255  # bar
+        images[i, 5 + dy : 24 + dy, 17 + dx : 19 + dx] = 255  # right stroke
+    return images

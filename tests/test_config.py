@@ -3,7 +3,8 @@ from typing import ClassVar, Literal
 
 import pytest
 
-from genflow.config import TrainConfig, config_to_dict, load_config
+from genflow.config import config_to_dict, load_config
+from genflow.engine import TrainConfig
 from genflow.errors import ConfigError
 
 

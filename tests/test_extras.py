@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from genflow.data.moving_mnist import track_ego_actions
+from genflow_recipes.mmnist_wm.world import track_ego_actions
 from genflow.errors import GenflowError
 from genflow.extras import import_optional
-from genflow.metrics.video import frame_ssim
+from genflow_recipes.mmnist_wm.metrics import frame_ssim
 from genflow.objectives import DiffusionObjective
 from genflow.samplers import sample_diffusion
 

@@ -39,7 +39,7 @@ def test_get_recipe_ignores_a_local_recipes_package(user_recipes_dir):
             "print(cls.__module__, sys.path[0] == '', 'recipes' in sys.modules)")
     result = _run(["-c", code], user_recipes_dir)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["genflow_recipes.digit4", "True", "False"]
+    assert result.stdout.split() == ["genflow_recipes.digit4.recipe", "True", "False"]
     assert not (user_recipes_dir / "recipes" / "IMPORTED").exists()
 
 
@@ -56,3 +56,21 @@ def test_every_package_directory_is_in_the_wheel():
             found.add(".".join([package, *module.parent.relative_to(root).parts]))
     assert found - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
     assert (REPO / "recipes" / "__init__.py").is_file()
+
+
+def test_the_wheel_ships_every_recipe_s_configs_and_cards(tmp_path):
+    """Built as pip builds it: each recipe package's configs/*.yaml and card.py are in the wheel."""
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                    "-w", str(tmp_path), str(REPO)], check=True, capture_output=True, timeout=300)
+    wheel = next(tmp_path.glob("genflow-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    configs = {str(p.relative_to(REPO / "recipes")) for p in (REPO / "recipes").glob("*/configs/*.yaml")}
+    assert len(configs) >= 10
+    assert {f"genflow_recipes/{c}" for c in configs} <= names
+    packages = {p.parent.name for p in (REPO / "recipes").glob("*/__init__.py")}
+    assert {f"genflow_recipes/{p}/card.py" for p in packages} <= names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "[genflow.recipe_cards]" in text and "namo-fm = genflow_recipes.namo.card:FM_CARD" in text

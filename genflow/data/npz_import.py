@@ -1,15 +1,10 @@
-"""Directories of per-scene ``.npz`` files -> HDF5 shards.
+"""Directories of one-sample-per-file ``.npz`` archives -> HDF5 shards, the shared driver.
 
 Some source systems store one ``.npz`` per sample. Reading 100k small zip archives per epoch is slow
-and fragile, so we convert them once into shards (:mod:`genflow.data.shards`). Each *kind* of npz
-has a reader (one file -> one sample's fields) and is listed in :data:`IMPORTERS`; the driver that
-finds the files, splits them, skips bad ones and writes the shards is shared.
-
-NAMO (navigation among movable objects): one scene per file with keys ``robot_image``,
-``goal_image``, ``movable_objects_image``, ``static_objects_image``, ``target_object`` and
-``target_goal`` (legacy files: ``robot``, ``goal``, ``movable``, ``static`` for the first four), each
-a 2-D mask, typically (224, 224), of any dtype (bool, 0/1 or 0-255 integers, floats). Files from our
-procedural generator also hold ``num_modes`` (a scalar) and ``mode_map`` (32, 32).
+and fragile, so they are converted once into shards (:mod:`genflow.data.shards`). A recipe's importer
+supplies a reader (one file -> one sample's fields) and registers itself as a `genflow data import`
+command (entry-point group ``genflow.data_importers``); this module finds the files, splits them,
+skips bad ones (counted and named) and writes the shards.
 
 A dataset written here holds, besides ``manifest.json`` and the shards:
 
@@ -33,44 +28,26 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
 
 import numpy as np
 
+from genflow.config import NonNegativeInt, PositiveInt, Range
+from genflow.data.registry import check_data_options
 from genflow.data.shards import ShardWriter, check_split_fractions
 from genflow.errors import DataSourceError
 
-__all__ = [
-    "NAMO_CONTEXT_CHANNELS",
-    "NAMO_MODE_GRID",
-    "IMPORTERS",
-    "ImportSummary",
-    "NpzFileError",
-    "area_resize_masks",
-    "import_namo_npz",
-    "import_npz",
-    "namo_fields",
-    "read_namo_npz",
-]
 
-# Context channel order of the NAMO shards: a contract with the recipe.
-NAMO_CONTEXT_CHANNELS = ("robot", "goal", "movable_objects", "static_objects", "target_object")
-# Side of the planning grid that ``mode_map`` indexes.
-NAMO_MODE_GRID = 32
-# Source key for each mask, with the legacy key it may have instead (None: no legacy name).
-_NAMO_KEYS = {
-    "robot": ("robot_image", "robot"),
-    "goal": ("goal_image", "goal"),
-    "movable_objects": ("movable_objects_image", "movable"),
-    "static_objects": ("static_objects_image", "static"),
-    "target_object": ("target_object", None),
-    "target_goal": ("target_goal", None),
-}
+__all__ = ["ImportSummary", "NpzFileError", "NpzImportOptions", "import_npz_files", "import_result", "load_npz_arrays",
+           "FILE_LIST_NAME", "SKIPPED_REPORT_NAME"]
+
 FILE_LIST_NAME = "files.txt"
 SKIPPED_REPORT_NAME = "skipped.txt"
 # Files read (and held in memory) per step: bounds memory to O(chunk) whatever the number of files.
 _FILES_PER_CHUNK = 256
 # Reasons quoted in the error raised when no file converts.
 _REASONS_IN_ERROR = 3
+
 
 
 class NpzFileError(DataSourceError):
@@ -105,99 +82,40 @@ class ImportSummary:
     manifest: dict = field(default_factory=dict, repr=False)
 
 
-# ----------------------------------------------------------------------------------------------
-# Reading one file
+
+@dataclass
+class NpzImportOptions:
+    """`genflow data import KIND SOURCE key=value`: what every directory-of-npz importer takes."""
+
+    out: str | None = None  # output dataset directory (default datasets/<kind>)
+    val_fraction: Annotated[float, Range(ge=0, le=0.9)] = 0.1  # fraction of files for the val split (held out of train; best checkpoints are chosen on it)
+    test_fraction: Annotated[float, Range(ge=0, le=0.9)] = 0.1  # fraction of files for the test split
+    seed: NonNegativeInt = 42  # seed of the split
+    limit: PositiveInt | None = None  # convert at most this many files
+    workers: NonNegativeInt = 0  # reader processes (0: this one)
+    overwrite: bool = False  # replace an existing dataset
+
+    def __post_init__(self) -> None:
+        check_data_options(self)
 
 
-def area_resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
-    """Resizes binary masks by area averaging and re-binarises them at 0.5.
-
-    Output pixel ``(i, j)`` averages the input rows ``[floor(i H / S), ceil((i + 1) H / S))`` and the
-    same for columns: exactly the bins of ``torch.nn.functional.interpolate(mode="area")`` (adaptive
-    average pooling). Counting with integer box sums makes the result exact: a pixel is on when at
-    least half of its bin is on. When every bin lies inside one cell of a cell-aligned mask (224 px
-    of 7-px cells -> 64 px) the result is that cell's value, with no rounding at all.
-
-    Args:
-        masks: ``(C, H, W)`` bool.
-        size: Output side S.
-
-    Returns:
-        ``(C, S, S)`` uint8 in {0, 1}.
-    """
-    masks = np.asarray(masks, dtype=bool)
-    channels, height, width = masks.shape
-    if (height, width) == (size, size):
-        return masks.astype(np.uint8)
-    rows0, rows1 = _bins(height, size)
-    cols0, cols1 = _bins(width, size)
-    # Box sums by running sums, each along the last (contiguous) axis: numpy's cumsum is several
-    # times slower along a strided axis. Columns first, then (transposed) rows.
-    running = np.zeros((channels, height, width + 1), np.int32)
-    np.cumsum(masks, axis=2, dtype=np.int32, out=running[:, :, 1:])
-    col_sums = (running[:, :, cols1] - running[:, :, cols0]).transpose(0, 2, 1)  # (C, S, H)
-    running = np.zeros((channels, size, height + 1), np.int32)
-    np.cumsum(col_sums, axis=2, out=running[:, :, 1:])
-    counts = (running[:, :, rows1] - running[:, :, rows0]).transpose(0, 2, 1)  # (C, S, S)
-    area = (rows1 - rows0)[:, None] * (cols1 - cols0)[None, :]
-    return (2 * counts >= area).astype(np.uint8)
+def import_result(summary: ImportSummary) -> dict[str, Any]:
+    """What `genflow data import` prints of an import: the dataset, counts, and the first skipped files by name."""
+    result: dict[str, Any] = {"dataset": summary.out_dir,
+                              "converted": f"{summary.converted} of {summary.num_files} files; skipped {len(summary.skipped)}",
+                              "samples": ", ".join(f"{split} {count}" for split, count in summary.splits.items())}
+    for name, reason in summary.skipped[:10]:
+        result[f"skipped {name}"] = reason
+    if len(summary.skipped) > 10:
+        result["more skipped"] = f"{len(summary.skipped) - 10} more, all listed in {summary.skipped_report}"
+    return result
 
 
-def _bins(length: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Start (floor) and end (ceil) of each of ``size`` adaptive-pooling bins over ``length``."""
-    i = np.arange(size, dtype=np.int64)
-    return (i * length) // size, -((-(i + 1) * length) // size)
+def load_npz_arrays(path: Path, wanted: list[tuple[str, str, str | None, bool]]) -> dict[str, np.ndarray]:
+    """The arrays of one ``.npz`` file by canonical name; NpzFileError (naming the key) when it cannot be read.
 
-
-def read_namo_npz(path: str | Path, image_size: int = 64) -> dict[str, np.ndarray]:
-    """Reads one NAMO scene and converts it to the shard fields (see :func:`namo_fields`).
-
-    Masks are binarised (bool as is; otherwise values are scaled to [0, 1] by 1/255 when the mask's
-    maximum exceeds 1, then ``> 0.5``), resized to ``image_size`` by area averaging and re-binarised
-    at 0.5 (:func:`area_resize_masks`).
-
-    Args:
-        path: The ``.npz`` file.
-        image_size: Output side S.
-
-    Returns:
-        ``context`` (5, S, S) uint8 (channels :data:`NAMO_CONTEXT_CHANNELS`), ``target_goal``
-        (1, S, S) uint8, ``num_modes`` () int16 (-1 when the file has none), ``mode_map`` (32, 32)
-        uint8 (zeros when the file has none).
-
-    Raises:
-        NpzFileError: The file cannot be read (not an npz, truncated, needs pickle), misses a key,
-            holds a mask that is not 2-D, masks of different shapes, non-finite values, an empty
-            ``target_goal``, or a malformed ``num_modes``/``mode_map``. ``reason`` says which.
-    """
-    path = Path(path)
-    raw = _load_arrays(path)
-    masks = []
-    shapes = {}
-    for name, (key, _legacy) in _NAMO_KEYS.items():
-        array = raw[name]
-        if array.ndim != 2 or 0 in array.shape:
-            raise NpzFileError(path, f"{key!r} has shape {array.shape}, expected a 2-D mask like (224, 224)")
-        shapes[key] = array.shape
-        masks.append(_binarise(array, path, key))
-    if len(set(shapes.values())) > 1:
-        listed = ", ".join(f"{key} {shape}" for key, shape in shapes.items())
-        raise NpzFileError(path, f"masks have different shapes ({listed})")
-    if not masks[-1].any():
-        raise NpzFileError(path, "'target_goal' is empty (no pixel set)")
-    resized = area_resize_masks(np.stack(masks), image_size)
-    if not resized[-1].any():
-        raise NpzFileError(path, f"'target_goal' is empty after resizing to {image_size}x{image_size}")
-    return {
-        "context": resized[:5],
-        "target_goal": resized[5:],
-        "num_modes": _num_modes(raw.get("num_modes"), path),
-        "mode_map": _mode_map(raw.get("mode_map"), path),
-    }
-
-
-def _load_arrays(path: Path) -> dict[str, np.ndarray]:
-    """The six masks (by canonical name) and the optional ``num_modes``/``mode_map`` of one file."""
+    ``wanted``: ``(name, key, legacy key or None, required)`` per array; a missing optional array is
+    left out of the result. Pickled (object) arrays are refused."""
     try:
         if path.stat().st_size == 0:
             raise NpzFileError(path, "empty file (0 bytes)")
@@ -217,12 +135,10 @@ def _load_arrays(path: Path) -> dict[str, np.ndarray]:
     with loaded:
         keys = set(loaded.files)
         out = {}
-        wanted = [(name, key, legacy) for name, (key, legacy) in _NAMO_KEYS.items()]
-        wanted += [("num_modes", "num_modes", None), ("mode_map", "mode_map", None)]
-        for name, key, legacy in wanted:
+        for name, key, legacy, required in wanted:
             found = key if key in keys else legacy if legacy in keys else None
             if found is None:
-                if name in ("num_modes", "mode_map"):
+                if not required:
                     continue
                 also = f" (or legacy {legacy!r})" if legacy else ""
                 raise NpzFileError(path, f"missing key {key!r}{also}; the file has {sorted(keys)}")
@@ -237,149 +153,12 @@ def _load_arrays(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _binarise(array: np.ndarray, path: Path, key: str) -> np.ndarray:
-    if array.dtype == bool:
-        return array
-    if array.dtype.kind not in "uif":
-        raise NpzFileError(path, f"{key!r} has dtype {array.dtype}, expected bool, integer or float")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise NpzFileError(path, f"{key!r} has non-finite values (NaN or inf)")
-    # 0-255 masks: > 0.5 after scaling by 1/255, i.e. > 127.5, compared without a float copy.
-    threshold = 127.5 if array.max() > 1 else 0.5
-    return array > threshold
-
-
-def _num_modes(value: np.ndarray | None, path: Path) -> np.ndarray:
-    if value is None:
-        return np.array(-1, np.int16)
-    if value.size != 1 or value.dtype.kind not in "ui" or not 0 <= int(value.reshape(())) <= np.iinfo(np.int16).max:
-        raise NpzFileError(
-            path, f"'num_modes' is {value.dtype} {value.shape} {value.ravel()[:3]}, expected one integer in [0, 32767]"
-        )
-    return np.array(int(value.reshape(())), np.int16)
-
-
-def _mode_map(value: np.ndarray | None, path: Path) -> np.ndarray:
-    grid = (NAMO_MODE_GRID, NAMO_MODE_GRID)
-    if value is None:
-        return np.zeros(grid, np.uint8)
-    if value.shape != grid or value.dtype.kind not in "uib":
-        raise NpzFileError(path, f"'mode_map' is {value.dtype} {value.shape}, expected integers of shape {grid}")
-    if value.size and (value.min() < 0 or value.max() > 255):
-        raise NpzFileError(path, f"'mode_map' has values in [{value.min()}, {value.max()}], expected mode ids 0-255")
-    return value.astype(np.uint8)
-
-
-def namo_fields(image_size: int) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Shard fields of a NAMO dataset at side S = ``image_size`` (plus ``file_index``, added by the driver)."""
-    return {
-        "context": ((len(NAMO_CONTEXT_CHANNELS), image_size, image_size), "uint8"),
-        "target_goal": ((1, image_size, image_size), "uint8"),
-        "num_modes": ((), "int16"),
-        "mode_map": ((NAMO_MODE_GRID, NAMO_MODE_GRID), "uint8"),
-    }
-
-
-# ----------------------------------------------------------------------------------------------
-# Importers
-
-
-def import_namo_npz(
-    src_dir: str | Path,
-    out_dir: str | Path,
-    *,
-    image_size: int = 64,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    seed: int = 42,
-    overwrite: bool = False,
-    limit: int | None = None,
-    workers: int = 0,
-    progress: Callable[[int, int], None] | None = None,
-    command: str | None = None,
-    max_shard_bytes: int = 256 * 2**20,
-) -> ImportSummary:
-    """Converts a directory of NAMO scene ``.npz`` files into a shard dataset with splits train / val / test.
-
-    Fields per sample: ``context`` (5, S, S) uint8 {0,1} (channels robot, goal, movable_objects,
-    static_objects, target_object), ``target_goal`` (1, S, S) uint8 {0,1}, ``num_modes`` () int16
-    (-1: not in the file), ``mode_map`` (32, 32) uint8 (zeros: not in the file), ``file_index`` ()
-    int32 (line of ``files.txt``). See :func:`read_namo_npz` for the per-file conversion.
-
-    Args:
-        src_dir: Directory searched recursively for ``*.npz``.
-        out_dir: Dataset directory to write.
-        image_size: Side S of the resized masks.
-        val_fraction: Fraction of the files that go to ``val``, held out of train (best checkpoints
-            are chosen on it; a seeded random choice of files, at least one when the fraction is > 0).
-        test_fraction: Fraction of the files that go to ``test`` (likewise).
-        seed: Seed for ``limit``'s choice of files and for the split.
-        overwrite: Replace an existing dataset in ``out_dir``.
-        limit: Convert at most this many files (a seeded random choice).
-        workers: Processes that read and resize files (0: in this process). Output is the same.
-        progress: Called as ``progress(done, total)`` after each chunk of files.
-        command: CLI command that makes this dataset, recorded for re-create hints.
-        max_shard_bytes: Shard size bound for :class:`~genflow.data.shards.ShardWriter`.
-
-    Returns:
-        An :class:`ImportSummary`; skipped files are listed in it and in ``out_dir/skipped.txt``.
-
-    Raises:
-        DataSourceError: ``src_dir`` is missing or holds no ``.npz``, or no file converts (the
-            message quotes the first reasons), or an argument is out of range.
-    """
-    if not isinstance(image_size, (int, np.integer)) or image_size < 1:
-        raise DataSourceError(f"import_namo_npz: image_size must be a positive integer, got {image_size!r}")
-    return _import_files(
-        kind="namo",
-        src_dir=src_dir,
-        out_dir=out_dir,
-        read_file=functools.partial(read_namo_npz, image_size=int(image_size)),
-        fields=namo_fields(int(image_size)),
-        attrs={
-            "image_size": int(image_size),
-            "context_channels": list(NAMO_CONTEXT_CHANNELS),
-            "mode_grid": NAMO_MODE_GRID,
-            "binarise": "bool as is, else >0.5 after /255 when max>1; area resize; on when >=half of a bin is on",
-        },
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        seed=seed,
-        overwrite=overwrite,
-        limit=limit,
-        workers=workers,
-        progress=progress,
-        command=command,
-        max_shard_bytes=max_shard_bytes,
-    )
-
-
-def _import_hands(src_dir, out_dir, **options) -> ImportSummary:
-    from genflow.data.hands import import_hands_npz  # many poses per file: its own reader and split
-
-    return import_hands_npz(src_dir, out_dir, **options)
-
-
-IMPORTERS: dict[str, Callable[..., ImportSummary]] = {"namo": import_namo_npz, "hands": _import_hands}
-
-
-def import_npz(kind: str, src_dir: str | Path, out_dir: str | Path, **options) -> ImportSummary:
-    """Imports a directory of ``.npz`` files of one kind (a key of :data:`IMPORTERS`) into shards.
-
-    Raises:
-        DataSourceError: Unknown ``kind`` (the message lists the known ones), or what the importer raises.
-    """
-    importer = IMPORTERS.get(kind)
-    if importer is None:
-        raise DataSourceError(f"unknown npz kind {kind!r}; expected one of: {', '.join(sorted(IMPORTERS))}")
-    return importer(src_dir, out_dir, **options)
-
 
 # ----------------------------------------------------------------------------------------------
 # The shared driver
 
 
-def _import_files(
+def import_npz_files(
     *,
     kind: str,
     src_dir: str | Path,
@@ -397,7 +176,11 @@ def _import_files(
     command: str | None,
     max_shard_bytes: int,
 ) -> ImportSummary:
-    """Finds, splits and converts the files; ``read_file`` turns one file into one sample or raises NpzFileError.
+    """Converts every ``.npz`` under ``src_dir`` (one sample each) into shards with splits train / val / test.
+
+    ``read_file`` turns one file into one sample's ``fields`` or raises NpzFileError (the file is then
+    skipped, counted and named in ``skipped.txt``); ``attrs`` go into the manifest. A recipe's importer
+    supplies these two and its options (see ``genflow_recipes.namo.importer``).
 
     Split: the files are permuted with the seed; the first ``num_test`` go to test, the next
     ``num_val`` to val. When one of them is skipped, the next file of the permutation takes its place

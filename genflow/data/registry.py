@@ -17,11 +17,21 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from genflow.errors import GenflowError
+from genflow.config import check_ranges
+from genflow.errors import ConfigError, GenflowError
 
-__all__ = ["DataCommand", "DataJob", "data_commands", "get_data_command", "GROUPS"]
+__all__ = ["DataCommand", "DataJob", "check_data_options", "data_commands", "get_data_command", "GROUPS"]
 
 GROUPS = {"make": "genflow.data_makers", "import": "genflow.data_importers"}
+
+
+def check_data_options(options: Any) -> None:
+    """The declared ranges of a data command's options dataclass (call it from its `__post_init__`), so one
+    built in Python is checked as `genflow data make KIND key=value` checks what it reads."""
+    try:
+        check_ranges(options)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("config key", "data option", 1)) from None
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
+import genflow
 from genflow.errors import CheckpointError
 
-__all__ = ["atomic_torch_save", "remove_stale_temp_files", "load_checkpoint", "capture_rng_state", "restore_rng_state"]
+__all__ = ["atomic_torch_save", "remove_stale_temp_files", "load_checkpoint", "capture_rng_state", "restore_rng_state",
+           "link_checkpoint", "training_checkpoint"]
 
 _TEMP_GLOB = ".*.pt.*.tmp"  # what atomic_torch_save names its temp files
 
@@ -96,3 +99,35 @@ def _as_tuple(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return tuple(_as_tuple(v) for v in value)
     return value
+
+
+def link_checkpoint(path: Path, name: Path) -> None:
+    """`name` becomes the same file as `path` (a hard link: no extra disk; a copy where links fail), atomically."""
+    tmp = name.with_name(f".{name.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, name)
+
+
+def training_checkpoint(*, model: torch.nn.Module, ema: torch.nn.Module | None, optimizer: torch.optim.Optimizer,
+                        schedule: Any, scaler: Any, progress: dict[str, int], best: dict[str, Any],
+                        loss_floor: float | None) -> dict[str, Any]:
+    """What a training checkpoint holds: weights (and EMA weights), optimiser, schedule and grad-scaler
+    states, the global RNG states, the run's position and best metric, and the genflow version. Plain
+    tensors and Python values only, so `load_checkpoint` reads it without executing code."""
+    return {
+        "model": model.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": schedule.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": capture_rng_state(),
+        "progress": progress,
+        "best": dict(best),
+        "loss_floor": loss_floor,  # judges which later checkpoints are good (not the weights: a run resumed
+        # half-way may hold another value, from its other checkpoint periods)
+        "genflow_version": genflow.__version__,
+    }

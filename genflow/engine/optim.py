@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import Sampler
 
-from genflow.config import TrainConfig
+from genflow.engine.train_config import TrainConfig
 
 __all__ = ["build_optimizer", "build_lr_schedule", "ExponentialMovingAverage", "EpochBatchSampler"]
 

@@ -9,14 +9,14 @@ accept: `sample_options` and each `@evaluation(NAME, OptionsClass)` method take 
 recipe-specific code.
 
 Recipes are found through the `genflow.recipes` entry-point group (see pyproject.toml), so a user's
-own package can add recipes without touching genflow.
+own package can add recipes without touching genflow; each declares a torch-free `RecipeCard`
+(`genflow.engine.card`) that names it and its configs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal
 
@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from genflow.config import PositiveInt, check_ranges
+from genflow.engine.card import RecipeCard
 from genflow.errors import GenflowError
 
 __all__ = ["Recipe", "StepContext", "SampleOptions", "EvalOptions", "OdeSolverOptions", "evaluation", "available_recipes", "get_recipe"]
@@ -112,6 +113,9 @@ class Recipe:
     only for computation that goes through `forward`.
     """
 
+    # The recipe's card: sets `name`, `summary`, `default_config` and `aliases` below (a recipe without
+    # one sets them itself, and `genflow recipes` then imports it to list it)
+    card: ClassVar[RecipeCard | None] = None
     name: ClassVar[str]
     summary: ClassVar[str]
     config_class: ClassVar[type]
@@ -138,12 +142,22 @@ class Recipe:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        card = vars(cls).get("card")
+        if card is not None:
+            cls.name, cls.summary, cls.default_config, cls.aliases = card.name, card.summary, card.default_config, card.aliases
         found = dict(cls.evaluations)
         for attr, value in vars(cls).items():
             if hasattr(value, "genflow_evaluation"):
                 name, options = value.genflow_evaluation
                 found[name] = (options, attr)
         cls.evaluations = found
+
+    @classmethod
+    def config_file(cls, given: str | Path | None) -> Path:
+        """The YAML that `--config given` means: the default when None, a path, or one of the card's configs by name."""
+        if given is None:
+            return cls.default_config
+        return cls.card.resolve_config(given) if cls.card is not None else Path(given)
 
     # --- training ------------------------------------------------------------------------------
     def build_datasets(self) -> tuple[Dataset, Dataset | None]:
@@ -210,23 +224,14 @@ class Recipe:
 
 
 def available_recipes() -> dict[str, type[Recipe]]:
-    """All installed recipes by name (entry-point group `genflow.recipes`)."""
-    found: dict[str, type[Recipe]] = {}
-    for ep in entry_points(group="genflow.recipes"):
-        found[ep.name] = ep.load()
-    return dict(sorted(found.items()))
+    """All installed recipes by name (entry-point group `genflow.recipes`; this imports every one of them)."""
+    from genflow.engine.catalog import recipe_entries
+
+    return {entry.name: entry.load() for entry in recipe_entries()}
 
 
 def get_recipe(name: str) -> type[Recipe]:
-    """The recipe called `name` (or with `name` among its aliases)."""
-    recipes = available_recipes()
-    for cls in recipes.values():
-        if name in cls.aliases:
-            return cls
-    if name not in recipes:
-        import difflib
+    """The recipe called `name` (or with `name` among its aliases); only that recipe is imported."""
+    from genflow.engine.catalog import find_recipe
 
-        close = difflib.get_close_matches(name, list(recipes), n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"available: {', '.join(recipes) or 'none installed'}"
-        raise GenflowError(f"unknown recipe '{name}': {hint} (see `genflow recipes`)")
-    return recipes[name]
+    return find_recipe(name).load()

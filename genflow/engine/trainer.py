@@ -14,7 +14,6 @@ which makes resume exact and N processes equivalent to one with the same global 
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import signal
 import threading
@@ -24,18 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.tracking import GeneralTracker
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset
 
-import genflow
-from genflow.config import TrainConfig, config_to_dict
-from genflow.engine.checkpoint import (atomic_torch_save, capture_rng_state, load_checkpoint, remove_stale_temp_files,
-                                       restore_rng_state)
+from genflow.config import config_to_dict
+from genflow.engine.train_config import TrainConfig
+from genflow.engine.checkpoint import (atomic_torch_save, link_checkpoint, load_checkpoint, remove_stale_temp_files,
+                                       restore_rng_state, training_checkpoint)
+from genflow.engine.loader import StreamedShards, as_tensors, plan_steps, training_loader
+from genflow.engine.log_window import LogWindow, TrainingDiverged
 from genflow.engine.metrics_log import MetricsLogger, flatten_config, make_trackers, plot_loss_trajectory, tracker_init_kwargs
 from genflow.engine.memory import keep_freed_memory
 from genflow.engine.optim import EpochBatchSampler, ExponentialMovingAverage, build_lr_schedule, build_optimizer
@@ -49,10 +49,6 @@ __all__ = ["train", "TrainResult", "TrainingDiverged", "TrainingPreempted", "PRE
            "make_accelerator"]
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped on request with last.pt written; run the same command again to continue
-
-
-class TrainingDiverged(GenflowError):
-    """The loss became NaN or Inf; training stopped and the last good checkpoint was kept."""
 
 
 class TrainingPreempted(GenflowError):
@@ -102,52 +98,6 @@ def make_accelerator(precision: str, log_with: list[str | GeneralTracker] | None
     return accelerator, resolved, reason
 
 
-class WholeBatches(Dataset):
-    """A dataset that reads whole batches (`get_batch(indices)`, as ShardDataset does: one sorted read per
-    shard), seen by a DataLoader as a dataset of batches: item `indices` is the collated batch. A worker
-    then hands over one array per field instead of a list of samples that the main process restacks.
-
-    `as_numpy`: the batch crosses from a worker as NumPy arrays, pickled through the worker's pipe, which
-    measured 2.6x faster here than torch's shared-memory hand-over of a 128 KB batch (benchmarks/bench_loader.py);
-    the engine turns them into tensors (`as_tensors`)."""
-
-    def __init__(self, dataset: Dataset, as_numpy: bool = False):
-        self.dataset, self.as_numpy = dataset, as_numpy
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, indices: list[int]) -> dict[str, torch.Tensor | np.ndarray]:
-        batch = self.dataset.get_batch(indices)
-        return {k: v.numpy() for k, v in batch.items()} if self.as_numpy else batch
-
-
-def _as_is(batch):
-    return batch
-
-
-def as_tensors(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """A loader's batch with NumPy arrays (a WholeBatches worker's) as tensors, without a copy."""
-    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
-
-
-def training_loader(dataset: Dataset, sampler: EpochBatchSampler | None, *, num_workers: int, local_batch: int,
-                    seed: int, epoch: int, pin: bool = False) -> DataLoader:
-    """The DataLoader of one training epoch: `sampler`'s batches of a map-style dataset (whole batches
-    when it can read them), or `local_batch`-sized batches of a stream."""
-    # Its own generator, seeded by (seed, epoch): a DataLoader draws its workers' base seed from it, not from
-    # the global torch RNG (which a resumed run would otherwise find one draw further on).
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + 10**8 + epoch)
-    if isinstance(dataset, IterableDataset):  # a stream: workers produce batches in the background
-        return DataLoader(dataset, batch_size=local_batch, num_workers=num_workers, pin_memory=pin, drop_last=True,
-                          prefetch_factor=4 if num_workers else None, generator=generator)
-    if hasattr(dataset, "get_batch"):  # batch_size=None: the sampler's index lists go to WholeBatches as they are
-        numpy = num_workers > 0 and not pin  # (pinned memory needs tensors in the workers)
-        return DataLoader(WholeBatches(dataset, as_numpy=numpy), sampler=sampler, batch_size=None, num_workers=num_workers,
-                          pin_memory=pin, generator=generator, collate_fn=_as_is if numpy else None)
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin, generator=generator)
-
-
 def _noise_generator(seed: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + stream)
 
@@ -167,45 +117,6 @@ def validation_loss(recipe: Recipe, model: torch.nn.Module, val_data: Dataset, c
         total += float(loss) * batch_size
         count += batch_size
     return total / max(count, 1)
-
-
-@dataclass(frozen=True)
-class StepPlan:
-    """How many batches make an epoch and how many optimiser steps make the run."""
-
-    batches_per_epoch: int  # a multiple of grad_accum_steps (each process takes its share of every batch)
-    steps_per_epoch: int
-    total_steps: int  # all epochs, capped by train.max_steps
-    streaming: bool  # the training set is an IterableDataset: streamed shards (a length, a resumable position) or any
-    # iterator (no length: train.batches_per_epoch; no replay)
-
-
-def plan_steps(cfg: TrainConfig, train_data: Dataset, world_size: int = 1) -> StepPlan:
-    """The run's length from the training set and `train.*` (epochs, batch, accumulation, caps)."""
-    streaming = isinstance(train_data, IterableDataset)
-    if streaming and hasattr(train_data, "batches_per_epoch"):  # streamed shards: a known length per process x worker
-        batches_per_epoch = train_data.batches_per_epoch(cfg.batch_size // world_size, cfg.num_workers)
-        if cfg.batches_per_epoch is not None:
-            batches_per_epoch = min(batches_per_epoch, cfg.batches_per_epoch)
-        batches_per_epoch = batches_per_epoch // cfg.grad_accum_steps * cfg.grad_accum_steps
-    elif streaming:  # an iterator of samples (simulator, generator): no length, no replay
-        if cfg.batches_per_epoch is None:
-            raise ConfigError("config key 'train.batches_per_epoch': a streamed training set has no length; "
-                              "set how many batches make an epoch")
-        batches_per_epoch = cfg.batches_per_epoch // cfg.grad_accum_steps * cfg.grad_accum_steps
-    else:
-        batches_per_epoch = len(train_data) // cfg.batch_size // cfg.grad_accum_steps * cfg.grad_accum_steps
-        if cfg.batches_per_epoch is not None:
-            batches_per_epoch = min(batches_per_epoch, cfg.batches_per_epoch // cfg.grad_accum_steps * cfg.grad_accum_steps)
-    if batches_per_epoch == 0:
-        size = "the stream" if streaming else f"the training set has {len(train_data)} samples,"
-        raise ConfigError(f"{size} fewer than one step of "
-                          f"train.batch_size={cfg.batch_size} x grad_accum_steps={cfg.grad_accum_steps}")
-    steps_per_epoch = batches_per_epoch // cfg.grad_accum_steps
-    total_steps = steps_per_epoch * cfg.epochs
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
-    return StepPlan(batches_per_epoch, steps_per_epoch, total_steps, streaming)
 
 
 @dataclass
@@ -240,61 +151,6 @@ class TrainState:
         if self.best["value"] is None:
             return True
         return value < self.best["value"] if self.best["mode"] == "min" else value > self.best["value"]
-
-
-class LogWindow:
-    """The batches since the last train log line. Their losses stay on the device until a log point
-    (or a checkpoint, or an evaluation) reads them: one device sync there instead of one per step."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.batches = 0
-        self.data_wait_s = 0.0
-        self.losses: list[torch.Tensor] = []  # each batch's loss on this process, (1,) float32 on the device
-        self.positions: list[tuple[int, int]] = []  # (step, epoch) of each batch, for the divergence message
-        self.extras: dict[str, list[float | torch.Tensor]] = {}  # the recipe's extra scalars, per batch
-
-    def add(self, loss: torch.Tensor, extras: dict[str, float | torch.Tensor], *, step: int, epoch: int) -> None:
-        self.batches += 1
-        self.losses.append(loss.detach().float().reshape(1))
-        self.positions.append((step, epoch))
-        for key, value in extras.items():
-            self.extras.setdefault(key, []).append(value.detach() if isinstance(value, torch.Tensor) else value)
-
-    def host_losses(self, accelerator: Accelerator | None) -> torch.Tensor:
-        """The losses `(processes, batches)` on the host: gathered from every process (a collective: all
-        processes call it at the same points), or this process's alone (`accelerator=None`)."""
-        if not self.losses:
-            return torch.zeros(1, 0)
-        local = torch.cat(self.losses)
-        if accelerator is None:
-            return local.cpu().reshape(1, -1)
-        return accelerator.gather(local).cpu().reshape(-1, len(self.losses))
-
-    def raise_if_diverged(self, losses: torch.Tensor, kept: Path, lr: float) -> None:
-        """TrainingDiverged at the first batch whose loss (on any process) is NaN or Inf; the message
-        names `kept` (the last checkpoint from before the loss blew up) and what to change."""
-        bad = ~torch.isfinite(losses)
-        if not bad.any():
-            return
-        first = int(bad.any(dim=0).nonzero()[0])
-        step, epoch = self.positions[first]
-        where = (f"the last good checkpoint is {kept} (written while the loss was still near its lowest); continue "
-                 f"from it with a lower learning rate: genflow train RECIPE --resume {kept} train.lr={lr / 10:.3g}"
-                 if kept.exists() else "no checkpoint was written while the loss was sane")
-        raise TrainingDiverged(f"loss became {float(losses[:, first][bad[:, first]][0])} at step {step} (epoch {epoch}); "
-                               f"training stopped; {where} (or lower train.grad_clip, or add train.warmup_steps)")
-
-    def values(self, losses: torch.Tensor, lr: float, batch_size: int) -> dict[str, float]:
-        """Means over the window (the loss over all processes in `losses`), lr, throughput, data wait."""
-        elapsed = time.perf_counter() - self.start
-        means = {"loss": sum(losses.mean(dim=0).tolist()) / self.batches}
-        for key, items in self.extras.items():
-            tensors = [v.float().reshape(()) for v in items if isinstance(v, torch.Tensor)]
-            moved = iter(torch.stack(tensors).tolist() if tensors else [])  # one transfer for a key's tensors
-            means[key] = sum(next(moved) if isinstance(v, torch.Tensor) else float(v) for v in items) / self.batches
-        return {**means, "lr": lr, "samples_per_s": self.batches * batch_size / max(elapsed, 1e-9),
-                "data_wait_fraction": self.data_wait_s / max(elapsed, 1e-9)}
 
 
 class Trainer:
@@ -438,9 +294,8 @@ class Trainer:
         sampler = None if plan.streaming else EpochBatchSampler(
             len(self.train_data), cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=self.rank, world_size=self.world,
             start_batch=state.batch, num_batches=plan.batches_per_epoch)
-        if hasattr(self.train_data, "set_epoch"):  # streamed shards: a new shuffle each epoch, and the resume position
+        if isinstance(self.train_data, StreamedShards):  # a new shuffle each epoch, and the resume position
             self.train_data.set_epoch(epoch)
-        if hasattr(self.train_data, "set_position"):
             self.train_data.set_position(state.batch, cfg.batch_size // self.world)
         batches = iter(training_loader(self.train_data, sampler, num_workers=cfg.num_workers, local_batch=cfg.batch_size // self.world,
                                        seed=cfg.seed, epoch=epoch, pin=self.device.type == "cuda"))
@@ -611,23 +466,13 @@ class Trainer:
         if not self.is_main:
             return None
         good = name == "last" and self.loss_is_sane() and all(bool(torch.isfinite(p).all()) for p in self.unwrapped.parameters())
-        scaler = self.accelerator.scaler
-        checkpoint = {
-            "model": self.unwrapped.state_dict(),
-            "ema": self.ema.model.state_dict() if self.ema is not None else None,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.schedule.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "rng": capture_rng_state(),
-            "progress": self.state.progress(),
-            "best": dict(self.state.best),
-            "loss_floor": self.state.loss_floor,  # judges which later checkpoints are good (not the weights: a run
-            # resumed half-way may hold another value, from its other checkpoint periods)
-            "genflow_version": genflow.__version__,
-        }
+        checkpoint = training_checkpoint(model=self.unwrapped, ema=self.ema.model if self.ema is not None else None,
+                                         optimizer=self.optimizer, schedule=self.schedule, scaler=self.accelerator.scaler,
+                                         progress=self.state.progress(), best=self.state.best,
+                                         loss_floor=self.state.loss_floor)
         path = atomic_torch_save(checkpoint, self.ckpt_dir / f"{name}.pt")
         if good:  # last_good.pt follows last.pt while the loss is sane and every weight finite; else the older one stays
-            _second_name(path, self.last_good_path)
+            link_checkpoint(path, self.last_good_path)
         return path
 
     def save_best_checkpoint(self) -> None:
@@ -641,18 +486,7 @@ class Trainer:
         if previous and previous != named.name:
             (self.ckpt_dir / previous).unlink(missing_ok=True)
         best["file"] = named.name
-        _second_name(path, named)
-
-
-def _second_name(path: Path, name: Path) -> None:
-    """`name` becomes the same file as `path` (a hard link: no extra disk; a copy where links fail), atomically."""
-    tmp = name.with_name(f".{name.name}.link.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(path, tmp)
-    except OSError:
-        shutil.copyfile(path, tmp)
-    os.replace(tmp, name)
+        link_checkpoint(path, named)
 
 
 def _built_from_config(what: str, build):

@@ -119,7 +119,7 @@ class DiffusionObjective:
         """The network's time input ``timestep / T`` in [0, 1), shape ``(B,)``, float32."""
         return timesteps.float() / self.num_train_timesteps
 
-    def add_noise(self, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+    def add_noise(self, *, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """Forward process ``x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise``.
 
         Args:
@@ -133,8 +133,8 @@ class DiffusionObjective:
         signal, noise_scale = self._coefficients(timesteps, x0)
         return signal * x0 + noise_scale * noise
 
-    def training_target(self, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        """What the network should output at ``x_t = add_noise(x0, noise, timesteps)``, shape ``(B, ...)``.
+    def training_target(self, *, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """What the network should output at ``x_t = add_noise(x0=x0, noise=noise, timesteps=timesteps)``, shape ``(B, ...)``.
 
         ``epsilon``: the noise; ``v_prediction``: ``sqrt(alpha_bar) noise - sqrt(1 - alpha_bar) x0``
         (equal to ``DDPMScheduler.get_velocity``); ``sample``: ``x0``.
@@ -168,8 +168,8 @@ class DiffusionObjective:
             return (x_t - noise_scale * model_output) / signal
         return signal * x_t - noise_scale * model_output
 
-    def loss(self, model_output: Tensor, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+    def loss(self, model_output: Tensor, *, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """Mean squared error to :meth:`training_target`, computed in float32 (a scalar)."""
-        target = self.training_target(x0, noise, timesteps)
+        target = self.training_target(x0=x0, noise=noise, timesteps=timesteps)
         # float32 even under bf16/fp16 autocast: the squared errors of a good model are tiny
         return F.mse_loss(model_output.float(), target.float())

@@ -201,7 +201,7 @@ class AffinePath:
         out = self.scheduler(t)
         return tuple(_expand_like(c, like) for c in (out.alpha, out.sigma, out.d_alpha, out.d_sigma))
 
-    def sample(self, x1: Tensor, x0: Tensor, t: Tensor) -> PathSample:
+    def sample(self, *, x0: Tensor, x1: Tensor, t: Tensor) -> PathSample:
         """Point and conditional velocity on the path between noise and data.
 
         Args:
@@ -219,23 +219,23 @@ class AffinePath:
         alpha, sigma, d_alpha, d_sigma = self._coefficients(t, x1)
         return PathSample(x_t=alpha * x1 + sigma * x0, dx_t=d_alpha * x1 + d_sigma * x0, t=t)
 
-    def target_to_velocity(self, x1_hat: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+    def target_to_velocity(self, *, x1_hat: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """Velocity from a data prediction; singular where ``sigma_t = 0`` (t = 1)."""
         alpha, sigma, d_alpha, d_sigma = self._coefficients(t, x_t)
         return (d_sigma / sigma) * x_t + ((d_alpha * sigma - d_sigma * alpha) / sigma) * x1_hat
 
-    def epsilon_to_velocity(self, eps_hat: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+    def epsilon_to_velocity(self, *, eps_hat: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """Velocity from a noise prediction; singular where ``alpha_t = 0`` (t = 0 for most schedulers)."""
         alpha, sigma, d_alpha, d_sigma = self._coefficients(t, x_t)
         return (d_alpha / alpha) * x_t + ((d_sigma * alpha - d_alpha * sigma) / alpha) * eps_hat
 
-    def velocity_to_target(self, velocity: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+    def velocity_to_target(self, *, velocity: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """Data prediction ``x1_hat`` implied by a velocity."""
         alpha, sigma, d_alpha, d_sigma = self._coefficients(t, x_t)
         det = d_alpha * sigma - d_sigma * alpha
         return (-d_sigma / det) * x_t + (sigma / det) * velocity
 
-    def velocity_to_epsilon(self, velocity: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+    def velocity_to_epsilon(self, *, velocity: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """Noise prediction ``eps_hat`` implied by a velocity."""
         alpha, sigma, d_alpha, d_sigma = self._coefficients(t, x_t)
         det = d_sigma * alpha - d_alpha * sigma
@@ -297,7 +297,7 @@ class FlowMatchingObjective:
         t = self.t_eps + (1 - 2 * self.t_eps) * t  # affine, so no point mass at the edges
         return t.to(device) if device is not None else t
 
-    def training_target(self, sample: PathSample, x1: Tensor, x0: Tensor) -> Tensor:
+    def training_target(self, sample: PathSample, *, x0: Tensor, x1: Tensor) -> Tensor:
         """What the network should output for this path sample, shape ``(B, ...)``."""
         if self.prediction == "velocity":
             return sample.dx_t
@@ -305,7 +305,7 @@ class FlowMatchingObjective:
             return x0
         return x1
 
-    def to_velocity(self, prediction: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+    def to_velocity(self, prediction: Tensor, *, x_t: Tensor, t: Tensor) -> Tensor:
         """Velocity implied by a network output, for the ODE sampler.
 
         Args:
@@ -321,8 +321,8 @@ class FlowMatchingObjective:
             return prediction
         t = t.clamp(self.t_eps, 1 - self.t_eps)
         if self.prediction == "noise":
-            return self.path.epsilon_to_velocity(prediction, x_t, t)
-        return self.path.target_to_velocity(prediction, x_t, t)
+            return self.path.epsilon_to_velocity(eps_hat=prediction, x_t=x_t, t=t)
+        return self.path.target_to_velocity(x1_hat=prediction, x_t=x_t, t=t)
 
     @property
     def singular_at_data(self) -> bool:
@@ -332,7 +332,7 @@ class FlowMatchingObjective:
         """
         return self.prediction == "target"
 
-    def to_target(self, prediction: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+    def to_target(self, prediction: Tensor, *, x_t: Tensor, t: Tensor) -> Tensor:
         """The clean-data estimate ``x1_hat`` implied by a network output at ``(x_t, t)``, ``t < 1``.
 
         It is the state at t = 1 that the path reaches from ``x_t`` when the prediction is held
@@ -343,11 +343,11 @@ class FlowMatchingObjective:
         if self.prediction == "target":
             return prediction
         if self.prediction == "velocity":
-            return self.path.velocity_to_target(prediction, x_t, t)
+            return self.path.velocity_to_target(velocity=prediction, x_t=x_t, t=t)
         out = self.path.scheduler(t.clamp(self.t_eps, 1 - self.t_eps))
         alpha, sigma = _expand_like(out.alpha, x_t), _expand_like(out.sigma, x_t)
         return (x_t - sigma * prediction) / alpha
 
-    def loss(self, prediction: Tensor, sample: PathSample, x1: Tensor, x0: Tensor) -> Tensor:
+    def loss(self, prediction: Tensor, sample: PathSample, *, x0: Tensor, x1: Tensor) -> Tensor:
         """Mean squared error between the network output and :meth:`training_target` (a scalar)."""
-        return F.mse_loss(prediction, self.training_target(sample, x1, x0))
+        return F.mse_loss(prediction, self.training_target(sample, x0=x0, x1=x1))

@@ -1,125 +1,86 @@
-"""The recipe catalogue: what importing each recipe class gives, without importing it (or torch)."""
+"""The recipe catalogue: each recipe's card says what importing the recipe gives, and is read without
+importing it (or torch); `--config NAME` and aliases resolve through the cards."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-import textwrap
-from importlib.metadata import EntryPoint
-from pathlib import Path
 
 import pytest
 
-from genflow.engine import catalog
-from genflow.engine.catalog import recipe_entries
+from genflow.engine.card import RecipeCard
+from genflow.engine.catalog import find_recipe, recipe_entries
 from genflow.engine.recipe import available_recipes
+from genflow.errors import ConfigError, GenflowError
 
 
-def _imported_values(cls: type) -> dict:
-    return {"summary": cls.summary, "default_config": Path(cls.default_config), "aliases": tuple(cls.aliases)}
-
-
-def _entry_values(entry: catalog.RecipeEntry) -> dict:
-    return {"summary": entry.summary, "default_config": entry.default_config, "aliases": entry.aliases}
-
-
-def test_catalogue_equals_the_imported_recipe_classes():
+def test_every_card_matches_its_imported_recipe_class():
     entries = recipe_entries()
     classes = available_recipes()
     assert [e.name for e in entries] == list(classes)
     for entry in entries:
         cls = classes[entry.name]
         assert (entry.module, entry.class_name) == (cls.__module__, cls.__name__)
-        assert _entry_values(entry) == _imported_values(cls), entry.name
-        assert entry.default_config.is_file(), entry.name
-        assert entry.load() is cls
+        assert (cls.name, cls.summary, cls.default_config, cls.aliases) == (
+            entry.name, entry.summary, entry.default_config, entry.aliases), entry.name
+        assert all(path.is_file() for path in entry.card.configs), entry.name
 
 
-def test_catalogue_imports_neither_torch_nor_the_recipes(tmp_path):
+def test_listing_recipes_imports_neither_torch_nor_the_recipes():
     code = ("import json, sys; from genflow.engine.catalog import recipe_entries; entries = recipe_entries(); "
-            "print(json.dumps([len(entries), sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('torch', 'numpy', 'genflow_recipes') and m != 'genflow_recipes')]))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
-    count, imported = json.loads(out.stdout)
-    assert count == len(available_recipes())
-    assert imported == []
+            "print(json.dumps({'names': [e.name for e in entries], 'torch': 'torch' in sys.modules or 'numpy' in sys.modules, "
+            "'recipes': sorted(m for m in sys.modules if m.startswith('genflow_recipes.') and m.count('.') > 1 and not m.endswith('.card'))}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert "digit4" in found["names"] and "namo-fm" in found["names"]
+    assert found["torch"] is False and found["recipes"] == []
 
 
-# Recipe classes written the ways a third-party recipe might be. Each module is named per case so
-# sys.modules tells whether the catalogue imported it.
-_CASES = {
-    # C3 order: Toy, Other, Mixin, Base (a depth-first search would find Base's summary first)
-    "diamond": """
-        class Base(Recipe):
-            summary = "base"
-            default_config = Path(__file__).parent / "configs" / "base.yaml"
-        class Mixin(Base):
-            summary = "mixin"
-            aliases: ClassVar[tuple[str, ...]] = ALIASES
-        class Other(Base):
-            pass
-        class Toy(Other, Mixin):
-            name = "toy"
-    """,
-    "inherits_genflow_defaults": """
-        class Toy(recipe.Recipe):
-            summary = ("split "
-                       "over lines")
-            default_config = pathlib.Path(__file__).with_suffix(".yaml")
-    """,
-    "computed_summary": """
-        class Toy(Recipe):
-            summary = " ".join(["made", "at", "import"])
-            default_config = Path(__file__).with_name("toy.yaml")
-    """,
-    "decorated": """
-        def tag(cls):
-            cls.aliases = ("tagged",)
-            return cls
-        @tag
-        class Toy(Recipe):
-            summary = "decorated"
-            default_config = Path(__file__).with_name("toy.yaml")
-    """,
-    "init_subclass_hook": """
-        class Base(Recipe):
-            def __init_subclass__(cls, **kwargs):
-                super().__init_subclass__(**kwargs)
-                cls.aliases = (cls.__name__.lower(),)
-        class Toy(Base):
-            summary = "hooked"
-            default_config = Path(__file__).with_name("toy.yaml")
-    """,
-    "conditional_attribute": """
-        class Toy(Recipe):
-            summary = "plain"
-            if ALIASES:
-                summary = "conditional"
-            default_config = Path(__file__).with_name("toy.yaml")
-    """,
-}
-_HEADER = """
-from pathlib import Path
-import pathlib
-from typing import ClassVar
-from genflow.engine import recipe
-from genflow.engine.recipe import Recipe
-ALIASES = ("first", "second")
-"""
-_PARSED = {"diamond", "inherits_genflow_defaults"}  # the others are imported
+def test_an_alias_finds_its_recipe_and_an_unknown_name_suggests_the_closest():
+    assert find_recipe("train_fb_flow_matching").name == "namo-fm"
+    with pytest.raises(GenflowError, match="unknown recipe 'digit5': did you mean 'digit4'"):
+        find_recipe("digit5")
 
 
-@pytest.mark.parametrize("case", sorted(_CASES))
-def test_third_party_recipe_matches_its_imported_class(case, tmp_path, monkeypatch):
-    module = f"genflow_test_catalog_{case}"
-    (tmp_path / f"{module}.py").write_text(_HEADER + textwrap.dedent(_CASES[case]))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, module, raising=False)
-    ep = EntryPoint(name="toy", value=f"{module}:Toy", group="genflow.recipes")
-    monkeypatch.setattr(catalog, "entry_points", lambda group: [ep])
+def test_a_config_is_named_by_its_stem_its_file_name_or_its_path_before_the_move(tmp_path):
+    card = find_recipe("mmnist-wm").card
+    fast = next(path for path in card.configs if path.stem == "mmnist_wm_fast")
+    assert card.resolve_config("mmnist_wm_fast") == fast
+    assert card.resolve_config("mmnist_wm_fast.yaml") == fast
+    assert card.resolve_config("recipes/mmnist_wm_fast.yaml") == fast  # the path it had in the source tree
+    mine = tmp_path / "mmnist_wm_fast.yaml"
+    mine.write_text("train: {epochs: 1}\n")
+    assert card.resolve_config(mine) == mine  # a file of the user's wins over a config of the same name
+    with pytest.raises(ConfigError, match="not a config of recipe 'mmnist-wm' \\(its configs: mmnist_wm, mmnist_wm_fast"):
+        card.resolve_config("mmnist_wm_huge")
+    with pytest.raises(ConfigError, match="no such file"):
+        card.resolve_config(tmp_path / "elsewhere" / "mmnist_wm_fast.yaml")
 
-    (entry,) = recipe_entries()
-    assert (module in sys.modules) == (case not in _PARSED)
-    assert _entry_values(entry) == _imported_values(ep.load())
-    monkeypatch.delitem(sys.modules, module)
+
+def test_a_recipe_without_a_card_is_listed_from_its_class(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    import genflow.engine.catalog as catalog
+
+    real = catalog.entry_points
+
+    def with_one_more(group):
+        found = list(real(group=group))
+        if group == catalog.RECIPES_GROUP:
+            found.append(EntryPoint("toy", "support:ToyRecipe", group))
+        return found
+
+    monkeypatch.setattr(catalog, "entry_points", with_one_more)
+    entry = next(e for e in recipe_entries() if e.name == "toy")
+    assert entry.summary == "engine test recipe" and entry.card.configs == ()
+    assert isinstance(entry.card, RecipeCard) and entry.load().__name__ == "ToyRecipe"
+
+
+def test_train_takes_a_config_by_name(cli, tmp_path):
+    code, out, err = cli("train", "mmnist-wm", "--config", "mmnist_wm_fast", "--print-config", "--runs-dir", tmp_path)
+    assert code == 0, err
+    assert "train_sequences: 2000" in out and "epochs: 50" in out  # the fast config's, not the default's
+    code, _, err = cli("train", "mmnist-wm", "--config", "mmnist_wm_huge", "--runs-dir", tmp_path)
+    assert code == 2 and "its configs: mmnist_wm, mmnist_wm_fast, mmnist_wm_full" in err

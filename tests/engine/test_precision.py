@@ -5,7 +5,8 @@ import torch
 import yaml
 
 import genflow.engine.precision as precision
-from genflow.config import TrainConfig, load_config
+from genflow.config import load_config
+from genflow.engine import TrainConfig
 from genflow.engine.trainer import train
 from genflow.errors import ConfigError
 

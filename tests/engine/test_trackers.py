@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import genflow.engine.metrics_log as metrics_log
-from genflow.config import TrainConfig, load_config
+from genflow.config import load_config
+from genflow.engine import TrainConfig
 from genflow.engine.checkpoint import load_checkpoint
 from genflow.engine.metrics_log import TRACKER_PACKAGES, flatten_config, read_metrics
 from genflow.engine.trainer import LogWindow, TrainingDiverged, train

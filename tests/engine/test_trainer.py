@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from genflow.engine.checkpoint import load_checkpoint
 from genflow.engine.trainer import TrainingDiverged, train
@@ -78,8 +79,24 @@ def test_fp16_on_cpu_is_a_clear_error(toy_recipe, tmp_path):
 
 
 def test_bf16_mixed_precision_trains(toy_recipe, tmp_path):
-    result = train(toy_recipe(precision="bf16", epochs=2), tmp_path, show_progress=False)
+    # an explicit bf16 is bf16 on any CPU (only `auto` falls back to fp32 where bf16 is slow): the forward
+    # of every training step computes in bf16, and the run records what it used
+    recipe = toy_recipe(precision="bf16", epochs=2)
+    build_model, seen = recipe.build_model, []
+
+    def build_spied_model():  # the layers' outputs (the model's own output is handed back in fp32 by Accelerate)
+        model = build_model()
+        for layer in model.modules():
+            if isinstance(layer, torch.nn.Linear):
+                layer.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype) if module.training else None)
+        return model
+
+    recipe.build_model = build_spied_model
+    result = train(recipe, tmp_path, show_progress=False)
     assert result.steps == 16 and torch.isfinite(torch.tensor(result.last_metrics["val_loss"]))
+    assert seen == [torch.bfloat16] * 2 * 16  # two linear layers, 16 training steps
+    runtime = yaml.safe_load((tmp_path / "config.yaml").read_text())["runtime"]
+    assert (runtime["precision_requested"], runtime["precision"]) == ("bf16", "bf16")
 
 
 def test_corrupt_checkpoint_is_a_clear_error(toy_recipe, tmp_path):

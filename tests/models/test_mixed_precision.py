@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from genflow.models import AdaLNMLPVelocityField
 from genflow.models.dit import DiT, PatchEmbedding
-from genflow.models.video_transformer import SimpleVideoTransformer
+from genflow_recipes.mmnist_wm.model import SimpleVideoTransformer
 
 
 def _perturbed(model: torch.nn.Module) -> torch.nn.Module:

@@ -89,8 +89,8 @@ def test_wrong_shapes_and_missing_context_raise_genflow_errors():
 def flow_matching_loss(encoder, field, objective, clouds, generator):
     x0 = torch.randn(clouds.shape, generator=generator)
     t = objective.sample_time(clouds.shape[0], generator=generator)
-    sample = objective.path.sample(clouds, x0, t)
-    return objective.loss(field(sample.x_t, t, encoder(clouds)), sample, clouds, x0)
+    sample = objective.path.sample(x0=x0, x1=clouds, t=t)
+    return objective.loss(field(sample.x_t, t, encoder(clouds)), sample, x0=x0, x1=clouds)
 
 
 def test_every_parameter_learns_despite_zero_init():

@@ -23,18 +23,18 @@ def test_add_noise_and_velocity_match_diffusers(schedule):
     reference = DDPMScheduler(num_train_timesteps=1000, beta_schedule=schedule, prediction_type="v_prediction")
     x0, noise = _batch(shape=(len(TIMESTEPS), 2, 3))
     torch.testing.assert_close(
-        objective.add_noise(x0, noise, TIMESTEPS), reference.add_noise(x0, noise, TIMESTEPS), rtol=0, atol=0
+        objective.add_noise(x0=x0, noise=noise, timesteps=TIMESTEPS), reference.add_noise(x0, noise, TIMESTEPS), rtol=0, atol=0
     )
     torch.testing.assert_close(
-        objective.training_target(x0, noise, TIMESTEPS), reference.get_velocity(x0, noise, TIMESTEPS), rtol=0, atol=0
+        objective.training_target(x0=x0, noise=noise, timesteps=TIMESTEPS), reference.get_velocity(x0, noise, TIMESTEPS), rtol=0, atol=0
     )
 
 
 def test_training_target_is_noise_or_data_for_epsilon_and_sample():
     x0, noise = _batch()
     timesteps = torch.randint(0, 1000, (6,))
-    assert torch.equal(DiffusionObjective(prediction_type="epsilon").training_target(x0, noise, timesteps), noise)
-    assert torch.equal(DiffusionObjective(prediction_type="sample").training_target(x0, noise, timesteps), x0)
+    assert torch.equal(DiffusionObjective(prediction_type="epsilon").training_target(x0=x0, noise=noise, timesteps=timesteps), noise)
+    assert torch.equal(DiffusionObjective(prediction_type="sample").training_target(x0=x0, noise=noise, timesteps=timesteps), x0)
 
 
 @pytest.mark.parametrize("schedule", BETA_SCHEDULES)
@@ -48,8 +48,8 @@ def test_predicted_clean_inverts_the_forward_process(schedule, prediction):
         timesteps = timesteps[objective.alphas_cumprod > 1e-6]
         assert len(timesteps) >= 999
     x0, noise = _batch(shape=(len(timesteps), 1, 4, 4))
-    x_t = objective.add_noise(x0, noise, timesteps)
-    target = objective.training_target(x0, noise, timesteps)
+    x_t = objective.add_noise(x0=x0, noise=noise, timesteps=timesteps)
+    target = objective.training_target(x0=x0, noise=noise, timesteps=timesteps)
     torch.testing.assert_close(objective.predicted_clean(target, x_t, timesteps), x0, rtol=0, atol=1e-4)
 
 
@@ -58,7 +58,7 @@ def test_loss_is_float32_mse_to_the_target():
     x0, noise = _batch()
     timesteps = torch.randint(0, 1000, (6,))
     output = (noise + 0.5).to(torch.bfloat16)
-    loss = objective.loss(output, x0, noise, timesteps)
+    loss = objective.loss(output, x0=x0, noise=noise, timesteps=timesteps)
     assert loss.dtype == torch.float32
     assert loss.item() == pytest.approx(0.25, abs=1e-2)
 

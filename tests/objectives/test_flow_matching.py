@@ -42,7 +42,7 @@ def test_path_and_conversions_match_meta_flow_matching(name, kwargs, fm_name, fm
     path = AffinePath(make_scheduler(name, **kwargs))
     x1, x0, t = _batch()
 
-    ours = path.sample(x1, x0, t)
+    ours = path.sample(x0=x0, x1=x1, t=t)
     theirs = reference.sample(x_0=x0, x_1=x1, t=t)
     torch.testing.assert_close(ours.x_t, theirs.x_t, atol=1e-5, rtol=0)
     torch.testing.assert_close(ours.dx_t, theirs.dx_t, atol=1e-5, rtol=0)
@@ -51,10 +51,10 @@ def test_path_and_conversions_match_meta_flow_matching(name, kwargs, fm_name, fm
     t_b = t[:, None, None]
     v, x_t = ours.dx_t, ours.x_t
     pairs = [
-        (path.target_to_velocity(x1, x_t, t), reference.target_to_velocity(x_1=x1, x_t=x_t, t=t_b)),
-        (path.epsilon_to_velocity(x0, x_t, t), reference.epsilon_to_velocity(epsilon=x0, x_t=x_t, t=t_b)),
-        (path.velocity_to_target(v, x_t, t), reference.velocity_to_target(velocity=v, x_t=x_t, t=t_b)),
-        (path.velocity_to_epsilon(v, x_t, t), reference.velocity_to_epsilon(velocity=v, x_t=x_t, t=t_b)),
+        (path.target_to_velocity(x1_hat=x1, x_t=x_t, t=t), reference.target_to_velocity(x_1=x1, x_t=x_t, t=t_b)),
+        (path.epsilon_to_velocity(eps_hat=x0, x_t=x_t, t=t), reference.epsilon_to_velocity(epsilon=x0, x_t=x_t, t=t_b)),
+        (path.velocity_to_target(velocity=v, x_t=x_t, t=t), reference.velocity_to_target(velocity=v, x_t=x_t, t=t_b)),
+        (path.velocity_to_epsilon(velocity=v, x_t=x_t, t=t), reference.velocity_to_epsilon(velocity=v, x_t=x_t, t=t_b)),
     ]
     for mine, meta in pairs:
         torch.testing.assert_close(mine, meta, atol=1e-5, rtol=1e-5)
@@ -64,11 +64,11 @@ def test_path_and_conversions_match_meta_flow_matching(name, kwargs, fm_name, fm
 def test_conversions_round_trip_to_the_true_velocity(name, kwargs):
     path = AffinePath(make_scheduler(name, **kwargs))
     x1, x0, t = _batch(seed=1)
-    sample = path.sample(x1, x0, t)
-    torch.testing.assert_close(path.target_to_velocity(x1, sample.x_t, t), sample.dx_t)
-    torch.testing.assert_close(path.epsilon_to_velocity(x0, sample.x_t, t), sample.dx_t)
-    torch.testing.assert_close(path.velocity_to_target(sample.dx_t, sample.x_t, t), x1)
-    torch.testing.assert_close(path.velocity_to_epsilon(sample.dx_t, sample.x_t, t), x0)
+    sample = path.sample(x0=x0, x1=x1, t=t)
+    torch.testing.assert_close(path.target_to_velocity(x1_hat=x1, x_t=sample.x_t, t=t), sample.dx_t)
+    torch.testing.assert_close(path.epsilon_to_velocity(eps_hat=x0, x_t=sample.x_t, t=t), sample.dx_t)
+    torch.testing.assert_close(path.velocity_to_target(velocity=sample.dx_t, x_t=sample.x_t, t=t), x1)
+    torch.testing.assert_close(path.velocity_to_epsilon(velocity=sample.dx_t, x_t=sample.x_t, t=t), x0)
 
 
 @pytest.mark.parametrize("name, kwargs", [(case[0], case[1]) for case in SCHEDULER_CASES])
@@ -85,10 +85,10 @@ def test_time_convention_t0_is_noise_and_t1_is_data(name, kwargs):
 def test_to_velocity_of_the_training_target_recovers_dx_t(prediction, name, kwargs):
     objective = FlowMatchingObjective(AffinePath(make_scheduler(name, **kwargs)), prediction=prediction)
     x1, x0, t = _batch(seed=2)
-    sample = objective.path.sample(x1, x0, t)
-    perfect_output = objective.training_target(sample, x1, x0)
-    torch.testing.assert_close(objective.to_velocity(perfect_output, sample.x_t, t), sample.dx_t)
-    assert objective.loss(perfect_output, sample, x1, x0).item() == 0.0
+    sample = objective.path.sample(x0=x0, x1=x1, t=t)
+    perfect_output = objective.training_target(sample, x0=x0, x1=x1)
+    torch.testing.assert_close(objective.to_velocity(perfect_output, x_t=sample.x_t, t=t), sample.dx_t)
+    assert objective.loss(perfect_output, sample, x0=x0, x1=x1).item() == 0.0
 
 
 def test_to_velocity_stays_finite_at_the_singular_ends():
@@ -96,7 +96,7 @@ def test_to_velocity_stays_finite_at_the_singular_ends():
     ends = torch.tensor([0.0, 1.0]).repeat(4).double()
     for prediction in ("noise", "target"):
         objective = FlowMatchingObjective(AffinePath(make_scheduler("condot")), prediction=prediction)
-        assert torch.isfinite(objective.to_velocity(x1, x0, ends)).all()
+        assert torch.isfinite(objective.to_velocity(x1, x_t=x0, t=ends)).all()
 
 
 def test_sample_time_is_reproducible_and_inside_the_clamped_interval():

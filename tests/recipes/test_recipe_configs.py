@@ -11,7 +11,9 @@ from typing import Any, get_args, get_type_hints
 import pytest
 import yaml
 
-from genflow.config import TrainConfig, config_from_dict, config_to_dict, field_help, load_config
+from genflow.config import config_from_dict, config_to_dict, field_help, load_config
+from genflow.engine import TrainConfig
+from genflow.engine.precision import normalise_precision
 from genflow.engine.recipe import available_recipes
 
 RECIPES = available_recipes()
@@ -71,10 +73,23 @@ def test_every_recipe_has_its_yamls():
     assert {cls.default_config for cls in RECIPES.values()} <= set(YAMLS)
 
 
+def _layered(defaults: Any, choices: Any) -> Any:
+    """`choices` (a YAML's nested mapping) on top of `defaults` (a resolved config as a dict), section by section."""
+    if not isinstance(choices, dict) or not isinstance(defaults, dict):
+        return choices
+    return {**defaults, **{key: _layered(defaults.get(key), value) for key, value in choices.items()}}
+
+
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.name)
 def test_yaml_loads_into_its_config_class(path):
-    config = load_config(_config_class_of(path), path)
-    assert isinstance(config.train, TrainConfig)
+    # every value the YAML sets arrives in the config, and every key it leaves out keeps the recipe's default
+    cls = _config_class_of(path)
+    choices = yaml.safe_load(path.read_text()) or {}
+    if "precision" in choices.get("train", {}):  # the config keeps a request in its one spelling (fp32 -> no)
+        choices["train"]["precision"] = normalise_precision(choices["train"]["precision"])
+    config = load_config(cls, path)
+    assert isinstance(config, cls) and isinstance(config.train, TrainConfig)
+    assert config_to_dict(config) == _layered(config_to_dict(cls()), choices)
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.name)

@@ -23,7 +23,7 @@ def point_mass_oracle(objective: DiffusionObjective, c: torch.Tensor):
         x0 = c.expand_as(x_t)
         alpha_bar = objective.alphas_cumprod[timesteps].reshape(-1, 1, 1, 1)
         noise = (x_t - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
-        return objective.training_target(x0, noise, timesteps)
+        return objective.training_target(x0=x0, noise=noise, timesteps=timesteps)
 
     return denoise
 
@@ -37,7 +37,7 @@ def gaussian_oracle(objective: DiffusionObjective, mean: float, std: float):
         signal = alpha_bar.sqrt()
         x0 = mean + signal * std**2 / (alpha_bar * std**2 + 1 - alpha_bar) * (x_t - signal * mean)
         noise = (x_t - signal * x0) / (1 - alpha_bar).sqrt()
-        return objective.training_target(x0, noise, timesteps)
+        return objective.training_target(x0=x0, noise=noise, timesteps=timesteps)
 
     return denoise
 

@@ -92,10 +92,10 @@ def test_rk4_with_a_clean_data_prediction_is_accurate_with_the_final_jump():
         return data + 0.02 * x
 
     def velocity(x, t):
-        return objective.to_velocity(estimate(x, t), x, t)
+        return objective.to_velocity(estimate(x, t), x_t=x, t=t)
 
     def jump(x, t):
-        return objective.to_target(estimate(x, t), x, t)
+        return objective.to_target(estimate(x, t), x_t=x, t=t)
 
     x0 = torch.tensor([[1.0, 1.0]])
     with_jump = (solve_ode(velocity, x0, steps=5, solver="rk4", final_jump=jump) - data).abs().max()

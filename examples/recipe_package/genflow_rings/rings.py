@@ -1,7 +1,7 @@
 """rings: flow matching on 2-D points drawn from concentric rings — the smallest complete genflow recipe.
 
     genflow data make rings n=4000           # a data maker: options dataclass + function, registered
-    genflow train rings                       # config dataclasses below, defaults in rings.yaml
+    genflow train rings                       # config dataclasses below, defaults in configs/rings.yaml
     genflow sample RUN n=500 steps=20         # sample options
     genflow eval ring RUN                     # an evaluation, beside its baseline
 
@@ -17,13 +17,14 @@ from typing import Annotated, Any
 import numpy as np
 import torch
 
-from genflow.config import NonNegative, NonNegativeInt, PositiveInt, Range, TrainConfig, check_ranges
+from genflow.config import NonNegative, NonNegativeInt, PositiveInt, Range, check_ranges
+from genflow.engine import EvalOptions, Recipe, SampleOptions, StepContext, TrainConfig, evaluation
 from genflow.data import ShardDataset, ShardWriter, load_split, split_indices
 from genflow.data.registry import DataCommand, DataJob
-from genflow.engine.recipe import EvalOptions, Recipe, SampleOptions, StepContext, evaluation
 from genflow.models import VectorVelocityField
 from genflow.objectives import AffinePath, FlowMatchingObjective, make_scheduler
 from genflow.samplers import solve_ode
+from genflow_rings import CARD
 
 
 # --- data: `genflow data make rings` ---------------------------------------------------------------------
@@ -102,10 +103,8 @@ def ring_error(points: torch.Tensor, radii: list[float]) -> float:
 
 
 class RingsRecipe(Recipe):
-    name = "rings"
-    summary = "2-D flow matching onto concentric rings (the example recipe package)"
+    card = CARD  # name, summary, configs: declared once, in the torch-free __init__.py
     config_class = RingsConfig
-    default_config = Path(__file__).with_name("rings.yaml")
     sample_options = RingSampleOptions
 
     def __init__(self, config: RingsConfig):
@@ -122,8 +121,8 @@ class RingsRecipe(Recipe):
     def compute_loss(self, model, batch, ctx: StepContext):
         x1 = batch["point"]
         x0, t = ctx.randn(len(x1), 2), ctx.rand(len(x1))
-        sample = self.objective.path.sample(x1, x0, t)
-        return self.objective.loss(model(sample.x_t, t).float(), sample, x1, x0), {}
+        sample = self.objective.path.sample(x0=x0, x1=x1, t=t)
+        return self.objective.loss(model(sample.x_t, t).float(), sample, x0=x0, x1=x1), {}
 
     @torch.no_grad()
     def generate(self, model, n: int, steps: int, seed: int) -> torch.Tensor:

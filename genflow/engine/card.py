@@ -1,0 +1,72 @@
+"""Recipe cards: what `genflow recipes` and `--config NAME` need of a recipe, readable without importing it.
+
+Importing a recipe imports torch and its model code (seconds), so each recipe also declares a small
+`RecipeCard` in a torch-free module (a recipe package's `__init__.py`) and registers it under the
+entry-point group `genflow.recipe_cards`, beside its `genflow.recipes` entry point:
+
+    [project.entry-points."genflow.recipes"]
+    rings = "my_recipes.rings.recipe:RingsRecipe"
+    [project.entry-points."genflow.recipe_cards"]
+    rings = "my_recipes.rings:CARD"
+
+The recipe class points at the same card (`card = CARD`), which sets its name, summary, default
+config and aliases: one declaration of each. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from genflow.errors import ConfigError
+
+__all__ = ["RecipeCard", "lazy_exports"]
+
+
+@dataclass(frozen=True)
+class RecipeCard:
+    """A recipe's name, one-line summary, YAML configs (the first is its default) and other names."""
+
+    name: str  # what `genflow train NAME` takes
+    summary: str
+    configs: tuple[Path, ...]  # the recipe's configs, shipped with it; `--config STEM` names one
+    aliases: tuple[str, ...] = ()  # other names `genflow train` accepts (e.g. a source trainer's name)
+
+    @property
+    def default_config(self) -> Path | None:
+        return self.configs[0] if self.configs else None
+
+    def config_names(self) -> list[str]:
+        return [path.stem for path in self.configs]
+
+    def resolve_config(self, given: str | Path) -> Path:
+        """The config file `--config` names: a path that exists, else one of this recipe's configs by name
+        (`mmnist_wm_fast`, `mmnist_wm_fast.yaml`, or the path it had before configs moved into the recipe
+        packages, `recipes/mmnist_wm_fast.yaml`). Anything else is one clear error listing the names."""
+        path = Path(given)
+        if path.is_file():
+            return path
+        for config in self.configs:
+            if path.stem == config.stem and (path.suffix in ("", ".yaml", ".yml")):
+                if len(path.parts) == 1 or path.parent.name == "recipes":
+                    return config
+        raise ConfigError(f"--config {given}: no such file, and not a config of recipe '{self.name}' "
+                          f"(its configs: {', '.join(self.config_names())})")
+
+
+def lazy_exports(package: str, names: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """`__getattr__` and `__dir__` for a recipe package whose `__init__` must stay torch-free: `names` maps
+    an attribute to the submodule (relative, e.g. ".recipe") that defines it, imported on first use, so
+    `from genflow_recipes.dtm import train_from_iterator` works without listing recipes importing torch."""
+
+    def __getattr__(attr: str) -> Any:
+        if attr not in names:
+            raise AttributeError(f"module {package!r} has no attribute {attr!r}")
+        return getattr(importlib.import_module(names[attr], package), attr)
+
+    def __dir__() -> list[str]:
+        return sorted(names)
+
+    return __getattr__, __dir__

@@ -1,0 +1,10 @@
+"""The recipe card of hand-vae: torch-free, read by `genflow recipes` (entry-point group
+`genflow.recipe_cards`) and by the recipe class itself."""
+
+from pathlib import Path
+
+from genflow.engine.card import RecipeCard
+
+CARD = RecipeCard(name="hand-vae",
+                  summary="VAE priors of two-hand MANO-style poses (flat Gaussian or SO(3) geodesic) with a ranking energy",
+                  configs=(Path(__file__).parent / "configs" / "hand_vae.yaml",), aliases=("train_hand_vae_lightning",))

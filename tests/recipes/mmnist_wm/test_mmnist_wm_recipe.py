@@ -1,0 +1,223 @@
+"""mmnist-wm end to end on a few generated sequences with a tiny video transformer."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from genflow.cli import main
+from genflow.config import load_config
+from genflow.engine.metrics_log import read_metrics
+from genflow.engine.recipe import StepContext, get_recipe
+from genflow.engine.run_dir import load_run
+from genflow_recipes.mmnist_wm.recipe import ablated_actions
+
+FRAMES, PAST = 6, 3
+TINY = [f"model.num_frames={FRAMES}", f"data.num_past={PAST}", "model.embed_dim=32", "model.num_layers=1", "model.num_heads=2",
+        "train.batch_size=4", "train.lr=0.003", "train.log_every=1", "sampling.steps=3", "eval.num_sequences=4",
+        "data.val_sequences=8"]
+
+
+@pytest.fixture(scope="module")
+def mmnist_data(tmp_path_factory, tiny_mnist_npz):
+    out = tmp_path_factory.mktemp("mmnist") / "data"
+    assert main(["data", "make-moving-mnist", "--sequences", "24", "--val-sequences", "8", "--test-sequences", "8", "--frames", str(FRAMES),
+                 "--out", str(out), "--source", str(tiny_mnist_npz)]) == 0
+    return out
+
+
+def _train(runs, data, name, *extra, recipe="mmnist-wm"):
+    code = main(["train", recipe, "--runs-dir", str(runs), "--name", name, "--no-progress", f"data.data_dir={data}", *TINY, *extra])
+    assert code == 0
+    return runs / "mmnist-wm" / name
+
+
+@pytest.fixture(scope="module")
+def fast_run(tmp_path_factory, mmnist_data):
+    return _train(tmp_path_factory.mktemp("runs"), mmnist_data, "fast", "train.epochs=4")
+
+
+def test_training_validates_on_val_and_never_reads_the_test_split(tmp_path, mmnist_data, opened_splits):
+    _train(tmp_path, mmnist_data, "spy", "train.epochs=1")
+    assert "val" in opened_splits and "test" not in opened_splits
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, mmnist_data):
+    tasks = ["objective.tasks.future=0.5", "objective.tasks.joint=0.4", "objective.tasks.individual=0.1"]
+    return _train(tmp_path_factory.mktemp("runs"), mmnist_data, "full", "train.epochs=1", *tasks)
+
+
+def test_loss_goes_down_on_a_fixed_batch(mmnist_data):
+    cls = get_recipe("mmnist-wm")
+    recipe = cls(load_config(cls.config_class, cls.default_config, [f"data.data_dir={mmnist_data}", *TINY]))
+    train, _ = recipe.build_datasets()
+    batch = {k: torch.stack([train[i][k] for i in range(4)]) for k in ("tokens", "actions")}
+    torch.manual_seed(0)
+    model = recipe.build_model()
+    optimizer = torch.optim.Adam(model.parameters(), 3e-3)
+    losses = []
+    for step in range(30):
+        ctx = StepContext(step=step, micro_step=step, epoch=0, device=torch.device("cpu"), generator=torch.Generator().manual_seed(step))
+        loss, _ = recipe.compute_loss(model, batch, ctx)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+
+
+def test_training_logs_validation_and_quick_video_metrics(fast_run):
+    val = [r for r in read_metrics(fast_run) if r["kind"] == "val"]
+    assert len(val) == 4 and all({"val_loss", "val_mse", "val_ssim", "val_expected_mse", "val_action_shift_mse"} <= set(r) for r in val)
+    assert val[-1]["val_loss"] < val[0]["val_loss"]
+    assert (fast_run / "samples.png").is_file() and (fast_run / "checkpoints" / "best.pt").is_file()
+
+
+def test_source_argument_names_work(mmnist_data):
+    cls = get_recipe("train_mnist_fast")
+    config = load_config(cls.config_class, cls.default_config, ["learning_rate=0.001", "batch_size=8", "epochs=3",
+                                                                "num_past_frames=5", "num_sequences=100"])
+    assert (config.train.lr, config.train.batch_size, config.train.epochs) == (0.001, 8, 3)
+    assert (config.data.num_past, config.data.train_sequences) == (5, 100)
+
+
+def test_full_config_is_the_large_model_with_three_tasks():
+    cls = get_recipe("mmnist-wm")
+    config = load_config(cls.config_class, cls.default_config.with_name("mmnist_wm_full.yaml"))
+    model = cls(config).build_model()
+    assert 14.3e6 < sum(p.numel() for p in model.parameters()) < 14.9e6
+    tasks = config.objective.tasks
+    assert (tasks.future, tasks.joint, tasks.individual) == (0.5, 0.4, 0.1)
+
+
+def test_sample_writes_strips_and_gif_and_keeps_the_past(cli, fast_run, mmnist_data, tmp_path):
+    out = tmp_path / "strip.png"
+    code, stdout, _ = cli("sample", fast_run, "--n", "2", "--past", PAST, "--future", FRAMES - PAST, "--steps", "2",
+                          "--temperature", "0.5", "--out", out)
+    assert code == 0 and out.is_file() and out.with_suffix(".gif").is_file()
+    arrays = np.load(out.with_suffix(".npz"))
+    assert arrays["tokens"].shape == (2, FRAMES, 32, 32) and arrays["tokens"].max() < 16
+    np.testing.assert_array_equal(arrays["tokens"][:, :PAST], arrays["true_tokens"][:, :PAST])
+
+
+def test_unconditional_sampling_generates_whole_sequences(cli, full_run, tmp_path):
+    out = tmp_path / "uncond.png"
+    code, _, _ = cli("sample", full_run, "--n", "2", "--unconditional", "--steps", "2", "--out", out)
+    assert code == 0
+    tokens = np.load(out.with_suffix(".npz"))["tokens"]
+    assert tokens.shape == (2, FRAMES, 32, 32) and tokens.max() < 16
+
+
+def test_eval_video_reports_every_horizon_and_the_baselines(cli, fast_run):
+    code, out, _ = cli("eval", "video", fast_run, "--json", "--limit", "4", "--steps", "2")
+    assert code == 0
+    result = json.loads(out)
+    for name in ("model", "copy_last", "constant_velocity", "action_shift", "all_black"):
+        for metric in ("mse_32", "psnr_32", "ssim_32", "mse_64", "psnr_64", "ssim_64"):
+            assert len(result["per_horizon"][name][metric]) == FRAMES - PAST
+    assert result["all_black_mse_32"] > 0 and isinstance(result["beats_constant_velocity"], bool)
+    assert (fast_run / "eval" / "video-k2.png").is_file() and (fast_run / "eval" / "video-k2.md").is_file()
+
+
+def test_eval_video_reports_expected_intensity_decoding_next_to_maskgit(cli, fast_run):
+    code, out, _ = cli("eval", "video", fast_run, "--json", "--limit", "4", "--steps", "1", "--temperature", "0")
+    result = json.loads(out)
+    assert code == 0 and len(result["per_horizon"]["model_expected"]["mse_32"]) == FRAMES - PAST
+    assert isinstance(result["expected_beats_all_black"], bool)
+    assert result["model_expected_mse_32"] != result["model_mse_32"]  # a blur, not the decoded levels
+
+
+def test_expected_intensity_is_the_probability_weighted_level_of_one_pass(fast_run, mmnist_data):
+    run = load_run(fast_run)
+    recipe, model = run.recipe, run.model
+    data = recipe._test_sequences("val", 2)
+    tokens, actions = torch.from_numpy(data["tokens"]), torch.from_numpy(data["actions"])
+    expected = recipe.predict(model, tokens, actions, num_past=PAST, steps=1, order="joint").expected
+    masked = tokens.long().clone()
+    masked[:, PAST:] = 16
+    with torch.no_grad():
+        probs = model(masked, actions, "causal").softmax(-1)[:, PAST:]
+    torch.testing.assert_close(expected, (probs * torch.arange(16) / 15).sum(-1), rtol=1e-4, atol=1e-5)
+
+
+def test_autoregressive_decoding_generates_frame_by_frame_from_the_past_only(fast_run):
+    run = load_run(fast_run)
+    recipe, model = run.recipe, run.model
+    data = recipe._test_sequences("val", 2)
+    tokens, actions = torch.from_numpy(data["tokens"]), torch.from_numpy(data["actions"])
+    scrambled = tokens.clone()
+    scrambled[:, PAST:] = torch.randint(0, 16, scrambled[:, PAST:].shape)  # the true future must not matter
+    first = recipe.predict(model, tokens, actions, num_past=PAST, steps=2, order="autoregressive")
+    second = recipe.predict(model, scrambled, actions, num_past=PAST, steps=2, order="autoregressive")
+    torch.testing.assert_close(first.tokens, second.tokens)
+    assert torch.equal(first.tokens[:, :PAST], tokens[:, :PAST]) and first.tokens.max() < 16
+    joint = recipe.predict(model, tokens, actions, num_past=PAST, steps=2, order="joint")
+    # the first future frame sees only the true past in both orders
+    torch.testing.assert_close(first.expected[:, 0], joint.expected[:, 0], rtol=1e-4, atol=1e-5)
+    assert first.expected.shape == (2, FRAMES - PAST, 32, 32)
+
+
+def test_unknown_decoding_order_is_a_clear_error(cli, fast_run):
+    code, _, err = cli("eval", "video", fast_run, "--limit", "2", "sampling.order=backwards")
+    assert code == 2 and "sampling.order" in err and "autoregressive" in err
+
+
+@pytest.mark.parametrize("kind", ["shuffled", "zero"])
+def test_action_ablation_changes_what_the_model_gets_and_baselines_keep_the_true_actions(cli, fast_run, kind):
+    results = []
+    for actions in ("true", kind):
+        code, out, _ = cli("eval", "video", fast_run, "--json", "--limit", "8", "--steps", "1", "--temperature", "0",
+                           "--actions", actions)
+        assert code == 0
+        results.append(json.loads(out))
+    true, ablated = results
+    assert ablated["actions"] == kind and true["action_shift_mse_32"] == ablated["action_shift_mse_32"]
+    assert true["model_expected_mse_32"] != ablated["model_expected_mse_32"]
+
+
+def test_shuffled_actions_give_no_sequence_its_own():
+    actions = np.arange(7 * 3 * 2, dtype=np.float32).reshape(7, 3, 2)
+    for seed in range(5):
+        shuffled = ablated_actions(actions, "shuffled", seed)
+        assert sorted(map(tuple, shuffled[:, 0])) == sorted(map(tuple, actions[:, 0]))  # a permutation
+        assert not np.any(np.all(shuffled == actions, axis=(1, 2)))  # nobody keeps their own
+
+
+def test_unknown_action_ablation_is_a_clear_error(cli, fast_run):
+    code, _, err = cli("eval", "video", fast_run, "--limit", "2", "--actions", "random")
+    assert code == 2 and "'actions'" in err and "shuffled" in err and "Traceback" not in err
+
+
+def test_guidance_needs_the_unconditional_task(cli, fast_run, full_run, tmp_path):
+    code, _, err = cli("sample", fast_run, "--guidance", "2", "--out", tmp_path / "g.png")
+    assert code == 2 and "objective.tasks.individual" in err and "Traceback" not in err
+    code, _, _ = cli("sample", full_run, "--guidance", "2", "--steps", "2", "--n", "1", "--out", tmp_path / "g.png")
+    assert code == 0
+
+
+def test_frame_size_mismatch_is_a_clear_error(cli, tmp_path, mmnist_data):
+    code, _, err = cli("train", "mmnist-wm", f"data.data_dir={mmnist_data}", *TINY, "model.frame_size=16", "--runs-dir", tmp_path)
+    assert code == 2 and "model.frame_size" in err
+
+
+def test_missing_dataset_is_a_clear_error(cli, tmp_path):
+    code, _, err = cli("train", "mmnist-wm", f"data.data_dir={tmp_path / 'nowhere'}", "--runs-dir", tmp_path)
+    assert code == 2 and "nowhere" in err
+
+
+def test_resume_continues_from_the_last_checkpoint(cli, tmp_path, mmnist_data):
+    run_dir = _train(tmp_path, mmnist_data, "r", "train.epochs=1")
+    code, _, _ = cli("train", "mmnist-wm", "train.epochs=2", "--resume", run_dir, "--runs-dir", tmp_path, "--no-progress")
+    assert code == 0
+    assert [r["epoch"] for r in read_metrics(run_dir) if r["kind"] == "val"] == [1, 2]
+
+
+def test_export_safetensors_and_onnx(cli, fast_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    code, out, _ = cli("export", fast_run, "--format", "onnx", "--out", tmp_path)
+    assert code == 0 and (tmp_path / "video_transformer.onnx").is_file() and "max |onnx - torch|" in out
+    code, _, _ = cli("export", fast_run, "--out", tmp_path / "st")
+    assert code == 0 and any((tmp_path / "st").glob("*.safetensors"))
+    assert load_run(fast_run).config.model.embed_dim == 32
