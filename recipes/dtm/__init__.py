@@ -9,6 +9,8 @@ library's Ising stack (`genflow.ising`).
 from genflow.engine.card import lazy_exports
 from genflow_recipes.dtm.card import CARD, LUNAR_CARD
 
-__getattr__, __dir__ = lazy_exports(__name__, {"DtmRecipe": ".recipe", "DtmConfig": ".recipe", "image_levels": ".recipe",
+__getattr__, __dir__ = lazy_exports(__name__, {"DtmRecipe": ".recipe", "DtmConfig": ".recipe", "image_levels": ".fd",
                                                "DtmLunarRecipe": ".lunar", "train_from_iterator": ".lunar",
                                                "LunarLanderFrames": ".lunar"})
+__all__ = ["CARD", "LUNAR_CARD", "DtmRecipe", "DtmConfig", "image_levels", "DtmLunarRecipe", "train_from_iterator",
+           "LunarLanderFrames"]

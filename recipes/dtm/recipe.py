@@ -29,11 +29,12 @@ from genflow.engine import EvalOptions, Recipe, SampleOptions, StepContext, Trai
 from genflow.data import ShardDataset, load_split
 from genflow.ising.threads import ThreadBudget
 from genflow.errors import ConfigError, GenflowError
-from genflow.metrics.frechet import accuracy, features, frechet_distance, load_or_train_classifier
+from genflow.metrics.frechet import accuracy
 from genflow.ising.graph import parse_preset
 from genflow.ising.dtm import DenoisingThermodynamicModel, autocorrelation_1d, flip_probability, perturb_levels
 from genflow.ising.gibbs import SamplingSchedule
 from genflow_recipes.dtm.card import CARD
+from genflow_recipes.dtm.fd import FrechetScorer, image_levels
 
 __all__ = ["DtmRecipe", "DtmConfig", "DtmEvalOptions", "image_levels"]
 
@@ -172,13 +173,6 @@ class DtmConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)  # the Fréchet distance at each evaluation
 
 
-def image_levels(images: torch.Tensor, levels: int, threshold: float) -> torch.Tensor:
-    """uint8 images (B, ...) -> integer levels (B, pixels): binary (value / 255 > threshold) for
-    1 level, else round(value / 255 x levels)."""
-    x = images.reshape(images.shape[0], -1).float() / 255.0
-    return (x > threshold).long() if levels == 1 else torch.round(x * levels).long()
-
-
 def _per_step(values: list[float] | None, steps: int, default: float) -> list[float]:
     values = list(values) if values else [default]
     return (values + [values[-1]] * steps)[:steps]
@@ -224,9 +218,7 @@ class DtmRecipe(Recipe):
             raise ConfigError("config key 'train.ema_decay': DTM training keeps no EMA (the correlation penalty "
                               "controller adapts the trained model); set it to null")
         self._class_map: torch.Tensor | None = None
-        self._classifier = None
-        self._real: dict[str, dict[str, np.ndarray]] = {}  # split -> classifier input and labels
-        self._real_features: dict[str, np.ndarray] = {}
+        self._fd: FrechetScorer | None = None
 
     # --- data -----------------------------------------------------------------------------------------
     def image_shape(self) -> tuple[int, ...]:
@@ -407,52 +399,14 @@ class DtmRecipe(Recipe):
             model.autocorrelation[k] = ac
 
     # --- Fréchet distance -------------------------------------------------------------------------------
-    def classifier(self):
-        """The cached feature classifier of this dataset and representation (trained on first use, on
-        the training images; its held-out accuracy is measured on val, so training never reads test)."""
-        if self._classifier is None:
+    @property
+    def fd(self) -> FrechetScorer:
+        """The Fréchet-distance scorer of this run's dataset and representation (its classifier is cached)."""
+        if self._fd is None:
             d, m = self.config.data, self.config.model
-            train, val = self._real_images("train"), self._real_images("val")
-            cache = Path(d.data_dir) / f"fd_classifier_L{m.grayscale_levels}_t{d.threshold:g}.pt"
-            self._classifier, self.classifier_facts = load_or_train_classifier(
-                cache, train["input"], train["label"], val["input"], val["label"], epochs=self.config.eval.classifier_epochs)
-        return self._classifier
-
-    def _real_images(self, split: str) -> dict[str, np.ndarray]:
-        """A split's images as classifier input and its labels, read once."""
-        if split not in self._real:
-            d, m = self.config.data, self.config.model
-            data = load_split(d.data_dir, split, ["image", "label"])
-            levels = image_levels(torch.from_numpy(data["image"]), m.grayscale_levels, d.threshold)
-            self._real[split] = {"input": self._as_classifier_input(levels), "label": data["label"]}
-        return self._real[split]
-
-    def _as_classifier_input(self, levels: torch.Tensor) -> np.ndarray:
-        images = self.to_images(levels)
-        return images[:, None] if images.ndim == 3 else np.moveaxis(images, -1, 1)
-
-    def _selected(self, split: str) -> np.ndarray:
-        """Classifier features of a split's real images (of the selected classes)."""
-        if split not in self._real_features:
-            self._real_features[split] = features(self.classifier(), self._real_images(split)["input"])
-        feats, labels = self._real_features[split], self._real_images(split)["label"]
-        classes = self.config.data.classes
-        return feats if not classes else feats[np.isin(labels, classes)]
-
-    def frechet(self, levels: torch.Tensor) -> float:
-        """Fréchet distance of generated levels to the (selected classes of the) training set."""
-        self.classifier()
-        return frechet_distance(features(self._classifier, self._as_classifier_input(levels)), self._selected("train"))
-
-    def frechet_reference(self, n: int, seed: int = 0, split: str = "test") -> dict[str, float]:
-        """Floor (n real images of `split` vs train) and ceiling (n uniform random bit images vs train)."""
-        self.classifier()
-        rng = np.random.default_rng(seed)
-        held_out = self._selected(split)
-        floor = frechet_distance(held_out[rng.permutation(len(held_out))[:n]], self._selected("train"))
-        m = self.config.model
-        noise = torch.from_numpy(rng.binomial(m.grayscale_levels, 0.5, size=(n, int(np.prod(self.image_shape())))))
-        return {"fd_floor": floor, "fd_noise_ceiling": self.frechet(noise)}
+            self._fd = FrechetScorer(d.data_dir, levels=m.grayscale_levels, threshold=d.threshold, classes=d.classes,
+                                     classifier_epochs=self.config.eval.classifier_epochs, to_images=self.to_images)
+        return self._fd
 
     # --- engine hooks -------------------------------------------------------------------------------------
     def evaluate(self, model, val_data, device):
@@ -462,7 +416,7 @@ class DtmRecipe(Recipe):
         metrics.update({f"cp_step{k}": float(v) for k, v in enumerate(model.correlation_penalty)})
         if self.config.eval.fd_every_eval and self.config.data.conditional:  # the classifier needs labels
             generated = self.generate(model, self.config.eval.num_images, seed=0)
-            metrics["val_fd"] = self.frechet(generated["levels"])
+            metrics["val_fd"] = self.fd.frechet(generated["levels"])
         return metrics
 
     def save_figures(self, model, val_data, run_dir, device):
@@ -538,21 +492,21 @@ class DtmRecipe(Recipe):
         free = self.generate(model, n, seed=seed, sweeps=steps)
         result["seconds_per_image"] = round((time.perf_counter() - start) / n, 5)
         if self.config.data.conditional:
-            classifier = self.classifier()
-            real = self._real_images(split)
+            classifier = self.fd.classifier()
+            real = self.fd.real_images(split)
             result[f"classifier_{split}_accuracy"] = round(accuracy(classifier, real["input"], real["label"]), 4)
-            result["fd_free"] = self.frechet(free["levels"])
+            result["fd_free"] = self.fd.frechet(free["levels"])
             labels = torch.arange(n) % self.num_classes()
             clamped = self.generate(model, n, seed=seed + 1, labels=labels, sweeps=steps)
-            result["fd_clamped"] = self.frechet(clamped["levels"])
-            logits = classifier(torch.from_numpy(self._as_classifier_input(clamped["levels"])))
+            result["fd_clamped"] = self.fd.frechet(clamped["levels"])
+            logits = classifier(torch.from_numpy(self.fd.classifier_input(clamped["levels"])))
             wanted = torch.tensor(self.config.data.classes)[labels] if self.config.data.classes else labels
             hits = (logits.argmax(1) == wanted).float()
             result["clamped_label_accuracy"] = float(hits.mean())
             per_class = [float(hits[labels == c].mean()) if (labels == c).any() else None for c in range(self.num_classes())]
             result["clamped_accuracy_per_class"] = [None if v is None else round(v, 4) for v in per_class]  # None: no sample
             result["clamped_accuracy_worst_class"] = min(v for v in per_class if v is not None)
-            result.update(self.frechet_reference(n, seed, split))
+            result.update(self.fd.reference(n, seed=seed, split=split))
         _, val = self.build_datasets()
         for k, v in enumerate(self.autocorrelation(model, val, seed)):
             result[f"autocorr_step{k}"] = v

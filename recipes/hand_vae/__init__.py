@@ -11,3 +11,4 @@ from genflow.engine.card import lazy_exports
 from genflow_recipes.hand_vae.card import CARD
 
 __getattr__, __dir__ = lazy_exports(__name__, {"HandVaeRecipe": ".recipe", "HandVaeConfig": ".recipe"})
+__all__ = ["CARD", "HandVaeRecipe", "HandVaeConfig"]

@@ -11,3 +11,4 @@ from genflow_recipes.mmnist_wm.card import CARD
 
 __getattr__, __dir__ = lazy_exports(__name__, {"MovingMnistWorldModelRecipe": ".recipe", "ablated_actions": ".recipe",
                                                "ACTION_CHOICES": ".recipe"})
+__all__ = ["CARD", "MovingMnistWorldModelRecipe", "ablated_actions", "ACTION_CHOICES"]

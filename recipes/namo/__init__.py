@@ -11,3 +11,4 @@ from genflow_recipes.namo.card import DIFFUSION_CARD, FM_CARD
 
 __getattr__, __dir__ = lazy_exports(__name__, {"NamoFlowMatchingRecipe": ".recipe", "NamoDiffusionRecipe": ".recipe",
                                                "NamoGoalNet": ".recipe"})
+__all__ = ["DIFFUSION_CARD", "FM_CARD", "NamoFlowMatchingRecipe", "NamoDiffusionRecipe", "NamoGoalNet"]
