@@ -44,3 +44,23 @@ def test_every_relative_link_exists() -> None:
         if not (path.parent / target).exists()
     ]
     assert not broken, "broken links:\n" + "\n".join(broken)
+
+
+# Readers see no session and no issue tracker: a figure names its date and CPU instead. Third-party
+# references (onnxruntime's InferenceSession, "Lightning #2727") are not genflow's words.
+UNSEEN = re.compile(r"\b(?:this|an? earlier|the previous|that) session\b|\bthis machine\b|\bsessions?\b(?! ?\()"
+                    r"|\bissues? ?#?\d+\b", re.IGNORECASE)
+
+
+def test_no_prose_speaks_of_sessions_machines_or_issue_numbers() -> None:
+    found = [f"{path.relative_to(ROOT)}:{number}: {line.strip()[:100]}"
+             for path in markdown_files()
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+             if UNSEEN.search(line.replace("InferenceSession", ""))]
+    assert not found, "say the date and the CPU instead:\n" + "\n".join(found)
+
+
+def test_the_readme_is_a_guide() -> None:
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines; move reference and results into docs/"
+    assert any("make demo" in line for line in lines) and any("make test" in line for line in lines)
