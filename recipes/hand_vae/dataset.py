@@ -119,7 +119,7 @@ def import_hands_npz(src_dir: str | Path, out_dir: str | Path, *, val_fraction: 
     families = np.full((len(pose), 2), -1, dtype=np.int64)  # unknown for real data
     parts = _split(len(pose), seed, val_fraction, test_fraction)
     manifest = _write(out_dir, {k: (pose[i], families[i]) for k, i in parts.items()},
-                      source={"npz_dir": str(src_dir), "command": command or f"genflow data import-npz {src_dir} --kind hands"},
+                      source={"npz_dir": str(src_dir), "command": command or f"genflow data import hands {src_dir}"},
                       attrs={"files": len(files), "skipped": len(skipped)}, overwrite=overwrite)
     report = out_dir / "skipped.txt"
     report.write_text("".join(f"{name}\t{reason}\n" for name, reason in skipped))

@@ -45,7 +45,7 @@ tissue and finger thickness (the bone polyline touches, not skin), friction or f
 collisions between fingers, or of fingers and object beyond the listed contact / outside terms, the
 palm as a surface, wrist or global rotation (a MANO hand pose has none; the object moves instead),
 and MANO's own skeleton (bone lengths, joint centres and axes are the simple picture skeleton's).
-Real MANO-style data stays the import path: `genflow data import-npz DIR --kind hands`.
+Real MANO-style data stays the import path: `genflow data import hands DIR`.
 
 Speed (measured 2026-12): `make_grasp_poses(200_000)` in 30 s on 2 cores of an AMD EPYC (torch CPU,
 float32 solve; 27 s of it solving), with another process loading both cores. The solve runs chunks of
