@@ -33,6 +33,16 @@ def tiny_mnist_npz(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def digit4_dir(tmp_path_factory, tiny_mnist_npz):
+    """A tiny digit4 dataset (64-point clouds of the synthetic digits), made once; tests copy it before changing it."""
+    from genflow.cli import main
+
+    out = tmp_path_factory.mktemp("data") / "digit4"
+    assert main(["data", "make-digit4", "--out", str(out), "--source", str(tiny_mnist_npz), "--points", "64"]) == 0
+    return out
+
+
 @pytest.fixture
 def cli(capsys):
     """Run `genflow ARGS...` in this process: returns (exit code, stdout, stderr)."""

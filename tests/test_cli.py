@@ -21,13 +21,6 @@ def assert_user_error(code, err, *fragments):
 
 
 @pytest.fixture(scope="module")
-def digit4_dir(tmp_path_factory, tiny_mnist_npz):
-    out = tmp_path_factory.mktemp("data") / "digit4"
-    assert main(["data", "make-digit4", "--out", str(out), "--source", str(tiny_mnist_npz), "--points", "64"]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, digit4_dir):
     runs = tmp_path_factory.mktemp("runs")
     code = main(["train", "digit4", "--runs-dir", str(runs), "--name", "tiny", "--no-progress", f"data.path={digit4_dir}",

@@ -8,16 +8,8 @@ import sys
 import pytest
 import torch
 
-from genflow.cli import main
 from genflow.engine.checkpoint import load_checkpoint
 from support import TINY_MODEL
-
-
-@pytest.fixture(scope="module")
-def digit4_dir(tmp_path_factory, tiny_mnist_npz):
-    out = tmp_path_factory.mktemp("data") / "digit4"
-    assert main(["data", "make-digit4", "--out", str(out), "--source", str(tiny_mnist_npz), "--points", "64"]) == 0
-    return out
 
 
 @pytest.fixture(scope="module")
