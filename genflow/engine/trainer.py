@@ -1,14 +1,17 @@
 """The training engine: one loop for every recipe, on HuggingFace Accelerate.
 
-Read top to bottom: `plan_steps` (how many batches make an epoch, and steps the run), `TrainState`
-(where the run is: what every checkpoint saves), `LogWindow` (what happened since the last log
-line), then `Trainer`, whose steps run in this order: set up (accelerator and experiment trackers,
+Read top to bottom: `TrainState` (where the run is: what every checkpoint saves), then `Trainer`,
+whose steps run in this order: set up (accelerator and experiment trackers,
 data, model, optimiser, schedule, EMA), `restore` (resume from a checkpoint), `run`: per epoch per
 batch `train_step` (loss -> backward -> every `grad_accum_steps` clip, step, schedule, EMA -> every
 `log_every` steps `log_train`, where the loss first reaches the host and is checked finite), per
 epoch `end_of_epoch` (validate, pick best, checkpoint). Accelerate gives mixed precision, DDP (NCCL
 on GPUs, gloo on CPU) and the trackers; the data order and the noise come from (seed, epoch, step),
 which makes resume exact and N processes equivalent to one with the same global batch.
+
+Beside it: `loader.py` (the DataLoader of an epoch and the run's length in steps), `log_window.py` (the
+losses since the last log line, read off the device only at log points) and `checkpoint.py` (what a
+checkpoint holds, written atomically).
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset
 
 from genflow.config import config_to_dict
-from genflow.engine.train_config import TrainConfig
 from genflow.engine.checkpoint import (atomic_torch_save, link_checkpoint, load_checkpoint, remove_stale_temp_files,
                                        restore_rng_state, training_checkpoint)
 from genflow.engine.loader import StreamedShards, as_tensors, plan_steps, training_loader
@@ -43,6 +45,7 @@ from genflow.engine.precision import cpu_description, resolve_precision
 from genflow.engine.progress import TrainingProgress
 from genflow.engine.recipe import Recipe, StepContext
 from genflow.engine.run_dir import CONFIG_FILE, record_runtime, write_run_config
+from genflow.engine.train_config import TrainConfig
 from genflow.errors import ConfigError, GenflowError
 
 __all__ = ["train", "TrainResult", "TrainingDiverged", "TrainingPreempted", "PREEMPTED_EXIT_CODE", "TrainState",
