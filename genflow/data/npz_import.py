@@ -34,7 +34,6 @@ import numpy as np
 
 from genflow.config import NonNegativeInt, PositiveInt, Range
 from genflow.data.registry import check_data_options
-from genflow.data.shards import ShardWriter, check_split_fractions
 from genflow.errors import DataSourceError
 
 
@@ -190,6 +189,8 @@ def import_npz_files(
     """
     src = Path(src_dir)
     out = Path(out_dir)
+    from genflow.data.shards import ShardWriter, check_split_fractions  # torch: only when an import runs
+
     check_split_fractions(val_fraction, test_fraction, f"import {kind}")
     if limit is not None and limit < 1:
         raise DataSourceError(f"import {kind}: limit must be >= 1, got {limit}")

@@ -15,12 +15,11 @@ config and aliases: one declaration of each. Nothing here imports torch.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
 from genflow.errors import ConfigError
+from genflow.lazy import lazy_exports
 
 __all__ = ["RecipeCard", "lazy_exports"]
 
@@ -54,19 +53,3 @@ class RecipeCard:
                     return config
         raise ConfigError(f"--config {given}: no such file, and not a config of recipe '{self.name}' "
                           f"(its configs: {', '.join(self.config_names())})")
-
-
-def lazy_exports(package: str, names: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """`__getattr__` and `__dir__` for a recipe package whose `__init__` must stay torch-free: `names` maps
-    an attribute to the submodule (relative, e.g. ".recipe") that defines it, imported on first use, so
-    `from genflow_recipes.dtm import train_from_iterator` works without listing recipes importing torch."""
-
-    def __getattr__(attr: str) -> Any:
-        if attr not in names:
-            raise AttributeError(f"module {package!r} has no attribute {attr!r}")
-        return getattr(importlib.import_module(names[attr], package), attr)
-
-    def __dir__() -> list[str]:
-        return sorted(names)
-
-    return __getattr__, __dir__

@@ -27,15 +27,21 @@ def test_every_card_matches_its_imported_recipe_class():
         assert all(path.is_file() for path in entry.card.configs), entry.name
 
 
-def test_listing_recipes_imports_neither_torch_nor_the_recipes():
+def test_listing_recipes_and_data_commands_imports_no_torch():
+    # recipes: read from the cards (no numpy, no recipe module); data commands: their options, no torch
     code = ("import json, sys; from genflow.engine.catalog import recipe_entries; entries = recipe_entries(); "
-            "print(json.dumps({'names': [e.name for e in entries], 'torch': 'torch' in sys.modules or 'numpy' in sys.modules, "
-            "'recipes': sorted(m for m in sys.modules if m.startswith('genflow_recipes.') and m.count('.') > 1 and not m.endswith('.card'))}))")
+            "heavy = sorted(m for m in ('torch', 'numpy') if m in sys.modules); "
+            "recipes = sorted(m for m in sys.modules if m.startswith('genflow_recipes.') and m.count('.') > 1 "
+            "and not m.endswith('.card')); "
+            "from genflow.data.registry import data_commands; data_commands('make'); data_commands('import'); "
+            "print(json.dumps({'names': [e.name for e in entries], 'heavy': heavy, 'recipes': recipes, "
+            "'torch_after_data': 'torch' in sys.modules}))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout)
     assert "digit4" in found["names"] and "namo-fm" in found["names"]
-    assert found["torch"] is False and found["recipes"] == []
+    assert found["heavy"] == [] and found["recipes"] == []
+    assert found["torch_after_data"] is False
 
 
 def test_an_alias_finds_its_recipe_and_an_unknown_name_suggests_the_closest():
