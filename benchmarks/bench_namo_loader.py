@@ -3,7 +3,7 @@
 Every method yields the same training batches, ``context`` (B, 5, 64, 64) and ``target_goal``
 (B, 1, 64, 64) uint8, of the same scenes: the shards' train split, mapped back to its npz files
 through ``files.txt`` and ``file_index``. The baseline opens a scene's ``.npz`` in ``__getitem__`` and
-converts it with :func:`~genflow.data.npz_import.read_namo_npz` (binarise, area-resize 224 -> 64 px),
+converts it with :func:`~genflow_recipes.namo.importer.read_namo_npz` (binarise, area-resize 224 -> 64 px),
 the work the importer does once. All go through ``torch.utils.data.DataLoader`` with the same batch
 size, workers and shuffled sampler; ratios are against the npz directory at the same number of
 workers, measured in the same run.
@@ -29,7 +29,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from genflow.engine.precision import cpu_description
-from genflow.data.npz_import import FILE_LIST_NAME, read_namo_npz
+from genflow.data.npz_import import FILE_LIST_NAME
+from genflow_recipes.namo.importer import read_namo_npz
 from genflow.data.shards import ShardDataset, load_split
 
 __all__ = ["NpzSceneDataset", "main"]
@@ -37,7 +38,7 @@ __all__ = ["NpzSceneDataset", "main"]
 FIELDS = ["context", "target_goal"]
 MAKE_COMMANDS = (
     "genflow data make-namo --scenes 4000 --out datasets/namo-npz --workers 2",
-    "genflow data import-npz datasets/namo-npz --kind namo --out datasets/namo",
+    "genflow data import namo datasets/namo-npz out=datasets/namo",
 )
 
 

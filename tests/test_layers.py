@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "import_graph.py"
 
 
@@ -33,3 +35,15 @@ def test_the_checker_sees_a_circle_an_upward_import_and_a_sampler_that_sees_a_ne
     assert "genflow.metrics.chamfer imports genflow_recipes.namo.metrics (a higher layer)" in found
     assert "genflow.samplers.ode imports genflow.models.dit (a sampler never sees a network)" in found
     assert any(p.startswith("import circle: genflow.data.shards -> genflow.engine.trainer") for p in found)
+
+
+BENCHMARKS = sorted((SCRIPT.parent).glob("*.py"))
+
+
+@pytest.mark.parametrize("path", BENCHMARKS, ids=lambda p: p.name)
+def test_every_benchmark_imports(path, monkeypatch):
+    """Benchmarks are not run in CI, but a moved module must not leave one that cannot even start."""
+    monkeypatch.syspath_prepend(str(path.parent))  # as when run as a script: siblings import each other
+    spec = importlib.util.spec_from_file_location(f"benchmark_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # module level only: each runs its work under `if __name__ == "__main__"`
