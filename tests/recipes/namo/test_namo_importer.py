@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from genflow.data.npz_import import NpzFileError
 from genflow.data.registry import DataJob, get_data_command
 from genflow.data.shards import load_split, read_manifest, verify_shards
 from genflow.errors import DataSourceError, GenflowError
@@ -81,6 +82,58 @@ def test_mask_dtypes_all_binarise_to_the_same_sample(tmp_path, dtype):
     np.testing.assert_array_equal(sample["context"], upsample(grids[:5], 2))
     np.testing.assert_array_equal(sample["target_goal"], upsample(grids[5:], 2))
     assert sample["context"].dtype == np.uint8 and sample["target_goal"].shape == (1, 64, 64)
+
+
+def antialiased_overshoot(masks):
+    """[0, 1] float masks as a renderer leaves them: on pixels peak at 1.0000002, edges are partial."""
+    out = masks.astype(np.float32) * np.float32(1.0000002)
+    out[:, 1::7, :] = np.where(masks[:, 1::7, :], 0.7, 0.3)  # one partial row per cell: on stays > 0.5
+    return out
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        pytest.param(antialiased_overshoot, id="float-0-1-overshoot"),
+        pytest.param(lambda m: m.astype(np.float32), id="float-0-1"),
+        pytest.param(lambda m: m.astype(np.uint8), id="uint8-0-1"),
+        pytest.param(lambda m: m.astype(np.uint8) * 255, id="uint8-0-255"),
+        pytest.param(lambda m: m.astype(np.float64) * 255, id="float-0-255"),
+    ],
+)
+def test_each_mask_encoding_binarises_on_its_own_scale(tmp_path, encode):
+    grids = cell_grids(np.random.default_rng(2))
+    masks = encode(upsample(grids, 7))
+    np.savez(tmp_path / "a.npz", **dict(zip(NEW_KEYS, masks, strict=True)))
+    sample = read_namo_npz(tmp_path / "a.npz", 64)
+    np.testing.assert_array_equal(sample["context"], upsample(grids[:5], 2))
+    np.testing.assert_array_equal(sample["target_goal"], upsample(grids[5:], 2))
+
+
+@pytest.mark.parametrize(
+    ("scale", "dtype", "found"),
+    [
+        (1.2, np.float32, r"\[0, 1.2\]"),  # above a [0, 1] mask's overshoot, too faint for 0-255
+        (1000.0, np.float32, r"\[0, 1000\]"),
+        (300, np.int64, r"\[0, 300\]"),
+    ],
+)
+def test_a_mask_on_neither_scale_is_a_one_line_error_naming_file_key_and_range(tmp_path, scale, dtype, found):
+    grids = cell_grids(np.random.default_rng(2))
+    masks = upsample(grids, 7).astype(dtype)
+    masks[5] = masks[5] * dtype(scale)
+    np.savez(tmp_path / "a.npz", **dict(zip(NEW_KEYS, masks, strict=True)))
+    with pytest.raises(NpzFileError, match=f"a.npz: 'target_goal' .*has values in {found}, expected a mask in") as info:
+        read_namo_npz(tmp_path / "a.npz", 64)
+    assert "\n" not in str(info.value)
+
+
+def test_a_float_mask_already_in_minus_one_to_one_is_an_error(tmp_path):
+    grids = cell_grids(np.random.default_rng(2))
+    masks = upsample(grids, 7).astype(np.float32) * 2 - 1
+    np.savez(tmp_path / "a.npz", **dict(zip(NEW_KEYS, masks, strict=True)))
+    with pytest.raises(NpzFileError, match=r"'robot_image' \(float32\) has values in \[-1, 1\]"):
+        read_namo_npz(tmp_path / "a.npz", 64)
 
 
 # -- import_namo_npz -----------------------------------------------------------------------------

@@ -23,9 +23,10 @@ SEEDS = range(8)
 IMAGE = GRID * CELL_PX  # 224
 
 
-@pytest.fixture(scope="module")
-def scenes():
-    return [generate_scene(np.random.default_rng(seed)) for seed in SEEDS]
+@pytest.fixture(scope="module", params=["many", "one"])
+def scenes(request):
+    """Scenes of each push task: every generator invariant below holds for both."""
+    return [generate_scene(np.random.default_rng(seed), pushes=request.param) for seed in SEEDS]
 
 
 def planner_view(arrays):
@@ -99,18 +100,19 @@ def test_modes_hit_finds_the_ground_truth_mode(scenes):
         assert modes_hit(arrays["target_goal"], arrays["mode_map"]) == scene.valid_placements[scene.target_goal]
 
 
-def test_scenes_are_multi_modal():
-    modes = [generate_scene(np.random.default_rng(100 + seed)).num_modes for seed in range(20)]
+@pytest.mark.parametrize("pushes", ["many", "one"])
+def test_scenes_are_multi_modal(pushes):
+    modes = [generate_scene(np.random.default_rng(100 + seed), pushes=pushes).num_modes for seed in range(20)]
     assert max(modes) >= 2
 
 
 # --- rendering and writing ----------------------------------------------------------------------------
-def test_render_scene_gives_the_source_keys(scenes):
+def test_render_scene_gives_the_source_keys_as_float_masks(scenes):
     arrays = render_scene(scenes[0])
     assert set(arrays) == {*NPZ_KEYS, "num_modes", "mode_map"}
     for key in NPZ_KEYS:
-        assert arrays[key].shape == (IMAGE, IMAGE) and arrays[key].dtype == np.uint8
-        assert set(np.unique(arrays[key])) <= {0, 1}
+        assert arrays[key].shape == (IMAGE, IMAGE) and arrays[key].dtype == np.float32
+        assert set(np.unique(arrays[key]).tolist()) <= {0.0, 1.0}
     assert int(arrays["num_modes"]) == scenes[0].num_modes
     assert arrays["mode_map"].shape == (GRID, GRID)
 
