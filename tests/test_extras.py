@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from genflow_recipes.mmnist_wm.world import track_ego_actions
 from genflow.errors import GenflowError
 from genflow.extras import import_optional
 from genflow_recipes.mmnist_wm.metrics import frame_ssim
@@ -49,13 +48,6 @@ def test_missing_scikit_image_names_the_video_extra(monkeypatch):
     with pytest.raises(GenflowError) as excinfo:
         frame_ssim(frames, frames)
     assert_one_line(excinfo, "SSIM (mmnist-wm video metrics) needs scikit-image: pip install 'genflow[video]'")
-
-
-def test_missing_scipy_names_the_video_extra(monkeypatch):
-    hide(monkeypatch, "scipy")
-    with pytest.raises(GenflowError) as excinfo:
-        track_ego_actions(np.zeros((1, 2, 64, 64), dtype=np.uint8))
-    assert_one_line(excinfo, "tracking the ego digit (import-moving-mnist) needs scipy: pip install 'genflow[video]'")
 
 
 def test_installed_package_that_fails_to_import_keeps_its_error(tmp_path, monkeypatch):

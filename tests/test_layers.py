@@ -37,10 +37,10 @@ def test_the_checker_sees_a_circle_an_upward_import_and_a_sampler_that_sees_a_ne
     assert any(p.startswith("import circle: genflow.data.shards -> genflow.engine.trainer") for p in found)
 
 
-BENCHMARKS = sorted((SCRIPT.parent).glob("*.py"))
+BENCHMARKS = sorted(SCRIPT.parent.rglob("*.py"))
 
 
-@pytest.mark.parametrize("path", BENCHMARKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", BENCHMARKS, ids=lambda p: str(p.relative_to(SCRIPT.parent)))
 def test_every_benchmark_imports(path, monkeypatch):
     """Benchmarks are not run in CI, but a moved module must not leave one that cannot even start."""
     monkeypatch.syspath_prepend(str(path.parent))  # as when run as a script: siblings import each other

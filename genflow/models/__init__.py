@@ -1,7 +1,7 @@
 """Networks. A model never knows the noise schedule or the objective it is trained with."""
 
 from genflow.models.adaln_mlp import AdaLNMLP, AdaLNMLPVelocityField, AdaLNResidualBlock, VectorVelocityField
-from genflow.models.dit import DiT
+from genflow.models.dit import DiT, PatchEmbedding, check_dit_sizes, self_attention
 from genflow.models.embeddings import SinusoidalTimeEmbedding, TimestepMLP
 from genflow.models.pointnet import PointNetEncoder
 
@@ -10,6 +10,9 @@ __all__ = [
     "AdaLNMLPVelocityField",
     "AdaLNResidualBlock",
     "DiT",
+    "PatchEmbedding",
+    "check_dit_sizes",
+    "self_attention",
     "PointNetEncoder",
     "SinusoidalTimeEmbedding",
     "TimestepMLP",

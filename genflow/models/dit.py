@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from genflow.errors import ConfigError
 from genflow.models.embeddings import TimestepMLP
 
-__all__ = ["DiT", "DiTBlock", "PatchEmbedding", "sincos_position_embedding_2d"]
+__all__ = ["DiT", "DiTBlock", "PatchEmbedding", "check_dit_sizes", "self_attention", "sincos_position_embedding_2d"]
 
 
 def sincos_position_embedding_2d(dim: int, grid_size: int, width: int | None = None) -> Tensor:
@@ -53,6 +53,16 @@ def sincos_position_embedding_2d(dim: int, grid_size: int, width: int | None = N
 def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     """``x * (1 + scale) + shift`` with per-sample ``(B, D)`` values broadcast over tokens ``(B, N, D)``."""
     return x * (1 + scale[:, None, :]) + shift[:, None, :]
+
+
+def self_attention(x: Tensor, *, qkv: nn.Linear, out: nn.Linear, num_heads: int) -> Tensor:
+    """Multi-head self-attention over tokens ``(B, N, D) -> (B, N, D)``: ``qkv`` maps D -> 3D with rows
+    q, k, v (``nn.MultiheadAttention``'s ``in_proj`` layout), each split head-major, ``out`` maps D -> D."""
+    batch, tokens, width = x.shape
+    # (B, N, 3D) -> 3 x (B, heads, N, D / heads)
+    q, k, v = qkv(x).reshape(batch, tokens, 3, num_heads, -1).permute(2, 0, 3, 1, 4)
+    attended = F.scaled_dot_product_attention(q, k, v)
+    return out(attended.transpose(1, 2).reshape(batch, tokens, width))
 
 
 class PatchEmbedding(nn.Module):
@@ -106,11 +116,7 @@ class DiTBlock(nn.Module):
 
     def attention(self, x: Tensor) -> Tensor:
         """Multi-head self-attention over tokens ``(B, N, D) -> (B, N, D)``."""
-        batch, tokens, width = x.shape
-        # (B, N, 3D) -> 3 x (B, heads, N, D / heads)
-        q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.attention_out(out.transpose(1, 2).reshape(batch, tokens, width))
+        return self_attention(x, qkv=self.qkv, out=self.attention_out, num_heads=self.num_heads)
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
         """Apply the block.
@@ -161,7 +167,7 @@ class DiT(nn.Module):
         condition_dim: int = 0,
     ) -> None:
         super().__init__()
-        _check_sizes(
+        check_dit_sizes(
             in_channels=in_channels,
             out_channels=out_channels,
             image_size=image_size,
@@ -257,7 +263,7 @@ class DiT(nn.Module):
         return self.unpatchify(self.final_linear(_modulate(self.final_norm(h), shift, scale)))
 
 
-def _check_sizes(**sizes: float) -> None:
+def check_dit_sizes(**sizes: float) -> None:
     """Raise a one-line ConfigError for the first option that does not fit."""
     for name in ("in_channels", "out_channels", "image_size", "patch_size", "hidden_size", "depth", "num_heads"):
         if not isinstance(sizes[name], int) or sizes[name] < 1:

@@ -32,7 +32,6 @@ import numpy as np
 from genflow.data.mnist import load_mnist
 from genflow.data.shards import ShardWriter, check_split_fractions, split_indices
 from genflow.errors import DataSourceError
-from genflow.extras import import_optional
 
 __all__ = [
     "DIGIT_SIZE",
@@ -157,7 +156,8 @@ def track_ego_actions(frames: np.ndarray, ego_digit_id: int = 0, frame_size: int
     Returns:
         ``(N, T, 2)`` float32 actions, normalised as :func:`ego_actions`.
     """
-    ndimage = import_optional("scipy.ndimage", extra="video", needed_by="tracking the ego digit (import-moving-mnist)")
+    from scipy import ndimage
+
 
     num_sequences, num_frames, size, _ = frames.shape
     positions = np.zeros((num_sequences, num_frames, 2))

@@ -1,13 +1,15 @@
 """Quality of generated NAMO goal placements: overlap with the true mask (IoU, Dice), validity
-(the generator's planner), mode coverage."""
+(the generator's planner), mode coverage; of the raw masks, or of the poses the source's inference
+would hand a robot (`proposal_metrics`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from genflow_recipes.namo.poses import accept_proposals, proposal_footprints
 from genflow_recipes.namo.scenes import GRID, check_placement, scene_from_masks
 
-__all__ = ["placement_metrics", "modes_hit", "mask_iou", "mask_dice"]
+__all__ = ["placement_metrics", "proposal_metrics", "modes_hit", "mask_iou", "mask_dice"]
 
 
 def _flat(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +55,7 @@ def modes_hit(sample: np.ndarray, mode_map: np.ndarray) -> int:
 
 
 def placement_metrics(context: np.ndarray, truth: np.ndarray, samples: np.ndarray, num_modes: np.ndarray,
-                      mode_map: np.ndarray) -> dict[str, float]:
+                      mode_map: np.ndarray, *, counted: np.ndarray | None = None) -> dict[str, float]:
     """Scores K generated placements per scene.
 
     Args:
@@ -62,6 +64,10 @@ def placement_metrics(context: np.ndarray, truth: np.ndarray, samples: np.ndarra
         samples: `(N, K, S, S)` generated placements, binary.
         num_modes: `(N,)` valid modes per scene (<= 0: unknown, the scene is left out of coverage).
         mode_map: `(N, G, G)` mode id of the valid placement centred on each cell.
+        counted: `(N, K)` bool, which samples are scored (default all). The others are never
+            checked: per-sample means (iou, dice, validity, push_validity, collision_rate,
+            goal_reachable_rate) are over the counted ones (NaN if none), and a scene whose samples
+            all don't count has no valid sample (valid_scene_rate, coverage) and best_of_k_iou 0.
 
     Returns:
         iou, dice: mean over all samples against the ground truth; best_of_k_iou: mean over scenes
@@ -75,9 +81,10 @@ def placement_metrics(context: np.ndarray, truth: np.ndarray, samples: np.ndarra
     """
     n, k = samples.shape[:2]
     samples = samples.astype(bool)
+    counted = np.ones((n, k), bool) if counted is None else np.asarray(counted, bool)
     truth_k = np.repeat(truth[:, None].astype(bool), k, axis=1)
     iou = mask_iou(samples.reshape(n * k, *samples.shape[2:]), truth_k.reshape(n * k, *truth.shape[1:])).reshape(n, k)
-    dice = mask_dice(samples.reshape(n * k, *samples.shape[2:]), truth_k.reshape(n * k, *truth.shape[1:]))
+    dice = mask_dice(samples.reshape(n * k, *samples.shape[2:]), truth_k.reshape(n * k, *truth.shape[1:])).reshape(n, k)
     valid = np.zeros((n, k), bool)
     collides = np.zeros((n, k), bool)
     reachable = np.zeros((n, k), bool)
@@ -85,7 +92,7 @@ def placement_metrics(context: np.ndarray, truth: np.ndarray, samples: np.ndarra
     for i in range(n):
         scene = scene_from_masks(context[i])
         hit = set()
-        for j in range(k):
+        for j in np.flatnonzero(counted[i]):
             check = check_placement(scene, samples[i, j])
             valid[i, j], collides[i, j], reachable[i, j] = check.valid, check.collides, check.goal_reachable
             if num_modes[i] > 0:
@@ -97,15 +104,35 @@ def placement_metrics(context: np.ndarray, truth: np.ndarray, samples: np.ndarra
             coverage.append(len(hit) / int(num_modes[i]))
         if num_modes[i] > 1:
             coverage_multimodal.append(coverage[-1])
+
+    def counted_mean(values: np.ndarray) -> float:
+        return float(values[counted].mean()) if counted.any() else float("nan")
+
     return {
-        "iou": float(iou.mean()),
-        "dice": float(dice.mean()),
-        "best_of_k_iou": float(iou.max(axis=1).mean()),
-        "validity": float(valid.mean()),
+        "iou": counted_mean(iou),
+        "dice": counted_mean(dice),
+        "best_of_k_iou": float(np.where(counted, iou, 0.0).max(axis=1).mean()),
+        "validity": counted_mean(valid),
         "push_validity": float(np.mean(push_valid)) if push_valid else float("nan"),
         "valid_scene_rate": float(valid.any(axis=1).mean()),
-        "collision_rate": float(collides.mean()),
-        "goal_reachable_rate": float(reachable.mean()),
+        "collision_rate": counted_mean(collides),
+        "goal_reachable_rate": counted_mean(reachable),
         "mode_coverage": float(np.mean(coverage)) if coverage else float("nan"),
         "mode_coverage_multimodal": float(np.mean(coverage_multimodal)) if coverage_multimodal else float("nan"),
     }
+
+
+def proposal_metrics(context: np.ndarray, truth: np.ndarray, samples: np.ndarray, num_modes: np.ndarray,
+                     mode_map: np.ndarray) -> dict[str, float]:
+    """`placement_metrics` of what the source's inference hands a robot: the target's own footprint at
+    the pose of each sample it accepts (one non-empty 8-connected blob, `poses.accept_proposals`).
+
+    Arguments as `placement_metrics`. Rejected samples are left out of the per-sample means; a scene
+    with no accepted sample counts as one with no valid sample (valid_scene_rate, mode coverage) and
+    scores 0 in best_of_k_iou; a footprint cut by the image border can fail the size check. Adds
+    acceptance_rate: the fraction of all N x K samples accepted.
+    """
+    proposals = accept_proposals(samples)
+    footprints = proposal_footprints(np.asarray(context)[:, 4], proposals)
+    scores = placement_metrics(context, truth, footprints, num_modes, mode_map, counted=proposals.accepted)
+    return {**scores, "acceptance_rate": float(proposals.accepted.mean())}

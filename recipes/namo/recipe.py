@@ -27,6 +27,7 @@ of the diffusion) so that nearly pure-noise samples, whose clean estimate is a g
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -42,11 +43,13 @@ from genflow.engine import EvalOptions, OdeSolverOptions, Recipe, SampleOptions,
 from genflow.data import ShardDataset, first_samples, load_split, training_split
 from genflow_recipes.namo.scenes import draw_valid_placements
 from genflow.errors import ConfigError, GenflowError
-from genflow_recipes.namo.metrics import placement_metrics
-from genflow.models import DiT
+from genflow_recipes.namo.metrics import placement_metrics, proposal_metrics
+from genflow_recipes.namo.poses import POSE_CONVENTION, accept_proposals, proposal_footprints
+from genflow.models import DiT, check_dit_sizes
 from genflow.objectives import AffinePath, DiffusionObjective, FlowMatchingObjective, make_scheduler
 from genflow.samplers import sample_diffusion, solve_ode
 from genflow_recipes.namo.card import DIFFUSION_CARD, FM_CARD
+from genflow_recipes.namo.sage_dit import SageDiT
 
 __all__ = ["NamoFlowMatchingRecipe", "NamoDiffusionRecipe", "NamoGoalNet"]
 
@@ -71,13 +74,17 @@ class DataConfig:
 class NetworkConfig:
     """The DiT; its input/output channels are fixed by the data (5 context + 2 coordinates + 1 noisy)."""
 
+    # adaln_zero: genflow's DiT (gated adaLN-Zero, fixed sin/cos positions, genflow.models.DiT);
+    # sage_learning: the source's DiT (ungated adaptive LayerNorm, learned positions, raw-t time embedding,
+    # transposed-conv head: recipes/namo/sage_dit.py), whose checkpoints `genflow runs import` reads
+    architecture: Literal["adaln_zero", "sage_learning"] = "adaln_zero"
     in_ch: int = 8  # DiT input channels: 5 context + 2 coordinate + 1 noisy (fixed)
     out_ch: int = 1  # DiT output channels: the target-goal mask (fixed)
     patch_size: PositiveInt = 8  # pixels per patch side: 8 gives 64 tokens, ~0.3 s per step of 64 on one CPU core (patch 4: 4x)
     hidden_size: PositiveInt = 128  # transformer width
     depth: PositiveInt = 4  # DiT blocks
     num_heads: PositiveInt = 4  # attention heads
-    mlp_ratio: Positive = 4.0  # MLP width / hidden_size
+    mlp_ratio: Positive = 4.0  # MLP width / hidden_size (sage_learning: 4 only)
     condition_on_target: bool = False  # also feed the target's box (centre, size) to every adaLN layer
     # the 2 coordinate channels: the image grid in [-1, 1] (source), or each pixel's offset from the
     # target's centre (in the same units), so every patch sees where it lies relative to the object
@@ -88,7 +95,14 @@ class NetworkConfig:
             raise ConfigError(f"model.network.in_ch={self.in_ch}: must be 8 (5 context + 2 coordinate + 1 noisy channels)")
         if self.out_ch != 1:
             raise ConfigError(f"model.network.out_ch={self.out_ch}: must be 1 (the target-goal mask)")
+        if self.architecture == "sage_learning" and (self.condition_on_target or self.mlp_ratio != 4):
+            raise ConfigError("model.network.architecture=sage_learning takes no condition_on_target and mlp_ratio 4 only "
+                              f"(got condition_on_target={self.condition_on_target}, mlp_ratio={self.mlp_ratio})")
 
+
+# the auxiliary Dice loss on the clean-mask estimate: genflow's soft Dice weighted by the signal level, or
+# sage_learning's focal Dice (alpha 0.5, gamma 2, smooth 1) on sigmoid(clamp(estimate, -10, 10)), unweighted
+AuxLoss = Literal["soft_dice", "focal_dice"]
 
 # training noise levels: uniform, or logit-normal (sigmoid of a standard normal, SD3's choice: more
 # weight on the middle of the path, less on the nearly clean and nearly pure-noise ends)
@@ -134,7 +148,8 @@ class FlowModelConfig:
     path: FlowPathConfig = field(default_factory=FlowPathConfig)  # the flow-matching path
     prediction: Literal["velocity", "target", "noise"] = "target"  # what the DiT outputs (target: the clean mask); sampled as a velocity either way
     sampler: OdeSamplerConfig = field(default_factory=OdeSamplerConfig)  # ODE sampling
-    aux_loss_weight: NonNegative = 0.1  # weight of the soft Dice loss on the clean-mask estimate (module docstring)
+    aux_loss_weight: NonNegative = 0.1  # weight of the Dice loss on the clean-mask estimate (module docstring)
+    aux_loss: AuxLoss = "soft_dice"  # soft_dice (weighted by the signal level) | focal_dice (the source's)
     time_sampling: TimeSampling = "uniform"  # training noise levels: uniform | logit_normal
 
 
@@ -143,7 +158,11 @@ class DiffusionModelConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)  # the DiT
     path: DiffusionPathConfig = field(default_factory=DiffusionPathConfig)  # the DDPM noise schedule
     sampler: DiffusionSamplerConfig = field(default_factory=DiffusionSamplerConfig)  # DDIM / DDPM sampling
-    aux_loss_weight: NonNegative = 0.1  # weight of the soft Dice loss on the clean-mask estimate (module docstring)
+    # the time the network sees in training: timestep / T (discrete), or the uniform draw u whose floor(u T) is
+    # the timestep (continuous, the source's); sampling passes timestep / T either way
+    network_time: Literal["discrete", "continuous"] = "discrete"
+    aux_loss_weight: NonNegative = 0.1  # weight of the Dice loss on the clean-mask estimate (module docstring)
+    aux_loss: AuxLoss = "soft_dice"  # soft_dice (weighted by the signal level) | focal_dice (the source's)
     time_sampling: TimeSampling = "uniform"  # training noise levels: uniform | logit_normal
 
 
@@ -232,10 +251,15 @@ class NamoGoalNet(nn.Module):
         super().__init__()
         self.condition_on_target = network.condition_on_target
         self.target_relative = network.coordinates == "target_relative"
-        self.dit = DiT(in_channels=network.in_ch, out_channels=network.out_ch, image_size=image_size,
-                       patch_size=network.patch_size, hidden_size=network.hidden_size, depth=network.depth,
-                       num_heads=network.num_heads, mlp_ratio=network.mlp_ratio,
-                       condition_dim=4 * TARGET_FREQUENCIES + 2 if network.condition_on_target else 0)
+        sizes = dict(in_channels=network.in_ch, out_channels=network.out_ch, image_size=image_size,
+                     patch_size=network.patch_size, hidden_size=network.hidden_size, depth=network.depth,
+                     num_heads=network.num_heads)
+        if network.architecture == "sage_learning":
+            check_dit_sizes(**sizes, mlp_ratio=network.mlp_ratio)
+            self.dit = SageDiT(**sizes)
+        else:
+            self.dit = DiT(**sizes, mlp_ratio=network.mlp_ratio,
+                           condition_dim=4 * TARGET_FREQUENCIES + 2 if network.condition_on_target else 0)
         axis = torch.linspace(-1, 1, image_size)
         rows, cols = torch.meshgrid(axis, axis, indexing="ij")
         self.register_buffer("coordinates", torch.stack([cols, rows])[None], persistent=False)  # (1, 2, S, S)
@@ -250,12 +274,26 @@ class NamoGoalNet(nn.Module):
         return self.dit(torch.cat([scene, grid, x_t], dim=1), t, condition)
 
 
-def _soft_dice_loss(clean_estimate: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Weighted mean over the batch of 1 - soft Dice; `clean_estimate` in [-1, 1] units, `mask` in {0, 1}."""
+def soft_dice_loss(clean_estimate: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weighted mean over the batch of 1 - soft Dice; `clean_estimate` (B, 1, S, S) in [-1, 1] units, `mask` in {0, 1}."""
     prob = ((clean_estimate + 1) / 2).clamp(0, 1).flatten(1)
     truth = mask.flatten(1)
     dice = (2 * (prob * truth).sum(1) + 1) / (prob.sum(1) + truth.sum(1) + 1)
     return ((1 - dice) * weight).mean()
+
+
+def focal_dice_loss(clean_estimate: torch.Tensor, mask: torch.Tensor, *, alpha: float = 0.5, gamma: float = 2.0,
+                    smooth: float = 1.0) -> torch.Tensor:
+    """sage_learning's auxiliary loss: 1 - mean over the batch of a focal-weighted Dice between
+    p = sigmoid(clamp(estimate, -10, 10)) and the mask, each pixel weighted by
+    alpha (1 - p)^gamma where the mask is on and (1 - alpha) p^gamma where it is off (the pixels the
+    estimate gets wrong count most). `clean_estimate` (B, 1, S, S) in [-1, 1] units, `mask` in {0, 1}."""
+    prob = torch.sigmoid(clean_estimate.clamp(-10.0, 10.0)).flatten(1)
+    truth = mask.flatten(1).clamp(0, 1)
+    weight = alpha * (1 - prob) ** gamma * truth + (1 - alpha) * prob**gamma * (1 - truth)
+    overlap = (prob * truth * weight).sum(1)
+    total = (prob * weight).sum(1) + (truth * weight).sum(1)
+    return 1 - ((2 * overlap + smooth) / (total + smooth + 1e-8)).mean()
 
 
 # --- the recipes ------------------------------------------------------------------------------------
@@ -263,6 +301,9 @@ def _soft_dice_loss(clean_estimate: torch.Tensor, mask: torch.Tensor, weight: to
 class NamoSampleOptions(OdeSolverOptions, SampleOptions):
     n: PositiveInt = 8  # how many test scenes
     samples_per_scene: PositiveInt = 4  # goal masks drawn per scene
+    # also the source's goal poses: (x, y, θ) of each sample that is one 8-connected blob (the others dropped),
+    # as arrays poses / accepted / acceptance_rate in the .npz, OUT-poses.json, and their footprints in OUT-poses.png
+    poses: bool = False
 
 
 @dataclass
@@ -283,8 +324,11 @@ class _NamoRecipe(Recipe):
     compare_defaults = {"limit": 100, "samples_per_scene": 4, "figure": False}
 
     # --- per objective ------------------------------------------------------------------------------
-    def objective_loss(self, model, x1, context, ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(regression loss, clean-mask estimate (B, 1, S, S), its per-sample weight (B,))."""
+    def objective_loss(self, model, x1: torch.Tensor, context: torch.Tensor, *, noise: torch.Tensor,
+                       times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(regression loss, clean-mask estimate (B, 1, S, S), its per-sample weight (B,)) for clean masks
+        `x1` (B, 1, S, S) in [-1, 1], the path's `noise` (like x1) and `times` (B,) in [0, 1) from
+        :meth:`training_times` (flow time of the path, or u with timestep floor(u T))."""
         raise NotImplementedError
 
     def draw(self, model, context: torch.Tensor, generator: torch.Generator, solver: str, steps: int) -> tuple[torch.Tensor, int]:
@@ -320,10 +364,21 @@ class _NamoRecipe(Recipe):
         mask = batch["target_goal"].float()
         if self.config.data.resample_goals:
             mask = draw_valid_placements(context[:, 4], batch["mode_map"], ctx.rand(len(mask)), mask[:, 0])[:, None].float()
-        regression, clean, weight = self.objective_loss(model, mask * 2 - 1, context, ctx)
-        aux = _soft_dice_loss(clean.float(), mask, weight)
-        loss = regression + self.config.model.aux_loss_weight * aux
+        noise = ctx.randn(*mask.shape)
+        loss, regression, aux = self.loss_terms(model, mask=mask, context=context, noise=noise,
+                                                times=self.training_times(len(mask), ctx))
         return loss, {"mse": regression.item(), "aux_dice": aux.item()}
+
+    def loss_terms(self, model, *, mask: torch.Tensor, context: torch.Tensor, noise: torch.Tensor,
+                   times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, regression term, auxiliary Dice term) for goal masks `mask` (B, 1, S, S) in {0, 1} with
+        the given draws; the training step's loss, and what benchmarks/parity/namo.py holds against the source's."""
+        regression, clean, weight = self.objective_loss(model, mask * 2 - 1, context, noise=noise, times=times)
+        if self.config.model.aux_loss == "focal_dice":
+            aux = focal_dice_loss(clean.float(), mask)
+        else:
+            aux = soft_dice_loss(clean.float(), mask, weight)
+        return regression + self.config.model.aux_loss_weight * aux, regression, aux
 
     # --- generation -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -372,6 +427,9 @@ class _NamoRecipe(Recipe):
                                   "sampler": solver or default_solver, "steps": steps or default_steps, "nfe": nfe,
                                   "seconds": seconds}
         result.update(placement_metrics(context, truth, samples, scenes["num_modes"], scenes["mode_map"]))
+        # the same of the poses the source's inference keeps (one blob each), the target's footprint at each
+        proposals = proposal_metrics(context, truth, samples, scenes["num_modes"], scenes["mode_map"])
+        result.update({f"proposals_{k}": v for k, v in proposals.items()})
         for name, baseline in self.baselines(context, samples_per_scene, seed).items():
             scores = placement_metrics(context, truth, baseline, scenes["num_modes"], scenes["mode_map"])
             result.update({f"{name}_{k}": v for k, v in scores.items()
@@ -414,8 +472,22 @@ class _NamoRecipe(Recipe):
         default_solver, default_steps = self.default_sampling()
         out = Path(out) if out else Path(run_dir) / "samples" / f"{solver or default_solver}-{steps or default_steps}.png"
         plot_placements(scenes["context"], scenes["target_goal"][:, 0], samples, out)
-        np.savez(out.with_suffix(".npz"), context=scenes["context"], target_goal=scenes["target_goal"], samples=samples)
-        return {"picture": out, "arrays": out.with_suffix(".npz"), "scenes": len(samples), "nfe_per_sample": nfe}
+        arrays = {"context": scenes["context"], "target_goal": scenes["target_goal"], "samples": samples}
+        result = {"picture": out, "arrays": out.with_suffix(".npz"), "scenes": len(samples), "nfe_per_sample": nfe}
+        if options.poses:
+            proposals = accept_proposals(samples)
+            arrays.update(poses=proposals.poses, accepted=proposals.accepted, acceptance_rate=proposals.acceptance_rate)
+            per_scene = [{"scene": i, "acceptance_rate": s.acceptance_rate, "samples": s.indices.tolist(),
+                          "poses": np.round(s.poses, 4).tolist()} for i, s in enumerate(proposals.per_scene())]
+            table = {"convention": POSE_CONVENTION, "image_size": samples.shape[-1], "scenes": per_scene}
+            result["poses"] = out.with_name(f"{out.stem}-poses.json")
+            result["poses"].write_text(json.dumps(table, indent=1))
+            result["poses_picture"] = out.with_name(f"{out.stem}-poses.png")
+            plot_placements(scenes["context"], scenes["target_goal"][:, 0],
+                            proposal_footprints(scenes["context"][:, 4], proposals), result["poses_picture"])
+            result["acceptance_rate"] = float(proposals.accepted.mean())
+        np.savez(out.with_suffix(".npz"), **arrays)
+        return result
 
 
 class NamoFlowMatchingRecipe(_NamoRecipe):
@@ -427,11 +499,10 @@ class NamoFlowMatchingRecipe(_NamoRecipe):
         self.objective = FlowMatchingObjective(AffinePath(make_scheduler(config.model.path.scheduler)),
                                                prediction=config.model.prediction)
 
-    def objective_loss(self, model, x1, context, ctx):
-        b = x1.shape[0]
-        x0 = ctx.randn(b, *x1.shape[1:])
+    def objective_loss(self, model, x1, context, *, noise, times):
+        x0 = noise
         eps = self.objective.t_eps
-        t = eps + (1 - 2 * eps) * self.training_times(b, ctx)
+        t = eps + (1 - 2 * eps) * times
         sample = self.objective.path.sample(x0=x0, x1=x1, t=t)
         output = model(sample.x_t, t, context).float()
         velocity = self.objective.to_velocity(output, x_t=sample.x_t, t=t)
@@ -472,12 +543,11 @@ class NamoDiffusionRecipe(_NamoRecipe):
         p = config.model.path
         self.objective = DiffusionObjective(p.num_train_timesteps, p.beta_schedule, p.prediction_type)
 
-    def objective_loss(self, model, x1, context, ctx):
-        b = x1.shape[0]
-        noise = ctx.randn(b, *x1.shape[1:])
-        timesteps = self.objective.sample_timesteps(self.training_times(b, ctx))
+    def objective_loss(self, model, x1, context, *, noise, times):
+        timesteps = self.objective.sample_timesteps(times)
         x_t = self.objective.add_noise(x0=x1, noise=noise, timesteps=timesteps)
-        output = model(x_t, self.objective.network_time(timesteps), context).float()
+        continuous = self.config.model.network_time == "continuous"
+        output = model(x_t, times if continuous else self.objective.network_time(timesteps), context).float()
         clean = self.objective.predicted_clean(output, x_t, timesteps)
         signal = self.objective.alphas_cumprod.to(x1.device)[timesteps].sqrt()
         return self.objective.loss(output, x0=x1, noise=noise, timesteps=timesteps), clean, signal

@@ -196,11 +196,11 @@ def test_training_on_fresh_valid_placements_with_target_conditioning(tmp_path, n
     cls = get_recipe(recipe)
     objective_loss = cls.objective_loss
 
-    def spy(self, model, x1, context, ctx):
+    def spy(self, model, x1, context, **draws):
         if model.training:  # not the validation loss
             for scene, goal in zip(context.numpy(), (x1[:, 0] > 0).numpy()):
                 drawn.setdefault(scene.tobytes(), []).append(goal)
-        return objective_loss(self, model, x1, context, ctx)
+        return objective_loss(self, model, x1, context, **draws)
 
     monkeypatch.setattr(cls, "objective_loss", spy)
     run_dir = _train(tmp_path, recipe, namo_data, "levers", "train.epochs=3", "data.resample_goals=true",
