@@ -28,6 +28,8 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="genflow: data -> HDF5 shards -> train -> sample -> eval -> export, one recipe at a time.")
 data_app = typer.Typer(no_args_is_help=True, help="Make, import, list, inspect and verify HDF5 shard datasets.")
 app.add_typer(data_app, name="data")
+runs_app = typer.Typer(no_args_is_help=True, help="Runs trained elsewhere, as genflow run directories.")
+app.add_typer(runs_app, name="runs")
 
 # Markup off: paths, keys and values a user typed print as typed (a path like runs/exp[1] is not a style tag)
 console = Console(soft_wrap=True, markup=False, highlight=False)
@@ -282,6 +284,31 @@ def data_verify(path: Path = typer.Argument(..., help="Dataset directory.")) -> 
             err_console.print(Text.assemble(("✗", "red"), f" {problem}"))
         raise GenflowError(f"{path}: {len(problems)} problem(s) found")
     console.print(Text.assemble(("✓", "green"), f" {path}: all shards match the manifest"))
+
+
+# --- runs -----------------------------------------------------------------------------------------------
+@runs_app.command("import", context_settings=FREE_OPTIONS)
+def runs_import(ctx: typer.Context,
+                kind: Optional[str] = typer.Argument(None, help="Which codebase trained the run (e.g. sage-learning)."),
+                args: Optional[list[str]] = typer.Argument(None, help="SOURCE, then options key=value (or --key value)."),
+                wants_help: bool = typer.Option(False, "--help", "-h", help="Show this message and the kind's options.")) -> None:
+    """Make a genflow run of a run another codebase trained: `genflow runs import KIND SOURCE key=value ...`."""
+    from genflow.config import load_options
+    from genflow.engine.run_import import get_run_importer, run_importers
+
+    if kind is None:
+        if wants_help:
+            return _help(ctx, [], f"kinds: {', '.join(run_importers()) or 'none installed'}")
+        raise ConfigError(f"genflow runs import: expected a kind ({', '.join(run_importers())})")
+    importer = get_run_importer(kind)
+    if wants_help:
+        return _help(ctx, [_options_text(importer.options, f"runs import {kind}: {importer.summary}")], f"SOURCE: {importer.source}")
+    positionals, values, overrides = _split_args(list(args or []), importer.options)
+    options = load_options(importer.options, values, f"runs import {kind} option")
+    if len(positionals) != 1 or overrides:
+        raise ConfigError(f"genflow runs import {kind}: expected one SOURCE ({importer.source}) and options key=value, "
+                          f"got {' '.join(positionals + overrides) or 'nothing'}")
+    _print_result(importer.run(options, Path(positionals[0])))
 
 
 # --- train ----------------------------------------------------------------------------------------------

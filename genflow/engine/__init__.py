@@ -27,6 +27,8 @@ _EXPORTS = {
     "start_run": "run_setup", "prepare_training": "run_setup",
     "load_run": "run_dir", "LoadedRun": "run_dir", "read_run_config": "run_dir",
     "read_metrics": "metrics_log", "load_checkpoint": "checkpoint",
+    # runs trained by another codebase
+    "RunImporter": "run_import", "write_imported_run": "run_import", "load_foreign_checkpoint": "checkpoint",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -44,13 +46,14 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from genflow.engine.card import RecipeCard, lazy_exports
-    from genflow.engine.checkpoint import load_checkpoint
+    from genflow.engine.checkpoint import load_checkpoint, load_foreign_checkpoint
     from genflow.engine.loader import BatchDataset, StreamedShards
     from genflow.engine.metrics_log import read_metrics
     from genflow.engine.precision import autocast_dtype, cpu_description, cpu_has_native_bf16, resolve_precision
     from genflow.engine.recipe import (EvalOptions, OdeSolverOptions, Recipe, SampleOptions, StepContext, available_recipes,
                                        evaluation, get_recipe)
     from genflow.engine.run_dir import LoadedRun, load_run, read_run_config
+    from genflow.engine.run_import import RunImporter, write_imported_run
     from genflow.engine.run_setup import prepare_training, start_run
     from genflow.engine.train_config import TrainConfig
     from genflow.engine.log_window import TrainingDiverged

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,8 +22,8 @@ import torch
 import genflow
 from genflow.errors import CheckpointError
 
-__all__ = ["atomic_torch_save", "remove_stale_temp_files", "load_checkpoint", "capture_rng_state", "restore_rng_state",
-           "link_checkpoint", "training_checkpoint"]
+__all__ = ["atomic_torch_save", "remove_stale_temp_files", "load_checkpoint", "load_foreign_checkpoint", "capture_rng_state",
+           "restore_rng_state", "link_checkpoint", "training_checkpoint"]
 
 _TEMP_GLOB = ".*.pt.*.tmp"  # what atomic_torch_save names its temp files
 
@@ -70,6 +71,57 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: not a genflow checkpoint (no 'model' entry)")
     return state
+
+
+class _Placeholder:
+    """Stands for an object of a class a foreign checkpoint names but genflow does not load (a Lightning
+    loop's state, a callback, a function): built and filled without running any of the file's code."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def load_foreign_checkpoint(path: str | Path, *, max_placeholders: int = 64) -> tuple[dict[str, Any], list[str]]:
+    """Load another framework's torch checkpoint (a Lightning `.ckpt`, say) without executing its code.
+
+    Tensors and plain values load as with `weights_only=True`; every class or function the file names
+    beyond those (loop and callback states, hyper-parameter containers, ...) is replaced by an inert
+    placeholder, so nothing the file refers to is imported or called.
+
+    Returns:
+        The loaded dict, and the dotted names of what was replaced by placeholders (sorted).
+
+    Raises:
+        CheckpointError: a missing or unreadable file, or one that is not a dict.
+    """
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    placeholders: dict[str, type] = {}
+    while True:
+        try:
+            with torch.serialization.safe_globals([(cls, name) for name, cls in placeholders.items()]):
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            break
+        except pickle.UnpicklingError as exc:
+            found = _UNSUPPORTED_GLOBAL.search(str(exc))
+            if found is None or len(placeholders) >= max_placeholders:
+                raise CheckpointError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[-1][:200]})") from None
+            name = found.group(1) if "." in found.group(1) else f"builtins.{found.group(1)}"
+            placeholders[name] = type(name.rpartition(".")[2], (_Placeholder,), {"__module__": name.rpartition(".")[0]})
+        except Exception as exc:  # truncated or foreign files raise several types
+            raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a checkpoint dict, found {type(state).__name__}")
+    return state, sorted(placeholders)
 
 
 def capture_rng_state() -> dict[str, Any]:

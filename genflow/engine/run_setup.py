@@ -66,6 +66,9 @@ def prepare_training(recipe_name: str, *, config_path: Path | None = None, overr
         if not checkpoint.is_file():
             raise CheckpointError(f"--resume {run_dir}: no checkpoints/last.pt to resume from")
         doc = read_run_config(run_dir)
+        if doc.get("imported_from"):  # `genflow runs import`: weights only
+            raise CheckpointError(f"--resume {run_dir}: imported from {doc['imported_from'].get('codebase', 'another codebase')} "
+                                  "with its weights only (no optimiser state), so it cannot be resumed; sample, eval or export it")
         if doc["recipe"] != recipe_name:
             raise ConfigError(f"--resume {run_dir}: that run is recipe '{doc['recipe']}', not '{recipe_name}'")
         if config_path is not None:

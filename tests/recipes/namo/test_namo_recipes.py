@@ -17,16 +17,6 @@ TINY = ["model.network.hidden_size=32", "model.network.depth=1", "model.network.
         "train.batch_size=8", "train.lr=0.003", "train.log_every=1", "train.warmup_steps=0", "eval.num_scenes=2", "eval.samples_per_scene=1"]
 
 
-@pytest.fixture(scope="module")
-def namo_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("namo")
-    assert main(["data", "make-namo", "--scenes", "20", "--out", str(root / "npz"), "--seed", "3"]) == 0
-    (root / "npz" / "broken.npz").write_bytes(b"not a zip archive")
-    assert main(["data", "import-npz", str(root / "npz"), "--kind", "namo", "--out", str(root / "shards"),
-                 "--val-fraction", "0.2", "--test-fraction", "0.2"]) == 0
-    return root / "shards"
-
-
 def _train(runs, recipe, data, name, *extra):
     code = main(["train", recipe, "--runs-dir", str(runs), "--name", name, "--no-progress", f"data.data_dir={data}",
                  *TINY, *extra])
