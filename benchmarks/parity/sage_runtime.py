@@ -11,7 +11,9 @@ Nothing here is the source's code; genflow never imports it.
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["install_torchvision_standin", "add_source_to_path"]
+__all__ = ["install_torchvision_standin", "add_source_to_path", "step_timer"]
 
 
 class _Compose:
@@ -109,3 +111,22 @@ def add_source_to_path(source: Path) -> Path:
         raise SystemExit(f"{source}: not a sage_learning checkout (no src/model/dit/dit.py)")
     sys.path.insert(0, str(source))
     return source
+
+
+def step_timer(path: str):
+    """A Lightning callback (the side-by-side benchmark's trainer config builds it through Hydra) that writes the
+    intervals between the ends of consecutive training steps to `path` (JSON) when training ends: the source's
+    time per step, data loading included, validation not."""
+    import lightning.pytorch as pl
+
+    class StepTimer(pl.Callback):
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+
+        def on_train_batch_end(self, *args, **kwargs) -> None:
+            self.ends.append(time.perf_counter())
+
+        def on_train_end(self, *args, **kwargs) -> None:
+            Path(path).write_text(json.dumps(np.diff(self.ends).tolist()))
+
+    return StepTimer()

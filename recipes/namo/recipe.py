@@ -430,11 +430,12 @@ class _NamoRecipe(Recipe):
         # the same of the poses the source's inference keeps (one blob each), the target's footprint at each
         proposals = proposal_metrics(context, truth, samples, scenes["num_modes"], scenes["mode_map"])
         result.update({f"proposals_{k}": v for k, v in proposals.items()})
+        reported = ("iou", "best_of_k_iou", "validity", "push_validity", "mode_coverage", "mode_coverage_multimodal")
         for name, baseline in self.baselines(context, samples_per_scene, seed).items():
             scores = placement_metrics(context, truth, baseline, scenes["num_modes"], scenes["mode_map"])
-            result.update({f"{name}_{k}": v for k, v in scores.items()
-                           if k in ("iou", "best_of_k_iou", "validity", "push_validity", "mode_coverage",
-                                    "mode_coverage_multimodal")})
+            result.update({f"{name}_{k}": v for k, v in scores.items() if k in reported})
+            scores = proposal_metrics(context, truth, baseline, scenes["num_modes"], scenes["mode_map"])
+            result.update({f"{name}_proposals_{k}": v for k, v in scores.items() if k in reported + ("acceptance_rate",)})
         if figure:
             out = Path(run_dir) / "eval" / f"namo-{result['sampler']}-{result['steps']}.png"
             plot_placements(context[:6], truth[:6], samples[:6, :8], out)
