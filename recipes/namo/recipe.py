@@ -22,7 +22,13 @@ evaluates the singular clean-mask -> velocity conversion at t = 1.
 Auxiliary loss (`model.aux_loss_weight`): a soft Dice loss between the clean mask implied by the
 network output (the path / scheduler inverted at the sample's noise level, mapped to [0, 1]) and the
 true mask, each sample weighted by its signal coefficient (alpha_t of the flow path, sqrt(alpha_bar_t)
-of the diffusion) so that nearly pure-noise samples, whose clean estimate is a guess, count little.
+of the diffusion) so that nearly pure-noise samples, whose clean estimate is a guess, count little;
+or the source's focal Dice (`model.aux_loss: focal_dice`).
+
+The source's own settings are the configs `namo_fm_source` / `namo_diffusion_source`: its DiT
+(`model.network.architecture: sage_learning`, sage_dit.py), velocity / epsilon prediction, focal Dice,
+the diffusion network seeing the continuous time draw (`model.network_time: continuous`), constant AdamW;
+benchmarks/parity/namo.py holds them against the source's code.
 """
 
 from __future__ import annotations
