@@ -13,7 +13,9 @@ thread each, so that both see the same machine load:
   npz files (64 x 64 float masks), its network at genflow's default size (patch 8, width 128, depth 4,
   4 heads), batch 64, bf16 autocast (its fp16 is GPU-only), validated and checkpointed at the last step;
 - genflow: `genflow train namo-fm` / `namo-diffusion` with the recipe's CPU default config and
-  `train.max_steps`.
+  `train.max_steps`; or, with `--genflow-config namo_fm_source`, the source's own network, objective and
+  optimiser at the same size (namo_diffusion_source for diffusion), which times the two training loops on
+  one network (`--no-eval` then skips the scoring).
 
 The source's run is then made a genflow run (`genflow runs import sage-learning`) and both are scored
 by `genflow eval namo` on the test split (200 scenes x 8 samples, each with its own default sampler,
@@ -138,6 +140,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--objectives", default="fm,diffusion")
     parser.add_argument("--out", type=Path, default=Path("runs/side-by-side"))
+    parser.add_argument("--genflow-config", help="a config of the recipe for genflow's side (default: its CPU default); "
+                        "with namo_fm_source / namo_diffusion_source at genflow's size both sides train the same network")
+    parser.add_argument("--no-eval", action="store_true", help="time the training steps only")
     parser.add_argument("--train-source", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)  # internal
     args = parser.parse_args()
     if args.train_source is not None:
@@ -169,9 +174,14 @@ def main() -> None:
                 jobs["source"] = (_launch([args.source_python, __file__, "--source", str(args.source), "--train-source", *hydra],
                                           out / f"source-{tag}.log"), time.perf_counter())
             if not (genflow_dir / "checkpoints" / "last.pt").is_file():
+                same_network = []
+                if args.genflow_config:
+                    name = args.genflow_config.replace("namo_fm", "namo_diffusion") if objective == "diffusion" else args.genflow_config
+                    same_network = ["--config", name, "model.network.patch_size=8", "model.network.hidden_size=128",
+                                    "model.network.depth=4", "model.network.num_heads=4", "train.precision=bf16"]
                 jobs["genflow"] = (_launch(_genflow("train", RECIPE[objective], "--runs-dir", str(out / "runs"), "--name",
                                                     f"genflow-{tag}", "--no-progress", f"data.data_dir={data}",
-                                                    f"train.max_steps={args.steps}", f"train.seed={seed}"),
+                                                    f"train.max_steps={args.steps}", f"train.seed={seed}", *same_network),
                                            out / f"genflow-{tag}.log"), time.perf_counter())
             seconds = {}
             for who, (process, start) in jobs.items():
@@ -182,6 +192,12 @@ def main() -> None:
             for who in ("source", "genflow"):
                 if who not in seconds and (out / f"{who}-{tag}.seconds").is_file():
                     seconds[who] = float((out / f"{who}-{tag}.seconds").read_text())
+            step_seconds = {"source": float(np.median(json.loads((source_dir / "step_seconds.json").read_text()))),
+                            "genflow": _genflow_step_seconds(genflow_dir)}
+            if args.no_eval:
+                rows.append({"objective": objective, "seed": seed, **{f"{who}_step_seconds": v for who, v in step_seconds.items()}})
+                print(json.dumps(rows[-1]), flush=True)
+                continue
             imported = out / "runs" / RECIPE[objective] / f"source-{tag}"
             if not imported.is_dir():
                 done = subprocess.run(_genflow("runs", "import", "sage-learning", str(source_dir), f"runs_dir={out / 'runs'}",
@@ -189,8 +205,6 @@ def main() -> None:
                                       capture_output=True, text=True)
                 if done.returncode:
                     raise SystemExit(f"genflow runs import failed: {done.stderr.strip()}")
-            step_seconds = {"source": float(np.median(json.loads((source_dir / "step_seconds.json").read_text()))),
-                            "genflow": _genflow_step_seconds(genflow_dir)}
             for who, run in (("source", imported), ("genflow", genflow_dir)):
                 result = _evaluate(run, out / f"eval-{who}-{tag}.log")
                 rows.append({"objective": objective, "seed": seed, "trained_by": who, "seconds": seconds.get(who),
@@ -200,6 +214,11 @@ def main() -> None:
                              "proposals_acceptance_rate": result["proposals_acceptance_rate"]})
                 print(json.dumps(rows[-1]), flush=True)
     (out / "summary.json").write_text(json.dumps({"steps": args.steps, "source_train_scenes": scenes - 1, "rows": rows}, indent=1))
+    if args.no_eval:
+        for r in rows:
+            print(f"{r['objective']:10} seed {r['seed']}: s/step source {r['source_step_seconds']:.3f}, genflow "
+                  f"{r['genflow_step_seconds']:.3f} (genflow / source {r['genflow_step_seconds'] / r['source_step_seconds']:.3f})")
+        return
     print(f"\n{'objective':10} {'seed':>4} {'trained by':10} {'s/step':>7}  " + "  ".join(f"{k[:12]:>12}" for k in KEYS)
           + "   (raw | accepted proposals)")
     for r in rows:
