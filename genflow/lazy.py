@@ -1,12 +1,18 @@
-"""Lazy re-exports for a package whose `__init__` must stay light (no torch): a recipe package's, the data
-package's. A name is imported from its submodule on first use (PEP 562)."""
+"""What loads on first use: lazy re-exports for a package whose `__init__` must stay light (no torch: a recipe
+package's, the data package's; PEP 562), and the plugins installed under an entry-point group."""
 
 from __future__ import annotations
 
+import difflib
 import importlib
-from typing import Any, Callable
+from importlib.metadata import entry_points
+from typing import Any, Callable, TypeVar
 
-__all__ = ["lazy_exports"]
+from genflow.errors import GenflowError
+
+__all__ = ["lazy_exports", "registered", "pick_registered"]
+
+T = TypeVar("T")
 
 
 def lazy_exports(package: str, names: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
@@ -23,3 +29,25 @@ def lazy_exports(package: str, names: dict[str, str]) -> tuple[Callable[[str], A
         return sorted(names)
 
     return __getattr__, __dir__
+
+
+def registered(group: str, kind: type[T]) -> dict[str, T]:
+    """The objects installed under the entry-point `group`, by entry-point name, sorted; each must be a `kind`
+    (a wrong one is one line naming the entry point)."""
+    found: dict[str, T] = {}
+    for ep in entry_points(group=group):
+        value = ep.load()
+        if not isinstance(value, kind):
+            raise GenflowError(f"entry point '{ep.name} = {ep.value}' ({group}): expected a "
+                               f"{kind.__module__}.{kind.__qualname__}, got {type(value).__name__}")
+        found[ep.name] = value
+    return dict(sorted(found.items()))
+
+
+def pick_registered(found: dict[str, T], name: str, what: str, listing: str = "") -> T:
+    """`found[name]`; an unknown name is one line with the closest one (`what`: e.g. "data make kind")."""
+    if name not in found:
+        close = difflib.get_close_matches(name, list(found), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"available: {', '.join(found) or 'none installed'}"
+        raise GenflowError(f"unknown {what} '{name}': {hint}{listing}")
+    return found[name]

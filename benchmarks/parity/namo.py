@@ -131,7 +131,7 @@ def _genflow_recipe(objective: str, size: str):
 
 def genflow_half(results: dict) -> list[tuple[str, str, float, float]]:
     from genflow.engine.optim import build_lr_schedule, build_optimizer
-    from genflow_recipes.namo.sage_dit import sage_parameter_name
+    from genflow_recipes.namo.sage_dit import sage_checkpoint_key
 
     data = _scenes(SEED)
     rows = []
@@ -142,11 +142,8 @@ def genflow_half(results: dict) -> list[tuple[str, str, float, float]]:
         recipe = _genflow_recipe(objective, size)
         model = recipe.build_model()
 
-        def source_name(name: str) -> str:  # genflow's NamoGoalNet holds the DiT as `dit`; Lightning's module as `network`
-            return "network." + sage_parameter_name(name.removeprefix("dit."))
-
         count = sum(p.numel() for p in model.parameters())
-        model.load_state_dict({name: ref["weights"][source_name(name)] for name in model.state_dict()})
+        model.load_state_dict({name: ref["weights"][sage_checkpoint_key(name)] for name in model.state_dict()})
         x1 = data["goal"] * 2 - 1
         if objective == "fm":  # genflow draws t in [eps, 1 - eps]: give it the u that lands on the source's t
             eps = recipe.objective.t_eps
@@ -169,7 +166,7 @@ def genflow_half(results: dict) -> list[tuple[str, str, float, float]]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
         optimizer.step()
         schedule.step()
-        stepped = max((p.detach() - ref["stepped"][source_name(n)]).abs().max().item() for n, p in model.named_parameters())
+        stepped = max((p.detach() - ref["stepped"][sage_checkpoint_key(n)]).abs().max().item() for n, p in model.named_parameters())
         scale = ref["samples"].abs().max().item()
         rows += [
             (key, "parameters", float(ref["parameters"]), float(count)),

@@ -65,7 +65,7 @@ deterministic: false
 callbacks:
   - _target_: lightning.pytorch.callbacks.ModelCheckpoint
     dirpath: ${{paths.output_dir}}/checkpoints
-    filename: "epoch{{epoch:03d}}-val_loss{{val_loss:.4f}}"
+    filename: "last-val_loss{{val_loss:.4f}}"
     monitor: val_loss
     mode: min
     save_top_k: 1

@@ -11,14 +11,13 @@ adds its own data commands without touching genflow:
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 from genflow.config import check_ranges
-from genflow.errors import ConfigError, GenflowError
+from genflow.errors import ConfigError
+from genflow.lazy import pick_registered, registered
 
 __all__ = ["DataCommand", "DataJob", "check_data_options", "data_commands", "get_data_command", "GROUPS"]
 
@@ -60,21 +59,9 @@ class DataCommand:
 
 def data_commands(action: Literal["make", "import"]) -> dict[str, DataCommand]:
     """The installed data commands of `action`, by name."""
-    found: dict[str, DataCommand] = {}
-    for ep in entry_points(group=GROUPS[action]):
-        command = ep.load()
-        if not isinstance(command, DataCommand):
-            raise GenflowError(f"entry point '{ep.name} = {ep.value}' ({GROUPS[action]}): expected a "
-                               f"genflow.data.registry.DataCommand, got {type(command).__name__}")
-        found[ep.name] = command
-    return dict(sorted(found.items()))
+    return registered(GROUPS[action], DataCommand)
 
 
 def get_data_command(action: Literal["make", "import"], name: str) -> DataCommand:
     """The data command `name`; an unknown one is one clear line with the closest names."""
-    commands = data_commands(action)
-    if name not in commands:
-        close = difflib.get_close_matches(name, list(commands), n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"available: {', '.join(commands) or 'none installed'}"
-        raise GenflowError(f"unknown data {action} kind '{name}': {hint} (see `genflow data list`)")
-    return commands[name]
+    return pick_registered(data_commands(action), name, f"data {action} kind", " (see `genflow data list`)")

@@ -15,13 +15,12 @@ resuming the source's training.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from genflow.errors import CheckpointError, GenflowError
+from genflow.errors import CheckpointError
+from genflow.lazy import pick_registered, registered
 
 if TYPE_CHECKING:
     import torch
@@ -47,24 +46,12 @@ class RunImporter:
 
 def run_importers() -> dict[str, RunImporter]:
     """The installed run importers, by name."""
-    found: dict[str, RunImporter] = {}
-    for ep in entry_points(group=GROUP):
-        importer = ep.load()
-        if not isinstance(importer, RunImporter):
-            raise GenflowError(f"entry point '{ep.name} = {ep.value}' ({GROUP}): expected a "
-                               f"genflow.engine.run_import.RunImporter, got {type(importer).__name__}")
-        found[ep.name] = importer
-    return dict(sorted(found.items()))
+    return registered(GROUP, RunImporter)
 
 
 def get_run_importer(name: str) -> RunImporter:
     """The run importer `name`; an unknown one is one clear line with the closest names."""
-    importers = run_importers()
-    if name not in importers:
-        close = difflib.get_close_matches(name, list(importers), n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"available: {', '.join(importers) or 'none installed'}"
-        raise GenflowError(f"unknown run kind '{name}': {hint}")
-    return importers[name]
+    return pick_registered(run_importers(), name, "run kind")
 
 
 def write_imported_run(*, recipe: Recipe, weights: dict[str, torch.Tensor], runs_root: str | Path, name: str,

@@ -24,10 +24,8 @@ Pose convention (every function of this module):
 How it differs from the source: ``cv2.minAreaRect`` gives degrees, for the side it calls width (whose
 range has changed across OpenCV versions), and the source adds 90° when width < height: its θ is the
 long side's angle in degrees in the same image frame (x right, y down), up to a multiple of 180°.
-Ours is that angle in radians folded into [-π/2, π/2). Held against OpenCV 5.1 (outside the project)
-on 2,000 rasterised rotated rectangles: the same samples dropped, and the same centre and θ (to
-1e-4) except for squares (θ 90° apart: the source keeps OpenCV's width side) and a few exact area
-ties on shapes of under 15 pixels (OpenCV keeps another of the equally small rectangles).
+Ours is that angle in radians folded into [-π/2, π/2). benchmarks/parity/namo_poses_opencv.py holds
+both against each other (figures on docs/recipes/namo.md).
 """
 
 from __future__ import annotations

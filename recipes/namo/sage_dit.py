@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from genflow.models import PatchEmbedding, self_attention
 
-__all__ = ["SageDiT", "sage_parameter_name", "raw_time_sinusoids"]
+__all__ = ["SageDiT", "sage_parameter_name", "sage_checkpoint_key", "raw_time_sinusoids"]
 
 
 def raw_time_sinusoids(t: Tensor, dim: int) -> Tensor:
@@ -139,3 +139,9 @@ def sage_parameter_name(name: str) -> str:
             if ours in name:
                 return name.replace(ours, theirs, 1)
     raise KeyError(f"no sage_learning name for SageDiT parameter {name!r}")
+
+
+def sage_checkpoint_key(name: str) -> str:
+    """The key, in a sage_learning Lightning checkpoint's `state_dict` (its module holds the DiT as `network`), of
+    the NamoGoalNet parameter `name` (which holds it as `dit`): `dit.pos...` -> `network.pos_emb`."""
+    return "network." + sage_parameter_name(name.removeprefix("dit."))

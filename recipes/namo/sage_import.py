@@ -154,7 +154,7 @@ def import_sage_run(source: str | Path, options: SageRunOptions) -> dict[str, An
     """Write a genflow run of the sage_learning run directory `source`; returns what to print."""
     from genflow.config import load_config
     from genflow.engine import get_recipe, load_foreign_checkpoint, write_imported_run
-    from genflow_recipes.namo.sage_dit import sage_parameter_name
+    from genflow_recipes.namo.sage_dit import sage_checkpoint_key
 
     source = Path(source)
     if not source.is_dir():
@@ -171,24 +171,26 @@ def import_sage_run(source: str | Path, options: SageRunOptions) -> dict[str, An
     tensors = state.get("state_dict")
     if not isinstance(tensors, dict):
         raise CheckpointError(f"{checkpoint}: no 'state_dict' entry (not a Lightning checkpoint?)")
-    wanted = {name: "network." + sage_parameter_name(name.removeprefix("dit.")) for name in recipe.build_model().state_dict()}
+    wanted = {name: sage_checkpoint_key(name) for name in recipe.build_model().state_dict()}
     absent = [theirs for theirs in wanted.values() if theirs not in tensors]
     if absent:
         raise CheckpointError(f"{checkpoint}: state_dict lacks {len(absent)} of the network's tensors "
                               f"(e.g. {', '.join(absent[:3])}); is it a run of the configured DiT?")
     weights = {ours: tensors[theirs].float() for ours, theirs in wanted.items()}
     ignored = sorted(set(tensors) - set(wanted.values()))
+    # plain ints only: anything else the checkpoint holds there is a placeholder, not for config.yaml
+    epoch, step = (value if isinstance(value, int) else None for value in (state.get("epoch"), state.get("global_step")))
     stamp = "-".join(source.resolve().parts[-2:])
     name = options.name or f"sage-{stamp}"
     imported_from = {"codebase": "sage_learning", "run_dir": str(source.resolve()), "checkpoint": str(checkpoint.resolve()),
-                     "epoch": state.get("epoch"), "global_step": state.get("global_step"),
-                     "lightning_version": state.get("pytorch-lightning_version"), "config_overrides": overrides,
+                     "epoch": epoch, "global_step": step,
+                     "lightning_version": str(state.get("pytorch-lightning_version")), "config_overrides": overrides,
                      "placeholders": placeholders, "ignored_tensors": ignored}
     run_dir = write_imported_run(recipe=recipe, weights=weights, runs_root=options.runs_dir, name=name,
                                  imported_from=imported_from,
-                                 progress={"epoch": int(state.get("epoch") or 0), "step": int(state.get("global_step") or 0)})
+                                 progress={"epoch": epoch or 0, "step": step or 0})
     return {"run": str(run_dir), "recipe": recipe_name, "checkpoint": str(checkpoint),
-            "epoch / step": f"{state.get('epoch')} / {state.get('global_step')}",
+            "epoch / step": f"{epoch} / {step}",
             "weights": f"{len(weights)} tensors ported ({sum(v.numel() for v in weights.values()):,} parameters)",
             "not loaded": f"{len(ignored)} other tensors, {len(placeholders)} non-tensor classes (inert placeholders)",
             "next": f"genflow sample {run_dir} poses=true   |   genflow eval namo {run_dir}"}

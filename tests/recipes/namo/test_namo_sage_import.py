@@ -187,3 +187,12 @@ def test_a_run_without_coordinate_channels_is_one_clear_line(tmp_path, capsys):
 def test_a_directory_that_is_no_sage_run_is_one_clear_line(tmp_path, capsys):
     assert main(["runs", "import", "sage-learning", str(tmp_path)]) == 2
     assert ".hydra/config.yaml" in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_another_width_is_one_line_naming_the_tensor(tmp_path, capsys):
+    source = write_sage_run(tmp_path, "fm")
+    config = source / ".hydra" / "config.yaml"
+    config.write_text(config.read_text().replace(f"dim: {WIDTH}", f"dim: {2 * WIDTH}"))  # the weights stay 32 wide
+    assert main(["runs", "import", "sage-learning", str(source), f"runs_dir={tmp_path / 'runs'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "epoch031-val_loss0.4000.ckpt" in err and "shapes differ" in err and len(err.splitlines()) == 1
