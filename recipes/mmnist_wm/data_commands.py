@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from genflow.config import NonNegativeInt, PositiveInt, Range
 from genflow.data.registry import DataCommand, DataJob, check_data_options
@@ -21,7 +21,8 @@ class MovingMnistOptions:
     frames: Annotated[int, Range(ge=2)] = 20  # frames per sequence
     digits: PositiveInt = 2  # digits per sequence
     size: Annotated[int, Range(ge=28)] = 64  # canvas side in pixels
-    frame_size: PositiveInt = 32  # token frame side (the canvas is area-downsampled to it)
+    frame_size: PositiveInt = 32  # token frame side (the canvas is downsampled to it, see preprocessing)
+    preprocessing: Literal["area", "copilot4d"] = "area"  # area (2x2 average, min(floor(16x),15)) | copilot4d (bilinear scipy zoom, floor(15x), the source's tokens)
     ego_digit_id: NonNegativeInt = 0  # digit whose motion gives the actions: 0 = the largest (by ink)
     seed: NonNegativeInt = 0  # seed of digits and trajectories
     out: str = "datasets/mmnist"  # output dataset directory
@@ -37,7 +38,7 @@ def _make_moving_mnist(o: MovingMnistOptions, job: DataJob) -> dict[str, Any]:
 
     make_moving_mnist(o.out, sequences=o.sequences, val_sequences=o.val_sequences, test_sequences=o.test_sequences,
                       frames=o.frames, digits=o.digits, size=o.size, frame_size=o.frame_size, ego_digit_id=o.ego_digit_id,
-                      seed=o.seed, mnist_source=o.source, overwrite=o.overwrite, command=job.command)
+                      preprocessing=o.preprocessing, seed=o.seed, mnist_source=o.source, overwrite=o.overwrite, command=job.command)
     return {"dataset": Path(o.out)}
 
 
@@ -49,6 +50,7 @@ MAKE_MOVING_MNIST = DataCommand("moving-mnist", "Moving MNIST (bouncing real dig
 class MovingMnistImportOptions:
     out: str = "datasets/mmnist-canonical"  # output dataset directory
     frame_size: PositiveInt = 32  # token frame side
+    preprocessing: Literal["area", "copilot4d"] = "area"  # area (2x2 average, min(floor(16x),15)) | copilot4d (bilinear scipy zoom, floor(15x), the source's tokens)
     ego_digit_id: NonNegativeInt = 0  # tracked digit: 0 = the largest blob
     val_fraction: Annotated[float, Range(ge=0, le=0.9)] = 0.1  # fraction of sequences for the val split
     test_fraction: Annotated[float, Range(ge=0, le=0.9)] = 0.1  # fraction of sequences for the test split
@@ -63,8 +65,8 @@ class MovingMnistImportOptions:
 def _import_moving_mnist(o: MovingMnistImportOptions, job: DataJob) -> dict[str, Any]:
     from genflow_recipes.mmnist_wm.world import import_moving_mnist
 
-    import_moving_mnist(job.source, o.out, frame_size=o.frame_size, ego_digit_id=o.ego_digit_id, val_fraction=o.val_fraction,
-                        test_fraction=o.test_fraction, limit=o.limit, seed=o.seed, overwrite=o.overwrite, command=job.command)
+    import_moving_mnist(job.source, o.out, frame_size=o.frame_size, ego_digit_id=o.ego_digit_id, preprocessing=o.preprocessing,
+                        val_fraction=o.val_fraction, test_fraction=o.test_fraction, limit=o.limit, seed=o.seed, overwrite=o.overwrite, command=job.command)
     return {"dataset": Path(o.out)}
 
 

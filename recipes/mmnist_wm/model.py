@@ -22,6 +22,7 @@ The temporal mask decides what a frame may see:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -51,10 +52,11 @@ def temporal_attention_mask(kind: TemporalMask, num_frames: int, device: torch.d
 
 
 class _SelfAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, upcast_on_cpu: bool = False) -> None:
+    def __init__(self, dim: int, num_heads: int, upcast_on_cpu: bool = False, dropout: float = 0.0) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.upcast_on_cpu = upcast_on_cpu
+        self.dropout = dropout  # on the attention probabilities, in training
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
@@ -73,7 +75,8 @@ class _SelfAttention(nn.Module):
         if self.upcast_on_cpu and query.device.type == "cpu" and query.dtype != torch.float32:
             # PyTorch's CPU flash kernel is ~5x slower in bf16 than in fp32 on short sequences (measured).
             query, key, value = query.float(), key.float(), value.float()
-        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask).to(qkv.dtype)
+        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask,
+                                                  dropout_p=self.dropout if self.training else 0.0).to(qkv.dtype)
         return self.out(attended.transpose(1, 2).reshape(batch, length, dim)), (own_key, own_value)
 
 
@@ -82,15 +85,24 @@ def _mlp(dim: int, mlp_ratio: float) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
 
+def _run_mlp(mlp: nn.Sequential, x: Tensor, dropout: float, training: bool) -> Tensor:
+    """``mlp`` with dropout after the activation and after the output (the source's), in training."""
+    if not (dropout and training):
+        return mlp(x)
+    hidden = F.dropout(mlp[1](mlp[0](x)), dropout, training=True)
+    return F.dropout(mlp[2](hidden), dropout, training=True)
+
+
 class SpatioTemporalBlock(nn.Module):
     """Pre-norm [spatial attention -> temporal attention -> MLP], each residual."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
         super().__init__()
+        self.dropout = dropout
         self.spatial_norm = nn.LayerNorm(dim)
-        self.spatial_attention = _SelfAttention(dim, num_heads, upcast_on_cpu=True)
+        self.spatial_attention = _SelfAttention(dim, num_heads, upcast_on_cpu=True, dropout=dropout)
         self.temporal_norm = nn.LayerNorm(dim)
-        self.temporal_attention = _SelfAttention(dim, num_heads, upcast_on_cpu=True)
+        self.temporal_attention = _SelfAttention(dim, num_heads, upcast_on_cpu=True, dropout=dropout)
         self.mlp_norm = nn.LayerNorm(dim)
         self.mlp = _mlp(dim, mlp_ratio)
 
@@ -105,7 +117,7 @@ class SpatioTemporalBlock(nn.Module):
         temporal = spatial.reshape(batch, frames, tokens, dim).transpose(1, 2).reshape(batch * tokens, frames, dim)
         attended, kv = self.temporal_attention(self.temporal_norm(temporal), temporal_mask, cached)
         temporal = temporal + attended
-        temporal = temporal + self.mlp(self.mlp_norm(temporal))
+        temporal = temporal + _run_mlp(self.mlp, self.mlp_norm(temporal), self.dropout, self.training)
         return temporal.reshape(batch, tokens, frames, dim).transpose(1, 2), kv
 
 
@@ -118,10 +130,11 @@ class JointSpaceTimeBlock(nn.Module):
     follow a moving digit. It costs attention over ``T * N`` positions instead of ``N`` and ``T``.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
         super().__init__()
+        self.dropout = dropout
         self.norm = nn.LayerNorm(dim)
-        self.attention = _SelfAttention(dim, num_heads, upcast_on_cpu=True)
+        self.attention = _SelfAttention(dim, num_heads, upcast_on_cpu=True, dropout=dropout)
         self.mlp_norm = nn.LayerNorm(dim)
         self.mlp = _mlp(dim, mlp_ratio)
 
@@ -136,11 +149,23 @@ class JointSpaceTimeBlock(nn.Module):
         flat = x.reshape(batch, frames * tokens, dim)
         attended, kv = self.attention(self.norm(flat), mask, cached)
         flat = flat + attended
-        flat = flat + self.mlp(self.mlp_norm(flat))
+        flat = flat + _run_mlp(self.mlp, self.mlp_norm(flat), self.dropout, self.training)
         return flat.reshape(batch, frames, tokens, dim), kv
 
 
 ATTENTION_KINDS = ("factorized", "joint")
+HEAD_KINDS = ("separate", "tied")
+TEMPORAL_POSITIONS = ("learned", "sinusoid")
+INITS = ("genflow", "copilot4d")
+
+
+def frame_sinusoids(dim: int, num_frames: int) -> Tensor:
+    """``(num_frames, dim)`` fixed features of frame ``t``: ``[sin(t w_i), cos(t w_i)]`` with
+    ``w_i = 10000^(-i / (dim/2 - 1))``, ``i < dim/2`` (copilot4D's temporal positions)."""
+    half = dim // 2
+    frequencies = torch.exp(-math.log(10000.0) / (half - 1) * torch.arange(half, dtype=torch.float32))
+    angles = torch.arange(num_frames, dtype=torch.float32)[:, None] * frequencies[None, :]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
 class SimpleVideoTransformer(nn.Module):
@@ -148,7 +173,7 @@ class SimpleVideoTransformer(nn.Module):
 
     Args:
         num_levels: Token levels ``V`` (16); the input vocabulary adds one mask token with id ``V``.
-        num_frames: Frames ``T`` the learned temporal positions cover (shorter inputs use the first ones).
+        num_frames: Frames ``T`` the temporal positions cover (shorter inputs use the first ones).
         height, width: Tokens per frame side.
         embed_dim: Token width ``D``.
         num_layers: Spatio-temporal blocks.
@@ -156,9 +181,21 @@ class SimpleVideoTransformer(nn.Module):
         action_dim: Size of a frame's action vector (2: ``[dx, dy]``).
         mlp_ratio: MLP width as a multiple of ``D``.
         patch_size: Tokens per side of the patch one transformer position holds (divides ``height``
-            and ``width``); 1 = one position per token (the source's model, same parameters).
-        attention: ``"factorized"`` (the source: spatial, then temporal attention per layer) or
+            and ``width``); 1 = one position per token, as copilot4D's model.
+        attention: ``"factorized"`` (copilot4D's: spatial, then temporal attention per layer) or
             ``"joint"`` (one attention over all positions of all frames; affordable with patches).
+        head: ``"separate"`` (a linear layer with bias predicting the ``p * p`` tokens' levels) or
+            ``"tied"`` (copilot4D's: logits are the normalised features times the token embedding
+            table, no bias, one class per embedding row; patch size 1 only).
+        vocab_size: Embedding rows minus one, the last row being the mask (copilot4D's ``vocab_size``;
+            patch size 1 only). None: ``num_levels``. copilot4D's fast script passes 17: 18 rows, an
+            unused row 16 and the mask at 17; input id ``num_levels`` (genflow's mask) reads that last row.
+        temporal_position: ``"learned"`` (a table started from sinusoids) or ``"sinusoid"`` (fixed
+            sin/cos of the frame index, copilot4D's: sines first, frequencies ``10000^(-i / (D/2 - 1))``).
+        dropout: Dropout on attention probabilities and after the MLP's activation and output (training only).
+        init: ``"genflow"`` (PyTorch's defaults, spatial positions started from 2-D sin/cos features) or
+            ``"copilot4d"`` (Xavier-uniform linear weights, zero biases, embeddings and spatial
+            positions ~ N(0, 0.02^2)).
     """
 
     def __init__(
@@ -174,34 +211,70 @@ class SimpleVideoTransformer(nn.Module):
         mlp_ratio: float = 4.0,
         patch_size: int = 1,
         attention: str = "factorized",
+        *,
+        head: str = "separate",
+        vocab_size: int | None = None,
+        temporal_position: str = "learned",
+        dropout: float = 0.0,
+        init: str = "genflow",
     ) -> None:
         super().__init__()
         if embed_dim % num_heads:
             raise ConfigError(f"model.embed_dim ({embed_dim}) must be divisible by model.num_heads ({num_heads})")
         if patch_size < 1 or height % patch_size or width % patch_size:
             raise ConfigError(f"model.patch_size ({patch_size}) must be >= 1 and divide the frame size ({height}x{width})")
-        if attention not in ATTENTION_KINDS:
-            raise ConfigError(f"model.attention must be one of {', '.join(ATTENTION_KINDS)}, got '{attention}'")
+        for key, value, allowed in (("attention", attention, ATTENTION_KINDS), ("head", head, HEAD_KINDS),
+                                    ("temporal_position", temporal_position, TEMPORAL_POSITIONS), ("init", init, INITS)):
+            if value not in allowed:
+                raise ConfigError(f"model.{key} must be one of {', '.join(allowed)}, got '{value}'")
+        vocab_size = num_levels if vocab_size is None else vocab_size
+        if patch_size > 1 and (head == "tied" or vocab_size != num_levels):
+            raise ConfigError("model.head: tied and model.vocab_size need model.patch_size 1 (one position per token)")
+        if vocab_size < num_levels:
+            raise ConfigError(f"model.vocab_size ({vocab_size}) must be at least the {num_levels} levels")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {dropout}")
         self.num_levels = num_levels
         self.mask_token_id = num_levels
+        self.mask_row = vocab_size  # the embedding row the mask id reads
+        self.num_classes = vocab_size + 1 if head == "tied" else num_levels  # logits per token
         self.num_frames = num_frames
         self.height, self.width = height, width
         self.patch_size = patch_size
         self.grid = (height // patch_size, width // patch_size)
         cells = patch_size * patch_size
         # one vector per (place in the patch, level incl. mask); a patch's embedding is their sum
-        self.token_embedding = nn.Embedding(cells * (num_levels + 1), embed_dim)
-        self.register_buffer("_cell_offset", torch.arange(cells) * (num_levels + 1), persistent=False)
+        self.token_embedding = nn.Embedding(cells * (vocab_size + 1), embed_dim)
+        self.register_buffer("_cell_offset", torch.arange(cells) * (vocab_size + 1), persistent=False)
         self.action_projection = nn.Linear(action_dim, embed_dim)
         # Learned positions, started from sin/cos features: a random start must first discover the 2-D
         # layout that shifting digits needs, which costs thousands of steps on a CPU budget.
         self.spatial_position = nn.Parameter(sincos_position_embedding_2d(embed_dim, *self.grid))
         frame_index = torch.arange(num_frames, dtype=torch.float32)
-        self.temporal_position = nn.Parameter(SinusoidalTimeEmbedding(embed_dim, scale=1.0)(frame_index).detach())
+        if temporal_position == "learned":
+            self.temporal_position = nn.Parameter(SinusoidalTimeEmbedding(embed_dim, scale=1.0)(frame_index).detach())
+        else:  # a function of the sizes: not saved
+            self.register_buffer("temporal_position", frame_sinusoids(embed_dim, num_frames), persistent=False)
         block = SpatioTemporalBlock if attention == "factorized" else JointSpaceTimeBlock
-        self.blocks = nn.ModuleList(block(embed_dim, num_heads, mlp_ratio) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(block(embed_dim, num_heads, mlp_ratio, dropout) for _ in range(num_layers))
         self.head_norm = nn.LayerNorm(embed_dim)
-        self.head = nn.Linear(embed_dim, cells * num_levels)
+        self.head = nn.Linear(embed_dim, cells * num_levels) if head == "separate" else None
+        if init == "copilot4d":
+            self._init_as_copilot4d()
+
+    def _init_as_copilot4d(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        with torch.no_grad():
+            self.spatial_position.normal_(std=0.02)
 
     def forward(self, tokens: Tensor, actions: Tensor, temporal_mask: TemporalMask = "causal", past: PastFrames | None = None,
                 first_frame: int = 0) -> Tensor:
@@ -259,22 +332,25 @@ class SimpleVideoTransformer(nn.Module):
                 kept.append(kv)
         if keep_cache:
             return None, PastFrames(kept, frames)
-        logits = self.head(self.head_norm(x)).float()
+        features = self.head_norm(x)
+        logits = (self.head(features) if self.head is not None else features @ self.token_embedding.weight.t().to(features.dtype)).float()
         return self._unpatchify_logits(logits, batch, frames), None
 
     def _embed_patches(self, tokens: Tensor) -> Tensor:
         """``(B, T, H, W)`` ids -> ``(B, T, (H/p)(W/p), D)``: per patch, the sum of its tokens' vectors."""
         batch, frames = tokens.shape[:2]
         p, (rows, cols) = self.patch_size, self.grid
+        if self.mask_row != self.mask_token_id:
+            tokens = torch.where(tokens == self.mask_token_id, self.mask_row, tokens)
         cells = tokens.reshape(batch, frames, rows, p, cols, p).permute(0, 1, 2, 4, 3, 5).reshape(-1, p * p)
         embedded = F.embedding_bag(cells + self._cell_offset, self.token_embedding.weight, mode="sum")
         return embedded.reshape(batch, frames, rows * cols, -1)
 
     def _unpatchify_logits(self, logits: Tensor, batch: int, frames: int) -> Tensor:
-        """``(B, T, (H/p)(W/p), p*p*V)`` -> ``(B, T, H, W, V)``."""
+        """``(B, T, (H/p)(W/p), p*p*C)`` -> ``(B, T, H, W, C)``, ``C`` = :attr:`num_classes`."""
         p, (rows, cols) = self.patch_size, self.grid
-        logits = logits.reshape(batch, frames, rows, cols, p, p, self.num_levels).permute(0, 1, 2, 4, 3, 5, 6)
-        return logits.reshape(batch, frames, self.height, self.width, self.num_levels)
+        logits = logits.reshape(batch, frames, rows, cols, p, p, self.num_classes).permute(0, 1, 2, 4, 3, 5, 6)
+        return logits.reshape(batch, frames, self.height, self.width, self.num_classes)
 
 
 @dataclass

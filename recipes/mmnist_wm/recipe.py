@@ -29,8 +29,8 @@ from torch.utils.data import Subset
 
 from genflow.config import NonNegative, NonNegativeInt, Positive, PositiveInt, Probability, Range, check_ranges
 from genflow.engine import EvalOptions, Recipe, SampleOptions, StepContext, TrainConfig, autocast_dtype, evaluation
-from genflow.data import ShardDataset, first_samples, load_split, training_split
-from genflow_recipes.mmnist_wm.world import MASK_TOKEN, NUM_LEVELS, dequantise
+from genflow.data import ShardDataset, first_samples, load_split, read_manifest, training_split
+from genflow_recipes.mmnist_wm.world import MASK_TOKEN, NUM_LEVELS, PREPROCESSING, dequantise
 from genflow.errors import ConfigError, GenflowError
 from genflow_recipes.mmnist_wm.metrics import (
     all_black_prediction,
@@ -39,6 +39,10 @@ from genflow_recipes.mmnist_wm.metrics import (
     frame_mse,
     frame_psnr,
     frame_ssim,
+    global_ssim,
+    ink_counts,
+    ink_recall_precision,
+    pixel_mse,
     upsample_frames,
 )
 from genflow_recipes.mmnist_wm.model import SimpleVideoTransformer
@@ -82,6 +86,9 @@ def ablated_actions(actions: np.ndarray, kind: str, seed: int = 0) -> np.ndarray
 @dataclass
 class DataConfig:
     data_dir: str = "datasets/mmnist"  # genflow data make-moving-mnist | import-moving-mnist
+    # the token preprocessing the shards must have been made with (area | copilot4d, `genflow data make moving-mnist
+    # preprocessing=...`); null: any. A model trained on one sees other tokens under the other.
+    preprocessing: str | None = None
     num_past: PositiveInt = 10  # clean context frames (the other num_frames - num_past are predicted)
     train_sequences: PositiveInt | None = None  # use only the first N training sequences (source: 2000 fast, 8000 full)
     val_sequences: PositiveInt = 32  # validation loss and quick metrics on the first N val sequences
@@ -107,6 +114,11 @@ class ModelConfig:
     mlp_ratio: Positive = 4.0  # MLP width / embed_dim
     patch_size: PositiveInt = 1  # tokens per side of the patch one transformer position holds
     attention: str = "factorized"  # factorized (spatial then temporal, the source) | joint (all positions of all frames)
+    head: str = "separate"  # separate (linear + bias, p*p*16 levels) | tied (copilot4D: logits = features x embedding table; patch 1)
+    vocab_size: PositiveInt | None = None  # embedding rows - 1, the last the mask (copilot4D's; its fast script: 17). null: 16
+    temporal_position: str = "learned"  # learned (started from sin/cos) | sinusoid (fixed, copilot4D's)
+    dropout: Annotated[float, Range(ge=0, lt=1)] = 0.0  # on attention probabilities and the MLP, in training (copilot4D: 0.1)
+    init: str = "genflow"  # genflow (PyTorch defaults, sin/cos spatial start) | copilot4d (Xavier-uniform, N(0, 0.02^2) embeddings)
 
 
 @dataclass
@@ -124,6 +136,14 @@ class ObjectiveConfig:
     mask_ratio: Annotated[tuple[float, float], Range(ge=0, le=1)] = (0.5, 1.0)  # (min, max) of the uniform masking ratio
     full_mask_probability: Probability = 0.0  # future task: the whole future masked for this fraction of sequences
     random_context: bool = False  # future task: clean frames drawn from num_past..T-1 per sequence (next-frame training, for sampling.order=autoregressive)
+    mask_schedule: str = "uniform"  # uniform: ratio ~ U(mask_ratio) | cosine: ratio = cos(u pi/2), u ~ U(0, 1) (copilot4D full)
+    ratio_per: str = "sequence"  # sequence (future: one per sequence, other tasks: per frame) | batch (one per batch, copilot4D)
+    mask_count: str = "bernoulli"  # bernoulli: each token with probability ratio | exact: ceil(ratio n) of a unit's n tokens (copilot4D full)
+    random_tokens: Probability = 0.0  # up to this fraction of unmasked tokens become random levels (u x it per batch; copilot4D full: 0.05)
+    joint_frames: str = "random"  # joint task: random (each frame with probability 1/2) | all (copilot4D)
+    joint_attention: str = "causal"  # joint task: causal | full (bidirectional, copilot4D)
+    loss_on: str = "task"  # task (the frames the task masks) | all (every token of every frame, copilot4D full)
+    label_smoothing: Annotated[float, Range(ge=0, lt=1)] = 0.0  # cross-entropy label smoothing (copilot4D full: 0.1)
 
 
 @dataclass
@@ -217,17 +237,32 @@ class MovingMnistWorldModelRecipe(Recipe):
 
     def __init__(self, config: WorldModelConfig):
         super().__init__(config)
-        t = config.objective.tasks
+        o, t = config.objective, config.objective.tasks
         self.objective = MaskedTokenObjective(MASK_TOKEN, config.data.num_past,
                                               {"future": t.future, "joint": t.joint, "individual": t.individual},
-                                              tuple(config.objective.mask_ratio), config.objective.full_mask_probability,
-                                              config.objective.random_context)
+                                              tuple(o.mask_ratio), o.full_mask_probability, o.random_context,
+                                              mask_schedule=o.mask_schedule, ratio_per=o.ratio_per, mask_count=o.mask_count,
+                                              random_tokens=o.random_tokens, joint_frames=o.joint_frames,
+                                              joint_attention=o.joint_attention, loss_on=o.loss_on, label_smoothing=o.label_smoothing)
         if config.data.num_past >= config.model.num_frames:
             raise ConfigError(f"data.num_past={config.data.num_past} leaves no future frame of model.num_frames={config.model.num_frames}")
 
     # --- training -------------------------------------------------------------------------------------
+    def _check_preprocessing(self) -> None:
+        expected = self.config.data.preprocessing
+        if expected is None:
+            return
+        if expected not in PREPROCESSING:
+            raise ConfigError(f"config key 'data.preprocessing': expected one of {', '.join(PREPROCESSING)} or null, got {expected!r}")
+        found = read_manifest(self.config.data.data_dir)["attrs"].get("preprocessing", "area")
+        if found != expected:
+            raise ConfigError(f"{self.config.data.data_dir} holds tokens made with preprocessing={found}, this config expects "
+                              f"{expected} (data.preprocessing): make them with `genflow data make moving-mnist "
+                              f"preprocessing={expected} out=...` or import with `preprocessing={expected}`")
+
     def build_datasets(self):
         d, m = self.config.data, self.config.model
+        self._check_preprocessing()
         fields = ["tokens", "actions"]
         train = training_split(d.data_dir, fields, streaming=d.streaming, in_memory=d.in_memory, seed=self.config.train.seed)
         frames, height, width = train.field_shape("tokens")
@@ -247,7 +282,8 @@ class MovingMnistWorldModelRecipe(Recipe):
         m = self.config.model
         return SimpleVideoTransformer(num_levels=NUM_LEVELS, num_frames=m.num_frames, height=m.frame_size, width=m.frame_size,
                                       embed_dim=m.embed_dim, num_layers=m.num_layers, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
-                                      patch_size=m.patch_size, attention=m.attention)
+                                      patch_size=m.patch_size, attention=m.attention, head=m.head, vocab_size=m.vocab_size,
+                                      temporal_position=m.temporal_position, dropout=m.dropout, init=m.init)
 
     def compute_loss(self, model, batch, ctx: StepContext):
         frames = self.config.model.num_frames
@@ -256,7 +292,12 @@ class MovingMnistWorldModelRecipe(Recipe):
         # one task per step, the same on every process (all draw the same numbers from the shared generator)
         task = self.objective.pick_task(float(torch.rand((), generator=ctx.generator)))
         b = tokens.shape[0]
-        corrupted = self.objective.corrupt(tokens, task, ctx.rand(b, *tokens.shape[1:]), ctx.rand(b, frames, 2))
+        draws: dict[str, Any] = {}  # per-batch draws from the shared generator: the same on every process
+        if self.objective.ratio_per == "batch":
+            draws["batch_draw"] = float(torch.rand((), generator=ctx.generator))
+        if self.objective.random_tokens > 0:
+            draws.update(level_noise=ctx.rand(b, *tokens.shape[1:]), random_fraction=float(torch.rand((), generator=ctx.generator)))
+        corrupted = self.objective.corrupt(tokens, task, ctx.rand(b, *tokens.shape[1:]), ctx.rand(b, frames, 2), **draws)
         logits = model(corrupted.tokens, actions, corrupted.temporal_mask)
         loss = self.objective.loss(logits, tokens, corrupted)
         return loss, {f"loss_{task}": loss.item()}
@@ -308,10 +349,11 @@ class MovingMnistWorldModelRecipe(Recipe):
 
                 def logits_fn(masked: torch.Tensor) -> torch.Tensor:
                     with self._autocast(device):
-                        conditional = model(masked, span_actions, "causal", past=past).float()
+                        # the levels' logits (a tied head also scores its extra embedding rows, never sampled)
+                        conditional = model(masked, span_actions, "causal", past=past)[..., :NUM_LEVELS].float()
                         if guidance <= 0:
                             return conditional
-                        unconditional = model(masked, span_actions, "identity", first_frame=first).float()
+                        unconditional = model(masked, span_actions, "identity", first_frame=first)[..., :NUM_LEVELS].float()
                     return conditional + guidance * (conditional - unconditional)
 
                 masked = torch.full_like(given[:, first:end], MASK_TOKEN)
@@ -326,18 +368,41 @@ class MovingMnistWorldModelRecipe(Recipe):
         return Prediction(torch.cat(out), torch.cat(expected) if expected else None)
 
     def _test_sequences(self, split: str = "test", limit: int | None = None) -> dict[str, np.ndarray]:
+        self._check_preprocessing()
         data = load_split(self.config.data.data_dir, split, ["tokens", "actions", "frames"])
         return {k: v[:limit] for k, v in data.items()}
 
     # --- evaluation -----------------------------------------------------------------------------------
     def evaluate(self, model, val_data, device):
-        """Quick pixel metrics of the decoded future on a few validation sequences (32 x 32)."""
+        """Quick pixel metrics of the decoded future on a few validation sequences (32 x 32), and
+        copilot4D's validation loss on all of ``val_data``."""
         seqs = first_samples(val_data, self.config.eval.num_sequences)
         scores = self._score(model, seqs, num_future=self.config.model.num_frames - self.config.data.num_past)
+        recall, precision = ink_recall_precision(scores["ink"]["model"])
         return {"val_mse": float(scores["model"]["mse_32"].mean()), "val_ssim": float(scores["model"]["ssim_32"].mean()),
                 "val_expected_mse": float(scores["model_expected"]["mse_32"].mean()),
                 "val_expected_ssim": float(scores["model_expected"]["ssim_32"].mean()),
-                "val_action_shift_mse": float(scores["action_shift"]["mse_32"].mean())}
+                "val_action_shift_mse": float(scores["action_shift"]["mse_32"].mean()),
+                "val_ink_recall": _nanmean_or_nan(recall), "val_ink_precision": _nanmean_or_nan(precision),
+                "val_future_ce": self.future_cross_entropy(model, first_samples(val_data, len(val_data)), device)}
+
+    @torch.no_grad()
+    def future_cross_entropy(self, model, seqs: dict[str, np.ndarray], device: torch.device, batch_size: int = 16) -> float:
+        """copilot4D's validation loss: the whole future masked, causal attention, cross-entropy over
+        every future token against all the classes the model predicts (its tied head: 18), mean per token."""
+        num_past, frames = self.config.data.num_past, self.config.model.num_frames
+        total, count = 0.0, 0
+        for start in range(0, len(seqs["tokens"]), batch_size):
+            tokens = torch.from_numpy(seqs["tokens"][start : start + batch_size, :frames]).long().to(device)
+            actions = torch.from_numpy(seqs["actions"][start : start + batch_size, :frames]).float().to(device)
+            masked = tokens.clone()
+            masked[:, num_past:] = MASK_TOKEN
+            with self._autocast(device):
+                logits = model(masked, actions, "causal")[:, num_past:].float()
+            total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                             tokens[:, num_past:].reshape(-1), reduction="sum"))
+            count += tokens[:, num_past:].numel()
+        return total / max(count, 1)
 
     def _score(self, model, seqs: dict[str, np.ndarray], *, num_future: int, actions: str = "true", seed: int = 0,
                full_resolution: bool = False, **sampling: Any) -> dict[str, Any]:
@@ -375,8 +440,12 @@ class MovingMnistWorldModelRecipe(Recipe):
         scores: dict[str, Any] = {"tokens": predicted, "seconds": seconds}
         factor = seqs["frames"].shape[-1] // self.config.model.frame_size
         truth64 = seqs["frames"][:, num_past:frames].astype(np.float32) / 255.0
+        scores["ink"] = {}
         for name, pred in predictions.items():
-            scores[name] = {"mse_32": frame_mse(pred, truth32), "psnr_32": frame_psnr(pred, truth32), "ssim_32": frame_ssim(pred, truth32)}
+            # OpenSTL's MSE (summed over a frame) and 7 x 7-window SSIM; copilot4D's per-pixel MSE and one-window SSIM
+            scores[name] = {"mse_32": frame_mse(pred, truth32), "psnr_32": frame_psnr(pred, truth32), "ssim_32": frame_ssim(pred, truth32),
+                            "pixel_mse_32": pixel_mse(pred, truth32), "global_ssim_32": global_ssim(pred, truth32)}
+            scores["ink"][name] = ink_counts(pred, truth32)
             if full_resolution:
                 up = upsample_frames(pred, factor)
                 scores[name].update({"mse_64": frame_mse(up, truth64), "psnr_64": frame_psnr(up, truth64), "ssim_64": frame_ssim(up, truth64)})
@@ -410,13 +479,20 @@ class MovingMnistWorldModelRecipe(Recipe):
             for key, values in scores[name].items():
                 result[f"{name}_{key}"] = float(values.mean())
                 per_horizon.setdefault(name, {})[key] = [round(float(v), 4) for v in values.mean(axis=0)]
+            # pooled over sequences per horizon: the share of the truth's ink the prediction inks, and the reverse
+            recall, precision = ink_recall_precision(scores["ink"][name])
+            per_horizon[name].update(ink_recall=[round(float(v), 4) for v in recall], ink_precision=[round(float(v), 4) for v in precision])
+            result[f"{name}_ink_recall"], result[f"{name}_ink_precision"] = _nanmean_or_nan(recall), _nanmean_or_nan(precision)
         result["per_horizon"] = per_horizon
         for model_name in ("model", "model_expected"):
             prefix = "beats" if model_name == "model" else "expected_beats"
-            for base in BASELINES:  # at every horizon, MSE and SSIM
+            for base in BASELINES:  # at every horizon; per-pixel MSE orders predictors as summed MSE does
                 ours, theirs = per_horizon[model_name], per_horizon[base]
-                result[f"{prefix}_{base}"] = all(m < b for m, b in zip(ours["mse_32"], theirs["mse_32"])) and all(
-                    m > b for m, b in zip(ours["ssim_32"], theirs["ssim_32"]))
+                mse = all(m < b for m, b in zip(ours["mse_32"], theirs["mse_32"]))
+                ssim = all(m > b for m, b in zip(ours["ssim_32"], theirs["ssim_32"]))
+                result[f"{prefix}_{base}"] = mse and ssim
+                result[f"{prefix}_{base}_mse"], result[f"{prefix}_{base}_ssim"] = mse, ssim
+                result[f"{prefix}_{base}_global_ssim"] = all(m > b for m, b in zip(ours["global_ssim_32"], theirs["global_ssim_32"]))
         if figure:
             tag = f"video-k{result['steps']}{'' if actions == 'true' else '-' + actions + '-actions'}"
             out = Path(run_dir) / "eval"
@@ -548,23 +624,31 @@ def write_gif(truth: np.ndarray, generated: np.ndarray, num_past: int, path: Pat
     pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=[250] * num_past + [400] * (frames - num_past) if num_past else 300, loop=0)
 
 
+def _nanmean_or_nan(values) -> float:
+    """Mean over the defined values (NaN: undefined, e.g. the ink precision of an all-black frame); NaN if none is."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values[~np.isnan(values)].mean()) if (~np.isnan(values)).any() else float("nan")
+
+
 def horizon_table(per_horizon: dict[str, dict[str, list[float]]]) -> str:
     """Markdown: one row per predictor and metric, one column per future frame, then the mean."""
     horizons = len(next(iter(per_horizon.values()))["mse_32"])
     lines = ["| predictor | metric | " + " | ".join(str(h + 1) for h in range(horizons)) + " | mean |",
              "|---|---|" + "---|" * (horizons + 1)]
-    for metric in ("mse_32", "psnr_32", "ssim_32", "mse_64", "psnr_64", "ssim_64"):
+    for metric in ("mse_32", "pixel_mse_32", "psnr_32", "ssim_32", "global_ssim_32", "ink_recall", "ink_precision", "mse_64", "psnr_64", "ssim_64"):
         for name, values in per_horizon.items():
             if metric in values:
                 row = values[metric]
-                lines.append(f"| {name} | {metric} | " + " | ".join(f"{v:.3g}" for v in row) + f" | {np.mean(row):.3g} |")
+                lines.append(f"| {name} | {metric} | " + " | ".join(f"{v:.3g}" for v in row) + f" | {_nanmean_or_nan(row):.3g} |")
     return "\n".join(lines) + "\n"
 
 
 def plot_metrics_vs_horizon(per_horizon: dict[str, dict[str, list[float]]], path: Path) -> None:
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
-    for ax, metric, label in zip(axes, ("mse_32", "psnr_32", "ssim_32"), ("MSE per frame (32x32)", "PSNR (dB)", "SSIM")):
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
+    panels = (("mse_32", "MSE per frame (32x32)"), ("ssim_32", "SSIM (7x7 windows, OpenSTL)"),
+              ("global_ssim_32", "SSIM (one window, copilot4D)"), ("ink_recall", "ink recall (truth's ink inked)"))
+    for ax, (metric, label) in zip(axes, panels):
         for name, values in per_horizon.items():
             ax.plot(range(1, len(values[metric]) + 1), values[metric], marker="o", ms=3, label=name)
         ax.set_xlabel("frames ahead"), ax.set_title(label, fontsize=9)

@@ -166,3 +166,55 @@ def test_loss_is_zero_with_gradient_when_nothing_is_scored():
     logits = torch.randn(*tokens.shape, LEVELS, requires_grad=True)
     loss = objective.loss(logits, tokens, batch)
     assert loss.item() == 0.0 and loss.requires_grad
+
+
+# --- copilot4D's full-mode switches -----------------------------------------------------------------
+COPILOT4D_FULL = {"task_weights": {"future": 0.5, "joint": 0.4, "individual": 0.1}, "mask_schedule": "cosine", "ratio_per": "batch",
+                  "mask_count": "exact", "random_tokens": 0.05, "joint_frames": "all", "joint_attention": "full", "loss_on": "all",
+                  "label_smoothing": 0.1}
+
+
+@pytest.mark.parametrize("task,unit_tokens,units_per_sequence", [("future", 4 * 256, 1), ("joint", 7 * 256, 1), ("individual", 256, 7)])
+def test_exact_counts_mask_ceil_r_n_and_replace_floor_f_m_tokens_of_every_unit(task, unit_tokens, units_per_sequence):
+    objective = MaskedTokenObjective(num_past=3, **COPILOT4D_FULL)
+    tokens, noise, frame_noise = draws(5, 7, 16)
+    level_noise = torch.rand(tokens.shape, generator=torch.Generator().manual_seed(9))
+    batch = objective.corrupt(tokens, task, noise, frame_noise, batch_draw=0.3, level_noise=level_noise, random_fraction=0.8)
+    ratio = math.cos(0.3 * math.pi / 2)  # one ratio for the whole batch
+    masked_count = math.ceil(ratio * unit_tokens)
+    replaced_count = math.floor(0.8 * 0.05 * (unit_tokens - masked_count))
+    units = (lambda m: m.reshape(5 * units_per_sequence, -1)) if units_per_sequence > 1 else (lambda m: m.reshape(5, -1))
+    picked = slice(3, None) if task == "future" else slice(None)
+    assert units(batch.masked[:, picked]).sum(1).tolist() == [masked_count] * 5 * units_per_sequence
+    assert units(batch.replaced[:, picked]).sum(1).tolist() == [replaced_count] * 5 * units_per_sequence
+    assert not (batch.masked & batch.replaced).any() and (batch.tokens[batch.replaced] < LEVELS).all()
+    assert batch.scored.all()  # loss on every token of every frame
+    assert batch.temporal_mask == {"future": "causal", "joint": "full", "individual": "identity"}[task]
+
+
+def test_one_ratio_per_batch_masks_every_sequence_at_the_same_rate():
+    objective = MaskedTokenObjective(num_past=2, ratio_per="batch")
+    tokens, noise, frame_noise = draws(6, 6, 16)
+    rates = objective.corrupt(tokens, "future", noise, frame_noise, batch_draw=0.0).masked[:, 2:].float().mean(dim=(1, 2, 3))
+    assert torch.allclose(rates, torch.full_like(rates, 0.5), atol=0.05)  # r = 0.5 for all (bernoulli)
+    rates = objective.corrupt(tokens, "future", noise, frame_noise, batch_draw=0.99).masked[:, 2:].float().mean(dim=(1, 2, 3))
+    assert (rates > 0.95).all()
+    with pytest.raises(ConfigError, match="batch_draw"):
+        objective.corrupt(tokens, "future", noise, frame_noise)
+
+
+def test_label_smoothing_enters_the_loss():
+    tokens, noise, frame_noise = draws(2, 4, 4)
+    logits = torch.randn(2, 4, 4, 4, 18)  # a tied head's 18 classes: targets are levels, the extra classes only normalise
+    plain = MaskedTokenObjective(num_past=2, loss_on="all")
+    smoothed = MaskedTokenObjective(num_past=2, loss_on="all", label_smoothing=0.1)
+    batch = plain.corrupt(tokens, "future", noise, frame_noise)
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 18), tokens.reshape(-1), label_smoothing=0.1)
+    assert torch.allclose(smoothed.loss(logits, tokens, batch), expected)
+    assert not torch.allclose(plain.loss(logits, tokens, batch), expected)
+
+
+@pytest.mark.parametrize("bad", [{"mask_schedule": "linear"}, {"loss_on": "masked"}, {"random_tokens": 1.5}])
+def test_unknown_objective_switches_are_clear_errors(bad):
+    with pytest.raises(ConfigError, match="objective."):
+        MaskedTokenObjective(**bad)

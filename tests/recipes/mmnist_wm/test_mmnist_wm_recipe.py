@@ -70,7 +70,8 @@ def test_loss_goes_down_on_a_fixed_batch(mmnist_data):
 
 def test_training_logs_validation_and_quick_video_metrics(fast_run):
     val = [r for r in read_metrics(fast_run) if r["kind"] == "val"]
-    assert len(val) == 4 and all({"val_loss", "val_mse", "val_ssim", "val_expected_mse", "val_action_shift_mse"} <= set(r) for r in val)
+    assert len(val) == 4 and all({"val_loss", "val_mse", "val_ssim", "val_expected_mse", "val_action_shift_mse", "val_future_ce",
+                                  "val_ink_recall", "val_ink_precision"} <= set(r) for r in val)
     assert val[-1]["val_loss"] < val[0]["val_loss"]
     assert (fast_run / "samples.png").is_file() and (fast_run / "checkpoints" / "best.pt").is_file()
 
@@ -83,13 +84,47 @@ def test_source_argument_names_work(mmnist_data):
     assert (config.data.num_past, config.data.train_sequences) == (5, 100)
 
 
-def test_full_config_is_the_large_model_with_three_tasks():
+@pytest.mark.parametrize("name,parameters,classes", [("mmnist_wm_fast", 663_168, 18), ("mmnist_wm_full", 14_601_216, 17)])
+def test_source_configs_build_copilot4d_models_with_its_parameter_counts(name, parameters, classes):
+    cls = get_recipe("mmnist-wm")
+    config = load_config(cls.config_class, cls.default_config.with_name(f"{name}.yaml"))
+    model = cls(config).build_model()
+    assert sum(p.numel() for p in model.parameters()) == parameters and model.num_classes == classes
+    assert config.data.preprocessing == "copilot4d"
+
+
+def test_full_config_is_copilot4d_full_mode():
     cls = get_recipe("mmnist-wm")
     config = load_config(cls.config_class, cls.default_config.with_name("mmnist_wm_full.yaml"))
-    model = cls(config).build_model()
-    assert 14.3e6 < sum(p.numel() for p in model.parameters()) < 14.9e6
-    tasks = config.objective.tasks
-    assert (tasks.future, tasks.joint, tasks.individual) == (0.5, 0.4, 0.1)
+    o, t = config.objective, config.train
+    assert (o.tasks.future, o.tasks.joint, o.tasks.individual) == (0.5, 0.4, 0.1)
+    assert (o.mask_schedule, o.ratio_per, o.mask_count, o.random_tokens, o.joint_frames, o.joint_attention, o.loss_on,
+            o.label_smoothing) == ("cosine", "batch", "exact", 0.05, "all", "full", "all", 0.1)
+    assert (t.lr, tuple(t.betas), t.batch_size, t.grad_accum_steps, t.lr_schedule, t.ema_decay) == (1e-4, (0.9, 0.95), 1, 4, "constant", 0.9999)
+
+
+@pytest.fixture(scope="module")
+def copilot4d_data(tmp_path_factory, tiny_mnist_npz):
+    out = tmp_path_factory.mktemp("mmnist-c4d") / "data"
+    assert main(["data", "make-moving-mnist", "--sequences", "8", "--val-sequences", "4", "--test-sequences", "4", "--frames", str(FRAMES),
+                 "--out", str(out), "--source", str(tiny_mnist_npz), "--preprocessing", "copilot4d"]) == 0
+    return out
+
+
+def test_source_full_config_trains_on_copilot4d_tokens_and_logs_its_validation_loss(cli, capsys, tmp_path, copilot4d_data):
+    run = _train(tmp_path, copilot4d_data, "c4d-full", "--config", "mmnist_wm_full", "train.epochs=1", "train.batch_size=2",
+                 "train.grad_accum_steps=2", "data.val_sequences=4", "train.precision=fp32")
+    val = [r for r in read_metrics(run) if r["kind"] == "val"]
+    assert val and 0 < val[-1]["val_future_ce"] < 10 and 0 <= val[-1]["val_ink_recall"] <= 1
+    capsys.readouterr()  # the training's output
+    code, out, _ = cli("eval", "video", run, "--json", "--limit", "4", "--steps", "2")
+    assert code == 0 and json.loads(out)["model_ink_recall"] >= 0
+
+
+def test_a_config_refuses_shards_made_with_other_preprocessing(cli, tmp_path, mmnist_data):
+    code, _, err = cli("train", "mmnist-wm", "--config", "mmnist_wm_fast", "--runs-dir", tmp_path, "--no-progress",
+                       f"data.data_dir={mmnist_data}", *TINY)
+    assert code != 0 and "preprocessing=area" in err and "Traceback" not in err
 
 
 def test_sample_writes_strips_and_gif_and_keeps_the_past(cli, fast_run, mmnist_data, tmp_path):
@@ -115,9 +150,13 @@ def test_eval_video_reports_every_horizon_and_the_baselines(cli, fast_run):
     assert code == 0
     result = json.loads(out)
     for name in ("model", "copy_last", "constant_velocity", "action_shift", "all_black"):
-        for metric in ("mse_32", "psnr_32", "ssim_32", "mse_64", "psnr_64", "ssim_64"):
+        for metric in ("mse_32", "psnr_32", "ssim_32", "mse_64", "psnr_64", "ssim_64", "pixel_mse_32", "global_ssim_32",
+                       "ink_recall", "ink_precision"):
             assert len(result["per_horizon"][name][metric]) == FRAMES - PAST
     assert result["all_black_mse_32"] > 0 and isinstance(result["beats_constant_velocity"], bool)
+    assert result["all_black_pixel_mse_32"] == pytest.approx(result["all_black_mse_32"] / 32**2)
+    assert result["all_black_ink_recall"] == 0 and result["copy_last_ink_recall"] > 0  # black inks nothing
+    assert isinstance(result["beats_all_black_global_ssim"], bool)
     assert (fast_run / "eval" / "video-k2.png").is_file() and (fast_run / "eval" / "video-k2.md").is_file()
 
 

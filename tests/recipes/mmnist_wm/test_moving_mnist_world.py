@@ -2,20 +2,26 @@
 template tracking and the two dataset writers (generated from MNIST, imported from a .npy)."""
 
 import re
+from typing import get_args, get_type_hints
 
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage
 
+from genflow.config import load_options
 from genflow.data.mnist import MnistArrays, save_mnist_npz
+from genflow.data.registry import DataJob, get_data_command
+from genflow_recipes.mmnist_wm.data_commands import MovingMnistImportOptions, MovingMnistOptions
 from genflow_recipes.mmnist_wm.world import (
     DIGIT_SIZE,
     NUM_LEVELS,
+    PREPROCESSING,
     bouncing_trajectories,
     dequantise,
     downsample_frames,
     ego_actions,
+    frames_to_tokens,
     import_moving_mnist,
     make_moving_mnist,
     quantise,
@@ -23,7 +29,7 @@ from genflow_recipes.mmnist_wm.world import (
     track_ego_actions,
 )
 from genflow.data.shards import load_split, read_manifest
-from genflow.errors import DataSourceError
+from genflow.errors import ConfigError, DataSourceError
 
 CANVAS, FRAME = 64, 32
 
@@ -145,6 +151,74 @@ def test_downsample_rejects_a_size_that_is_not_a_multiple():
         downsample_frames(np.zeros((1, 30, 30), np.uint8), 8)
 
 
+def copilot4d_levels(frame: np.ndarray) -> np.ndarray:
+    """copilot4D's tokens of one 64 x 64 uint8 frame, written out: its bilinear zoom, then floor(15 x) in integers."""
+    return ndimage.zoom(frame, 0.5, order=1).astype(np.int64) * 15 // 255
+
+
+def test_copilot4d_levels_of_constant_frames_are_floor_15x():
+    """Only white is level 15 (254 -> 14, 128 -> 7, where area gives 15 and 8); every value 0..255 checked."""
+    values = np.arange(256, dtype=np.uint8)
+    frames = np.broadcast_to(values[:, None, None], (256, CANVAS, CANVAS))
+    levels = frames_to_tokens(frames, FRAME, "copilot4d")
+    assert levels.shape == (256, FRAME, FRAME) and levels.dtype == np.uint8
+    np.testing.assert_array_equal(levels, np.broadcast_to((values.astype(np.int64) * 15 // 255)[:, None, None], levels.shape))
+    assert [levels[v, 0, 0] for v in (255, 254, 128, 17, 16, 0)] == [15, 14, 7, 1, 0, 0]
+    assert [frames_to_tokens(frames, FRAME, "area")[v, 0, 0] for v in (255, 254, 128)] == [15, 15, 8]
+
+
+def test_copilot4d_zoom_aligns_the_corner_pixels():
+    """The bilinear zoom samples input columns 0 and 63 exactly (output 0 and 31) and skips column 1."""
+    frame = np.zeros((CANVAS, CANVAS), np.uint8)
+    frame[:, [0, 63]] = 255
+    expected = np.zeros((FRAME, FRAME), np.uint8)
+    expected[:, [0, 31]] = 15
+    np.testing.assert_array_equal(frames_to_tokens(frame, FRAME, "copilot4d"), expected)
+    frame[:, [0, 63]], frame[:, 1] = 0, 255
+    np.testing.assert_array_equal(frames_to_tokens(frame, FRAME, "copilot4d"), 0)
+    assert frames_to_tokens(frame, FRAME, "area")[0, 0] == 8  # the 2x2 average sees it
+
+
+def test_copilot4d_levels_of_a_pattern_equal_the_per_frame_zoom_formula():
+    frame = np.kron(np.array([[0, 90], [200, 255]], np.uint8), np.ones((2, 2), np.uint8))  # 4 x 4 tile of 2 x 2 blocks
+    frame = np.tile(frame, (16, 16))
+    frame[10:30, 5:41] = np.arange(36, dtype=np.uint8) * 7  # a ramp over it
+    levels = frames_to_tokens(frame, FRAME, "copilot4d")
+    np.testing.assert_array_equal(levels, copilot4d_levels(frame))
+    assert len(np.unique(levels)) > 5 and not np.array_equal(levels, frames_to_tokens(frame, FRAME, "area"))
+
+
+def test_copilot4d_tokens_of_a_video_equal_frame_by_frame_and_whole_array_zoom():
+    """Frames (N, T, S, S) are tokenised frame by frame; a 4-D zoom with factors (1, 1, 0.5, 0.5) agrees."""
+    _, _, videos = two_digit_videos(seed=5, num_sequences=3, num_frames=4)
+    videos = videos // np.random.default_rng(0).integers(1, 4, videos.shape, dtype=np.uint8)  # uneven ink
+    levels = frames_to_tokens(videos, FRAME, "copilot4d")
+    assert levels.shape == (3, 4, FRAME, FRAME) and levels.dtype == np.uint8
+    per_frame = np.stack([[copilot4d_levels(frame) for frame in video] for video in videos])
+    whole = ndimage.zoom(videos, (1, 1, 0.5, 0.5), order=1).astype(np.int64) * 15 // 255
+    np.testing.assert_array_equal(levels, per_frame)
+    np.testing.assert_array_equal(levels, whole)
+
+
+def test_unknown_preprocessing_is_one_line_naming_the_choices(tmp_path, mnist_npz):
+    expected = "unknown preprocessing 'bilinear': expected one of area, copilot4d"
+    for call in (lambda: frames_to_tokens(np.zeros((2, CANVAS, CANVAS), np.uint8), FRAME, "bilinear"),
+                 lambda: import_moving_mnist(tmp_path / "missing.npy", tmp_path / "out", preprocessing="bilinear"),
+                 lambda: make_small(tmp_path / "mm", mnist_npz, preprocessing="bilinear")):
+        with pytest.raises(DataSourceError) as err:
+            call()
+        assert str(err.value) == expected
+    for options, what in ((MovingMnistOptions, "data make moving-mnist option"), (MovingMnistImportOptions, "data import moving-mnist option")):
+        with pytest.raises(ConfigError, match="'preprocessing': expected 'area' \\| 'copilot4d', got 'bilinear'") as err:
+            load_options(options, ["preprocessing=bilinear"], what)
+        assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("options", [MovingMnistOptions, MovingMnistImportOptions])
+def test_data_options_offer_exactly_the_preprocessing_choices(options):
+    assert get_args(get_type_hints(options)["preprocessing"]) == PREPROCESSING and options().preprocessing == "area"
+
+
 # --- ego actions ----------------------------------------------------------------------------------
 def centre_of_mass(frames: np.ndarray) -> np.ndarray:
     """``(..., F, F)`` -> ``(..., 2)`` ``(x, y)`` ink centre in pixels of the frame."""
@@ -236,9 +310,9 @@ def mnist_npz(tmp_path_factory):
     return path
 
 
-def make_small(out_dir, mnist_npz, seed=3):
+def make_small(out_dir, mnist_npz, seed=3, **options):
     return make_moving_mnist(out_dir, sequences=5, val_sequences=2, test_sequences=3, frames=6, digits=2, size=CANVAS, frame_size=FRAME,
-                             seed=seed, mnist_source=mnist_npz, cache_dir=out_dir.parent / "unused_cache", chunk=2)
+                             seed=seed, mnist_source=mnist_npz, cache_dir=out_dir.parent / "unused_cache", chunk=2, **options)
 
 
 def test_make_moving_mnist_writes_token_splits(tmp_path, mnist_npz):
@@ -246,6 +320,7 @@ def test_make_moving_mnist_writes_token_splits(tmp_path, mnist_npz):
     assert not (tmp_path / "unused_cache").exists()  # the given source is used, nothing downloaded
     manifest = read_manifest(tmp_path / "mm")
     assert manifest["attrs"]["frames"] == 6 and manifest["attrs"]["levels"] == NUM_LEVELS
+    assert manifest["attrs"]["preprocessing"] == "area"
     for split, count, labels in (("train", 5, {1, 2}), ("val", 2, {1, 2}), ("test", 3, {7, 8})):
         data = load_split(tmp_path / "mm", split)
         assert data["tokens"].shape == (count, 6, FRAME, FRAME) and data["tokens"].dtype == np.uint8
@@ -256,6 +331,17 @@ def test_make_moving_mnist_writes_token_splits(tmp_path, mnist_npz):
         np.testing.assert_array_equal(data["tokens"], quantise(downsample_frames(data["frames"], FRAME)))
         np.testing.assert_array_equal(data["actions"][:, 0], 0.0)
         assert data["frames"].any(axis=(2, 3)).all()  # every frame shows a digit
+
+
+def test_make_moving_mnist_with_copilot4d_preprocessing(tmp_path, mnist_npz):
+    make_small(tmp_path / "mm", mnist_npz, preprocessing="copilot4d")
+    make_small(tmp_path / "area", mnist_npz)
+    assert read_manifest(tmp_path / "mm")["attrs"]["preprocessing"] == "copilot4d"
+    data, area = load_split(tmp_path / "mm", "train"), load_split(tmp_path / "area", "train")
+    np.testing.assert_array_equal(data["tokens"], [[copilot4d_levels(frame) for frame in video] for video in data["frames"]])
+    assert not np.array_equal(data["tokens"], area["tokens"])
+    for field in ("frames", "actions", "digit_labels"):  # only the tokens change
+        np.testing.assert_array_equal(data[field], area[field])
 
 
 def test_make_moving_mnist_is_deterministic_given_seed(tmp_path, mnist_npz):
@@ -308,3 +394,21 @@ def test_import_of_a_missing_npy_names_the_file(tmp_path):
     path = tmp_path / "missing_seq.npy"
     with pytest.raises(DataSourceError, match=re.escape(str(path))):
         import_moving_mnist(path, tmp_path / "out")
+
+
+def test_import_command_with_copilot4d_preprocessing_makes_the_source_tokens(tmp_path):
+    """`genflow data import moving-mnist seq.npy preprocessing=copilot4d` on a (20, N, 64, 64) file."""
+    videos = write_npy(tmp_path / "seq.npy", num_frames=20, num_sequences=3)
+    command = get_data_command("import", "moving-mnist")
+    options = load_options(command.options, ["preprocessing=copilot4d", f"out={tmp_path / 'out'}", "test_fraction=0.34", "val_fraction=0"],
+                           "data import moving-mnist option")
+    command.run(options, DataJob(command="test", progress=lambda done, total: None, source=tmp_path / "seq.npy"))
+    assert read_manifest(tmp_path / "out")["attrs"]["preprocessing"] == "copilot4d"
+    seen = []
+    for split in ("train", "test"):
+        data = load_split(tmp_path / "out", split)
+        expected = np.array([[copilot4d_levels(frame) for frame in video] for video in data["frames"]])
+        np.testing.assert_array_equal(data["tokens"], expected)
+        assert not np.array_equal(data["tokens"], quantise(downsample_frames(data["frames"], FRAME)))  # the option took effect
+        seen.extend(data["frames"])
+    assert sorted(v.tobytes() for v in seen) == sorted(v.tobytes() for v in videos)

@@ -1,4 +1,5 @@
-"""Tests for genflow_recipes.mmnist_wm.metrics: per-frame MSE / PSNR / SSIM and the trivial baseline predictors."""
+"""Tests for genflow_recipes.mmnist_wm.metrics: per-frame MSE / PSNR / SSIM (OpenSTL and copilot4D definitions),
+ink recall / precision, and the trivial baseline predictors."""
 
 import numpy as np
 import pytest
@@ -11,6 +12,11 @@ from genflow_recipes.mmnist_wm.metrics import (
     frame_mse,
     frame_psnr,
     frame_ssim,
+    global_ssim,
+    ink_counts,
+    ink_recall_precision,
+    pixel_mse,
+    pixel_psnr,
     upsample_frames,
 )
 
@@ -55,9 +61,87 @@ def test_ssim_is_symmetric_and_lower_for_a_shifted_frame():
 
 
 def test_metrics_reject_mismatched_shapes():
-    for metric in (frame_mse, frame_psnr, frame_ssim):
+    for metric in (frame_mse, frame_psnr, frame_ssim, pixel_mse, pixel_psnr, global_ssim, ink_counts):
         with pytest.raises(ValueError, match="same shape"):
             metric(np.zeros((1, 2, 8, 8)), np.zeros((1, 3, 8, 8)))
+
+
+def test_pixel_mse_is_frame_mse_divided_by_the_pixel_count():
+    rng = np.random.default_rng(0)
+    prediction, target = rng.random((2, 3, 4, 5)), rng.random((2, 3, 4, 5))
+    assert pixel_mse(prediction, target).shape == (2, 3)
+    np.testing.assert_allclose(pixel_mse(prediction, target), frame_mse(prediction, target) / 20, rtol=1e-12)
+
+
+def test_pixel_psnr_is_ten_log10_of_one_over_pixel_mse_capped():
+    frames = smooth_frames()
+    noisy = np.clip(frames + np.random.default_rng(1).normal(0, 0.1, frames.shape), 0, 1)
+    np.testing.assert_allclose(pixel_psnr(noisy, frames), 10 * np.log10(1 / pixel_mse(noisy, frames)), rtol=1e-12)
+    np.testing.assert_allclose(pixel_psnr(frames, frames), PSNR_CAP_DB)
+
+
+def test_global_ssim_of_identical_frames_is_one_and_of_the_negative_is_below_zero():
+    frames = smooth_frames()
+    np.testing.assert_allclose(global_ssim(frames, frames), 1.0, atol=1e-12)
+    assert global_ssim(1 - frames, frames).shape == (2, 3)
+    assert (global_ssim(1 - frames, frames) < 0).all()
+
+
+def test_global_ssim_matches_a_hand_computed_2x2_frame():
+    """mu = 1/4, 1/2; population variances 3/16, 1/4; covariance mean(p t) - mu_p mu_t = 1/4 - 1/8 = 1/8."""
+    prediction = np.array([[[[0.0, 0.0], [0.0, 1.0]]]])
+    target = np.array([[[[0.0, 0.0], [1.0, 1.0]]]])
+    c1, c2 = 0.01**2, 0.03**2
+    expected = (2 * 0.25 * 0.5 + c1) * (2 * 0.125 + c2) / ((0.25**2 + 0.5**2 + c1) * (3 / 16 + 0.25 + c2))
+    np.testing.assert_allclose(global_ssim(prediction, target), [[expected]], rtol=1e-12)
+    np.testing.assert_allclose(global_ssim(target, prediction), [[expected]], rtol=1e-12)
+
+
+def test_all_black_scores_near_zero_global_ssim_but_high_windowed_ssim():
+    """Sparse strokes on black: every 7 x 7 window of background matches, the one global window does not."""
+    target = np.zeros((1, 1, 32, 32))
+    target[0, 0, 8:24, 10:12] = 1.0
+    target[0, 0, 8:10, 10:20] = 1.0
+    black = np.zeros_like(target)
+    assert global_ssim(black, target)[0, 0] < 0.01
+    assert frame_ssim(black, target)[0, 0] > 0.5
+
+
+def test_ink_counts_threshold_strictly_above_one_half():
+    """Sixteen levels / 15: inked exactly when level > 7; 0.5 itself is not inked."""
+    levels = np.arange(16).reshape(1, 1, 4, 4)
+    np.testing.assert_array_equal(ink_counts(levels / 15, levels / 15)["truth"], [[8]])
+    half = np.full((1, 1, 1, 1), 0.5)
+    assert ink_counts(half, half)["truth"][0, 0] == 0
+
+
+def test_ink_counts_on_a_hand_made_example():
+    prediction = np.array([[[[0.9, 0.9, 0.1, 0.6]], [[0.0, 0.0, 0.0, 0.0]]]])  # (1, 2, 1, 4)
+    target = np.array([[[[1.0, 0.2, 0.8, 0.7]], [[0.0, 1.0, 0.0, 0.0]]]])
+    counts = ink_counts(prediction, target)
+    assert set(counts) == {"hits", "truth", "predicted"}
+    assert counts["hits"].dtype.kind == "i"
+    np.testing.assert_array_equal(counts["hits"], [[2, 0]])
+    np.testing.assert_array_equal(counts["truth"], [[3, 1]])
+    np.testing.assert_array_equal(counts["predicted"], [[3, 0]])
+
+
+def test_ink_recall_and_precision_pool_counts_over_sequences():
+    """Sequence 0 recalls 1 of 1 pixels, sequence 1 recalls 0 of 3: pooled 1/4, not the mean of ratios 1/2."""
+    target = np.array([[[[1.0, 0.0, 0.0, 0.0]]], [[[1.0, 1.0, 1.0, 0.0]]]])  # (2, 1, 1, 4)
+    prediction = np.array([[[[1.0, 1.0, 1.0, 1.0]]], [[[0.0, 0.0, 0.0, 1.0]]]])
+    recall, precision = ink_recall_precision(ink_counts(prediction, target))
+    assert recall.shape == precision.shape == (1,)
+    np.testing.assert_allclose(recall, [1 / 4])
+    np.testing.assert_allclose(precision, [1 / 5])  # per-sequence ratios 1/4 and 0/1 would average to 1/8
+
+
+def test_ink_precision_of_an_all_black_prediction_is_nan():
+    target = smooth_frames(n=2, t=3, size=16)
+    recall, precision = ink_recall_precision(ink_counts(np.zeros_like(target), target))
+    assert recall.shape == precision.shape == (3,)
+    np.testing.assert_array_equal(recall, 0.0)
+    assert np.isnan(precision).all()
 
 
 def test_constant_velocity_shifts_one_pixel_right_per_frame_with_black_fill():

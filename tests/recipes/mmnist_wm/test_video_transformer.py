@@ -32,7 +32,7 @@ def num_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def test_default_fast_model_has_667664_parameters():
+def test_default_model_at_patch_1_has_667664_parameters():
     assert num_parameters(SimpleVideoTransformer()) == 667_664
 
 
@@ -165,3 +165,61 @@ def test_cached_past_frames_give_the_same_future_logits_as_the_full_causal_pass(
         alone = model(tokens[:, 4:], actions[:, 4:], "identity", first_frame=4)
     torch.testing.assert_close(cached, full[:, 4:], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(alone, model(tokens, actions, "identity")[:, 4:], atol=1e-5, rtol=1e-5)
+
+
+# --- copilot4D's model: tied head, its vocabulary, fixed temporal sinusoids, dropout, init --------------
+COPILOT4D = {"head": "tied", "temporal_position": "sinusoid", "dropout": 0.1, "init": "copilot4d"}
+
+
+def test_copilot4d_fast_and_full_settings_have_the_source_parameter_counts():
+    assert num_parameters(SimpleVideoTransformer(vocab_size=17, **COPILOT4D)) == 663_168
+    assert num_parameters(SimpleVideoTransformer(embed_dim=384, num_layers=6, num_heads=6, **COPILOT4D)) == 14_601_216
+
+
+@torch.no_grad()
+def test_tied_head_scores_every_embedding_row_and_the_mask_id_reads_the_last_row():
+    model = tiny_model(vocab_size=17, **COPILOT4D)
+    assert model.token_embedding.weight.shape[0] == 18 and model.num_classes == 18
+    tokens, actions = random_inputs()
+    tokens[:, 2:] = LEVELS  # genflow's mask id
+    logits = model(tokens, actions)
+    assert logits.shape == (2, FRAMES, SIDE, SIDE, 18)
+    # logits are the normalised features times the table: changing a row moves its class only
+    model.token_embedding.weight[16] += 1.0  # the unused row: only class 16 (never an input here) changes
+    changed = model(tokens, actions)
+    torch.testing.assert_close(changed[..., :16], logits[..., :16])
+    assert not torch.allclose(changed[..., 16], logits[..., 16])
+    model.token_embedding.weight[17] += 1.0  # the mask row: masked inputs change every class
+    assert not torch.allclose(model(tokens, actions)[:, 2:, ..., :16], logits[:, 2:, ..., :16])
+
+
+def test_sinusoid_temporal_positions_are_fixed_sines_then_cosines():
+    model = tiny_model(**COPILOT4D)
+    assert "temporal_position" not in dict(model.named_parameters()) and "temporal_position" not in model.state_dict()
+    table = model.temporal_position
+    half = table.shape[1] // 2
+    torch.testing.assert_close(table[0], torch.cat([torch.zeros(half), torch.ones(half)]))
+    torch.testing.assert_close(table[3, 0], torch.sin(torch.tensor(3.0)))  # frequency 1 first
+    torch.testing.assert_close(table[3, half - 1], torch.sin(torch.tensor(3e-4)))  # 10000^-1 last
+
+
+def test_dropout_acts_in_training_only():
+    model = tiny_model(dropout=0.5)
+    tokens, actions = random_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens, actions), model(tokens, actions))
+        model.train()
+        assert not torch.allclose(model(tokens, actions), model(tokens, actions))
+
+
+def test_copilot4d_init_starts_spatial_positions_small_and_biases_at_zero():
+    model = SimpleVideoTransformer(init="copilot4d")
+    assert abs(model.spatial_position.std().item() - 0.02) < 0.002
+    assert all(float(m.bias.detach().abs().max()) == 0 for m in model.modules() if isinstance(m, torch.nn.Linear) and m.bias is not None)
+
+
+@pytest.mark.parametrize("bad", [{"head": "tied", "patch_size": 2}, {"vocab_size": 17, "patch_size": 2}, {"head": "shared"},
+                                 {"temporal_position": "rotary"}, {"vocab_size": 8}])
+def test_invalid_copilot4d_options_are_clear_errors(bad):
+    with pytest.raises(ConfigError, match="model."):
+        tiny_model(**bad)
