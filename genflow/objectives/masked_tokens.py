@@ -6,7 +6,7 @@ scores. One task is drawn per batch (the temporal attention mask is shared by th
 
 - ``future`` (future prediction): the first ``num_past`` frames stay clean; each future token is
   masked with probability ``r ~ U(r_min, r_max)`` drawn per sequence; causal temporal attention;
-  loss on all future tokens (as the source system). With ``full_mask_probability`` q, a sequence's
+  loss on all future tokens (as copilot4D's fast script, which draws one r per batch). With ``full_mask_probability`` q, a sequence's
   whole future is masked (r = 1) with probability q instead: the case where nothing of the future
   is visible and only the dynamics can tell where the digits are (the first MaskGIT step, and
   expected-intensity decoding). At r < 1 a few visible future tokens already show where each digit is.

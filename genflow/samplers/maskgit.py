@@ -7,8 +7,11 @@ positions are fixed, so the last step fixes all of them. Confidence is the sampl
 log-probability plus Gumbel noise scaled by ``confidence_noise * (1 - (i + 1) / K)`` (annealed to 0),
 which lets early steps explore. Fixed tokens are never changed; given tokens are never touched.
 
-At temperature 0 the level drawn is a point estimate: the ``mode`` (the most likely level, as the
-source) or the ``median`` (the smallest level whose cumulative probability reaches 1/2; the levels
+copilot4D samples at temperature 1 with ``confidence_noise`` 1 (its Gumbel scale ``k / K`` is this
+annealing), but sizes the schedule by one frame's ``N`` while generating all future frames: its last
+step then fixes ~90 % of them at once. Here ``N`` is every generated position, as intended.
+
+At temperature 0 the level drawn is a point estimate: the ``mode`` (the most likely level) or the ``median`` (the smallest level whose cumulative probability reaches 1/2; the levels
 are ordered intensities). With 16 levels the mode is biased to black wherever ink is likely but its
 exact level is not (p(black) = 0.3 beats fifteen ink levels at ~0.05 each), while the median
 chooses ink as soon as p(ink) > 1/2.

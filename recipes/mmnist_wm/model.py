@@ -1,7 +1,7 @@
 """Spatio-temporal transformer over frames of discrete tokens (CoPilot4D's world model, small scale).
 
 A video of ``T`` frames of ``H x W`` tokens is embedded patch by patch: each transformer position
-holds a ``p x p`` patch of tokens (``patch_size`` p; 1 = one position per token, as the source), its
+holds a ``p x p`` patch of tokens (``patch_size`` p; 1 = one position per token, as copilot4D's model), its
 embedding the sum of one learned vector per (place in the patch, level), plus a learned spatial
 position, a learned temporal position and the frame's projected action. Each layer attends *within a
 frame* (all ``(H / p) * (W / p)`` patches of one frame), then *across time at one place* (the ``T``

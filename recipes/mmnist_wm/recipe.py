@@ -10,7 +10,8 @@ token's level from a partly masked video; it is trained by cross-entropy on mask
 intensity of every future token (the MSE-optimal prediction under the model).
 
 Configs: ``mmnist_wm.yaml`` is the CPU default (4 x 4 patch tokens, batch 16, designed for 2 cores);
-``mmnist_wm_fast.yaml`` is the source's "fast" model (D 128, 2 layers, a position per token) and
+``mmnist_wm_fast.yaml`` is copilot4D's fast script exactly (D 128, 2 layers, a position per token, its tied
+18-class head; 663,168 parameters) and
 ``mmnist_wm_full.yaml`` its "full" one (D 384, 6 layers, tasks mixed 50/40/10, guidance possible),
 the GPU configs.
 """
@@ -103,7 +104,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """SimpleVideoTransformer; the source's ``fast``: 128 / 2 layers / 4 heads (0.67M), ``full``: 384 / 6
+    """SimpleVideoTransformer; copilot4D's ``fast``: 128 / 2 layers / 4 heads (663,168 with its tied head), ``full``: 384 / 6
     (14.6M), both one position per token (``patch_size`` 1); the CPU default: 4 x 4 patches."""
 
     num_frames: PositiveInt = 20  # frames per sequence
@@ -154,8 +155,8 @@ class SamplingConfig:
     temperature: NonNegative = 0.0  # 0 = the most likely level (best MSE / SSIM); 1.0 = sample the softmax (diverse)
     confidence_noise: NonNegative = 4.5  # scale of the annealed Gumbel noise on the unmasking confidences (0: greedy order)
     guidance: NonNegative = 0.0  # classifier-free guidance weight w (try 1.0-3.0); needs objective.tasks.individual > 0
-    order: str = "joint"  # joint: all future frames decoded together (the source) | autoregressive: one frame at a time
-    greedy_level: str = "mode"  # at temperature 0: mode (most likely level, the source) | median (ordered levels)
+    order: str = "joint"  # joint: all future frames decoded together (copilot4D) | autoregressive: one frame at a time
+    greedy_level: str = "mode"  # at temperature 0: mode (most likely level) | median (ordered levels); copilot4D samples at 1
 
     def __post_init__(self) -> None:
         if self.greedy_level not in GREEDY_LEVELS:

@@ -260,3 +260,59 @@ def test_export_safetensors_and_onnx(cli, fast_run, tmp_path):
     code, _, _ = cli("export", fast_run, "--out", tmp_path / "st")
     assert code == 0 and any((tmp_path / "st").glob("*.safetensors"))
     assert load_run(fast_run).config.model.embed_dim == 32
+
+
+# --- a copilot4D checkpoint as a genflow run --------------------------------------------------------
+@pytest.fixture(scope="module")
+def copilot4d_data20(tmp_path_factory, tiny_mnist_npz):
+    out = tmp_path_factory.mktemp("mmnist-c4d20") / "data"
+    assert main(["data", "make-moving-mnist", "--sequences", "4", "--val-sequences", "2", "--test-sequences", "2", "--frames", "20",
+                 "--out", str(out), "--source", str(tiny_mnist_npz), "--preprocessing", "copilot4d"]) == 0
+    return out
+
+
+def _copilot4d_checkpoint(path, *, action_dim: int = 2):
+    """A file in the layout copilot4D's fast script saves (its tensor names, tied head, no settings), written
+    from a genflow model with the source's options: the test needs no copy of the source."""
+    import argparse
+
+    from genflow_recipes.mmnist_wm.copilot4d_import import copilot4d_parameter_name
+    from genflow_recipes.mmnist_wm.model import SimpleVideoTransformer
+
+    torch.manual_seed(3)
+    model = SimpleVideoTransformer(embed_dim=16, num_layers=1, num_heads=2, action_dim=action_dim, vocab_size=17, head="tied",
+                                   temporal_position="sinusoid", dropout=0.1, init="copilot4d").eval()
+    tensors = {copilot4d_parameter_name(k): v.clone() for k, v in model.state_dict().items()}
+    tensors["spatial_pos"] = tensors["spatial_pos"].reshape(1, 1, 32 * 32, 16)
+    tensors["output_proj.weight"] = tensors["token_embed.weight"]
+    torch.save({"epoch": 11, "model_state_dict": tensors, "optimizer_state_dict": {"state": {}, "param_groups": []},
+                "val_loss": 0.4118, "args": argparse.Namespace(lr=3e-4)}, path)
+    return model
+
+
+def test_copilot4d_checkpoint_becomes_a_run_that_computes_the_same_logits_samples_and_evaluates(cli, tmp_path, copilot4d_data20):
+    original = _copilot4d_checkpoint(tmp_path / "best_model.pt")
+    code, out, err = cli("runs", "import", "copilot4d", tmp_path / "best_model.pt", f"runs_dir={tmp_path / 'runs'}",
+                         f"data_dir={copilot4d_data20}", "num_heads=2", "name=c4d")
+    assert code == 0, err
+    run_dir = tmp_path / "runs" / "mmnist-wm" / "c4d"
+    run = load_run(run_dir)
+    assert run.config.model.vocab_size == 17 and run.config.data.preprocessing == "copilot4d"
+    tokens = torch.randint(0, 17, (1, 20, 32, 32))
+    actions = torch.randn(1, 20, 2) * 0.1
+    with torch.no_grad():
+        torch.testing.assert_close(run.model.eval()(tokens, actions), original(tokens, actions))
+    code, _, err = cli("sample", run_dir, "--n", "2", "--steps", "2", "--out", tmp_path / "s.png")
+    assert code == 0, err
+    assert np.load(tmp_path / "s.npz")["tokens"].max() < 16  # levels only, never the extra embedding rows
+    code, out, err = cli("eval", "video", run_dir, "--json", "--limit", "2", "--steps", "2")
+    assert code == 0 and "model_global_ssim_32" in json.loads(out), err
+
+
+def test_copilot4d_checkpoint_with_one_hot_actions_is_a_clear_error(cli, tmp_path):
+    _copilot4d_checkpoint(tmp_path / "best_model.pt", action_dim=4)
+    code, _, err = cli("runs", "import", "copilot4d", tmp_path / "best_model.pt", f"runs_dir={tmp_path}", "num_heads=2")
+    assert code != 0 and "use_ego_centric" in err and "Traceback" not in err
+    torch.save({"epoch": 1}, tmp_path / "other.pt")
+    code, _, err = cli("runs", "import", "copilot4d", tmp_path / "other.pt", f"runs_dir={tmp_path}")
+    assert code != 0 and "model_state_dict" in err
