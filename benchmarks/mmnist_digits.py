@@ -37,6 +37,7 @@ VARIANTS: dict[str, list[str]] = {
     "patch4-deep": ["model.num_layers=4"],
     "patch4-source-optimiser": ["train.lr=3e-4", "train.batch_size=4", "train.warmup_steps=0"],  # the fast script's
     "patch4-joint-attention": ["model.attention=joint"],
+    "patch4-ar": ["model.patch_head=autoregressive"],  # each token of a patch also from the patch's earlier tokens
 }
 
 

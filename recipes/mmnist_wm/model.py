@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from genflow.errors import ConfigError
 from genflow.models.dit import sincos_position_embedding_2d
 from genflow.models.embeddings import SinusoidalTimeEmbedding
+from genflow_recipes.mmnist_wm.patch_head import PatchCellDecoder
 
 __all__ = ["PastFrames", "SimpleVideoTransformer", "TemporalMask", "temporal_attention_mask"]
 
@@ -157,6 +158,7 @@ ATTENTION_KINDS = ("factorized", "joint")
 HEAD_KINDS = ("separate", "tied")
 TEMPORAL_POSITIONS = ("learned", "sinusoid")
 INITS = ("genflow", "copilot4d")
+PATCH_HEADS = ("independent", "autoregressive")
 
 
 def frame_sinusoids(dim: int, num_frames: int) -> Tensor:
@@ -196,6 +198,9 @@ class SimpleVideoTransformer(nn.Module):
         init: ``"genflow"`` (PyTorch's defaults, spatial positions started from 2-D sin/cos features) or
             ``"copilot4d"`` (Xavier-uniform linear weights, zero biases, embeddings and spatial
             positions ~ N(0, 0.02^2)).
+        patch_head: ``"independent"`` (every token of a patch from the features alone) or
+            ``"autoregressive"`` (:class:`~genflow_recipes.mmnist_wm.patch_head.PatchCellDecoder`: each
+            cell also from the levels of the patch's earlier cells; patch size > 1).
     """
 
     def __init__(
@@ -217,6 +222,7 @@ class SimpleVideoTransformer(nn.Module):
         temporal_position: str = "learned",
         dropout: float = 0.0,
         init: str = "genflow",
+        patch_head: str = "independent",
     ) -> None:
         super().__init__()
         if embed_dim % num_heads:
@@ -224,12 +230,15 @@ class SimpleVideoTransformer(nn.Module):
         if patch_size < 1 or height % patch_size or width % patch_size:
             raise ConfigError(f"model.patch_size ({patch_size}) must be >= 1 and divide the frame size ({height}x{width})")
         for key, value, allowed in (("attention", attention, ATTENTION_KINDS), ("head", head, HEAD_KINDS),
-                                    ("temporal_position", temporal_position, TEMPORAL_POSITIONS), ("init", init, INITS)):
+                                    ("temporal_position", temporal_position, TEMPORAL_POSITIONS), ("init", init, INITS),
+                                    ("patch_head", patch_head, PATCH_HEADS)):
             if value not in allowed:
                 raise ConfigError(f"model.{key} must be one of {', '.join(allowed)}, got '{value}'")
         vocab_size = num_levels if vocab_size is None else vocab_size
         if patch_size > 1 and (head == "tied" or vocab_size != num_levels):
             raise ConfigError("model.head: tied and model.vocab_size need model.patch_size 1 (one position per token)")
+        if patch_head == "autoregressive" and (patch_size == 1 or head != "separate"):
+            raise ConfigError("model.patch_head: autoregressive needs model.patch_size > 1 and model.head: separate")
         if vocab_size < num_levels:
             raise ConfigError(f"model.vocab_size ({vocab_size}) must be at least the {num_levels} levels")
         if not 0.0 <= dropout < 1.0:
@@ -259,6 +268,7 @@ class SimpleVideoTransformer(nn.Module):
         self.blocks = nn.ModuleList(block(embed_dim, num_heads, mlp_ratio, dropout) for _ in range(num_layers))
         self.head_norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, cells * num_levels) if head == "separate" else None
+        self.cell_decoder = PatchCellDecoder(embed_dim, cells, num_levels) if patch_head == "autoregressive" else None
         if init == "copilot4d":
             self._init_as_copilot4d()
 
@@ -277,7 +287,7 @@ class SimpleVideoTransformer(nn.Module):
             self.spatial_position.normal_(std=0.02)
 
     def forward(self, tokens: Tensor, actions: Tensor, temporal_mask: TemporalMask = "causal", past: PastFrames | None = None,
-                first_frame: int = 0) -> Tensor:
+                first_frame: int = 0, targets: Tensor | None = None) -> Tensor:
         """Logits of every token's level.
 
         Args:
@@ -288,12 +298,52 @@ class SimpleVideoTransformer(nn.Module):
                 then the frames that follow them, and see them as a causal model would.
             first_frame: Index of ``tokens``' first frame in the sequence (its temporal position),
                 without ``past``; e.g. unconditional logits of the future frames alone.
+            targets: ``(B, T, H, W)`` levels: with the autoregressive patch head (required there), each
+                cell's logits are conditional on the target levels of the earlier cells of its patch.
 
         Returns:
-            ``(B, T, H, W, V)`` logits (float32).
+            ``(B, T, H, W, C)`` logits (float32), ``C`` = :attr:`num_classes`.
         """
-        logits, _ = self._run(tokens, actions, temporal_mask, past, first_frame)
-        return logits
+        features, _ = self._run(tokens, actions, temporal_mask, past, first_frame)
+        batch, frames = tokens.shape[:2]
+        if self.cell_decoder is None:
+            return self._unpatchify_logits(self.head_logits(features), batch, frames)
+        if targets is None:
+            raise ConfigError("model.patch_head autoregressive: its logits are conditional on the earlier cells of each "
+                              "patch; pass the target tokens (teacher forcing) or decode with patch_logits / the recipe")
+        return self._unpatchify_logits(self.patch_logits(features, self.patchify(targets)), batch, frames)
+
+    def features(self, tokens: Tensor, actions: Tensor, temporal_mask: TemporalMask = "causal", past: PastFrames | None = None,
+                 first_frame: int = 0) -> Tensor:
+        """The normalised features ``(B, T, (H/p)(W/p), D)`` the head reads, one per patch."""
+        return self._run(tokens, actions, temporal_mask, past, first_frame)[0]
+
+    def head_logits(self, features: Tensor) -> Tensor:
+        if self.head is not None:
+            return self.head(features).float()
+        return (features @ self.token_embedding.weight.t().to(features.dtype)).float()
+
+    def patch_logits(self, features: Tensor, cell_levels: Tensor) -> Tensor:
+        """Logits ``(..., p*p*V)`` of each patch's cells given ``features (..., D)`` and, for the autoregressive
+        patch head, the levels ``(..., p*p)`` of its cells (each cell's logits read only the earlier ones)."""
+        logits = self.head_logits(features)
+        if self.cell_decoder is None:
+            return logits
+        flat = features.reshape(-1, features.shape[-1])
+        correction = self.cell_decoder(flat, cell_levels.reshape(flat.shape[0], -1).long()).float()
+        return logits + correction.reshape(logits.shape)
+
+    def patchify(self, tokens: Tensor) -> Tensor:
+        """``(B, T, H, W)`` -> ``(B, T, (H/p)(W/p), p*p)``, each patch's cells in raster order."""
+        batch, frames = tokens.shape[:2]
+        p, (rows, cols) = self.patch_size, self.grid
+        return tokens.reshape(batch, frames, rows, p, cols, p).permute(0, 1, 2, 4, 3, 5).reshape(batch, frames, rows * cols, p * p)
+
+    def unpatchify(self, cells: Tensor) -> Tensor:
+        """Inverse of :meth:`patchify`."""
+        batch, frames = cells.shape[:2]
+        p, (rows, cols) = self.patch_size, self.grid
+        return cells.reshape(batch, frames, rows, cols, p, p).permute(0, 1, 2, 4, 3, 5).reshape(batch, frames, self.height, self.width)
 
     @torch.no_grad()
     def encode_past(self, tokens: Tensor, actions: Tensor) -> PastFrames:
@@ -332,9 +382,7 @@ class SimpleVideoTransformer(nn.Module):
                 kept.append(kv)
         if keep_cache:
             return None, PastFrames(kept, frames)
-        features = self.head_norm(x)
-        logits = (self.head(features) if self.head is not None else features @ self.token_embedding.weight.t().to(features.dtype)).float()
-        return self._unpatchify_logits(logits, batch, frames), None
+        return self.head_norm(x), None
 
     def _embed_patches(self, tokens: Tensor) -> Tensor:
         """``(B, T, H, W)`` ids -> ``(B, T, (H/p)(W/p), D)``: per patch, the sum of its tokens' vectors."""

@@ -49,6 +49,7 @@ from genflow_recipes.mmnist_wm.metrics import (
 from genflow_recipes.mmnist_wm.model import SimpleVideoTransformer
 from genflow.objectives.masked_tokens import MaskedTokenObjective
 from genflow.samplers.maskgit import GREEDY_LEVELS, maskgit_decode
+from genflow_recipes.mmnist_wm.patch_head import maskgit_decode_patches
 from genflow_recipes.mmnist_wm.card import CARD
 
 __all__ = ["ACTION_CHOICES", "MovingMnistWorldModelRecipe", "ablated_actions"]
@@ -120,6 +121,9 @@ class ModelConfig:
     temporal_position: str = "learned"  # learned (started from sin/cos) | sinusoid (fixed, copilot4D's)
     dropout: Annotated[float, Range(ge=0, lt=1)] = 0.0  # on attention probabilities and the MLP, in training (copilot4D: 0.1)
     init: str = "genflow"  # genflow (PyTorch defaults, sin/cos spatial start) | copilot4d (Xavier-uniform, N(0, 0.02^2) embeddings)
+    # independent: a patch's tokens from the position's features alone | autoregressive: each token also from the levels of
+    # the patch's earlier tokens (a GRU over the p*p cells; decoding then fixes whole patches; patch_size > 1)
+    patch_head: str = "independent"
 
 
 @dataclass
@@ -284,7 +288,7 @@ class MovingMnistWorldModelRecipe(Recipe):
         return SimpleVideoTransformer(num_levels=NUM_LEVELS, num_frames=m.num_frames, height=m.frame_size, width=m.frame_size,
                                       embed_dim=m.embed_dim, num_layers=m.num_layers, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
                                       patch_size=m.patch_size, attention=m.attention, head=m.head, vocab_size=m.vocab_size,
-                                      temporal_position=m.temporal_position, dropout=m.dropout, init=m.init)
+                                      temporal_position=m.temporal_position, dropout=m.dropout, init=m.init, patch_head=m.patch_head)
 
     def compute_loss(self, model, batch, ctx: StepContext):
         frames = self.config.model.num_frames
@@ -299,7 +303,8 @@ class MovingMnistWorldModelRecipe(Recipe):
         if self.objective.random_tokens > 0:
             draws.update(level_noise=ctx.rand(b, *tokens.shape[1:]), random_fraction=float(torch.rand((), generator=ctx.generator)))
         corrupted = self.objective.corrupt(tokens, task, ctx.rand(b, *tokens.shape[1:]), ctx.rand(b, frames, 2), **draws)
-        logits = model(corrupted.tokens, actions, corrupted.temporal_mask)
+        # targets: an autoregressive patch head reads the true levels of each patch's earlier cells (teacher forcing)
+        logits = model(corrupted.tokens, actions, corrupted.temporal_mask, targets=tokens)
         loss = self.objective.loss(logits, tokens, corrupted)
         return loss, {f"loss_{task}": loss.item()}
 
@@ -358,6 +363,15 @@ class MovingMnistWorldModelRecipe(Recipe):
                     return conditional + guidance * (conditional - unconditional)
 
                 masked = torch.full_like(given[:, first:end], MASK_TOKEN)
+                if model.cell_decoder is not None:  # whole patches, each drawn cell by cell
+                    if guidance > 0:
+                        raise GenflowError("classifier-free guidance is not available with model.patch_head: autoregressive")
+                    current[:, first:end], mean = self._decode_patches(model, masked, span_actions, past, first, steps=steps,
+                                                                       temperature=temperature, confidence_noise=confidence_noise,
+                                                                       generator=generator)
+                    if first > 0:
+                        means.append(mean.cpu())
+                    continue
                 if first > 0:
                     means.append((logits_fn(masked).softmax(dim=-1) @ levels).cpu())
                 current[:, first:end] = maskgit_decode(logits_fn, masked, MASK_TOKEN, steps=steps, temperature=temperature,
@@ -367,6 +381,48 @@ class MovingMnistWorldModelRecipe(Recipe):
             if means:
                 expected.append(torch.cat(means, dim=1))
         return Prediction(torch.cat(out), torch.cat(expected) if expected else None)
+
+    def _decode_patches(self, model, masked: torch.Tensor, actions: torch.Tensor, past, first: int, *, steps: int,
+                        temperature: float, confidence_noise: float, generator: torch.Generator,
+                        expected_draws: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+        """MaskGIT over whole patches with the autoregressive patch head (``maskgit_decode_patches``).
+
+        Returns the decoded levels ``(B, F, H, W)`` and the expected intensity, estimated as the mean
+        level / 15 of ``expected_draws`` patches drawn (temperature 1) from the pass with the span fully masked.
+        """
+        batch, frames = masked.shape[:2]
+        device = masked.device
+
+        def features(tokens: torch.Tensor) -> torch.Tensor:
+            with self._autocast(device):
+                out = model.features(tokens, actions, "causal", past=past) if past is not None else \
+                    model.features(tokens, actions, "causal", first_frame=first)
+            return out.float()
+
+        cells = model.patchify(masked)
+        positions, per_patch = cells.shape[2], cells.shape[3]
+
+        def sample_fn(current: torch.Tensor, still: torch.Tensor):
+            flat = features(model.unpatchify(current.reshape(batch, frames, positions, per_patch))).reshape(-1, model.head_norm.normalized_shape[0])
+            chosen = still.reshape(-1)
+            drawn = torch.zeros(flat.shape[0], per_patch, dtype=torch.long, device=device)
+            confidence = torch.zeros(flat.shape[0], device=device)
+            base = model.head_logits(flat[chosen]).reshape(-1, per_patch, NUM_LEVELS)
+            levels, log_prob = model.cell_decoder.sample(flat[chosen], base, temperature=temperature,
+                                                         greedy_level=self.config.sampling.greedy_level, generator=generator)
+            drawn[chosen], confidence[chosen] = levels, log_prob / per_patch
+            return drawn.reshape(batch, -1, per_patch), confidence.reshape(batch, -1)
+
+        decoded = maskgit_decode_patches(sample_fn, cells.reshape(batch, -1, per_patch),
+                                         torch.ones(batch, frames * positions, dtype=torch.bool, device=device),
+                                         steps=steps, confidence_noise=confidence_noise, generator=generator)
+        flat = features(masked).reshape(-1, model.head_norm.normalized_shape[0])
+        base = model.head_logits(flat).reshape(-1, per_patch, NUM_LEVELS)
+        total = torch.zeros(flat.shape[0], per_patch, device=device)
+        for _ in range(expected_draws):
+            total += model.cell_decoder.sample(flat, base, temperature=1.0, greedy_level="mode", generator=generator)[0].float()
+        expected = model.unpatchify((total / expected_draws / (NUM_LEVELS - 1)).reshape(batch, frames, positions, per_patch))
+        return model.unpatchify(decoded.reshape(batch, frames, positions, per_patch)), expected
 
     def _test_sequences(self, split: str = "test", limit: int | None = None) -> dict[str, np.ndarray]:
         self._check_preprocessing()
@@ -399,7 +455,7 @@ class MovingMnistWorldModelRecipe(Recipe):
             masked = tokens.clone()
             masked[:, num_past:] = MASK_TOKEN
             with self._autocast(device):
-                logits = model(masked, actions, "causal")[:, num_past:].float()
+                logits = model(masked, actions, "causal", targets=tokens)[:, num_past:].float()
             total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                                              tokens[:, num_past:].reshape(-1), reduction="sum"))
             count += tokens[:, num_past:].numel()
@@ -547,6 +603,9 @@ class MovingMnistWorldModelRecipe(Recipe):
 
     def export_graphs(self, model):
         m = self.config.model
+        if m.patch_head != "independent":
+            raise GenflowError("export of model.patch_head: autoregressive is not supported (its logits depend on the drawn "
+                               "levels of earlier cells); the safetensors weights are in the run's checkpoint")
         tokens = torch.randint(0, NUM_LEVELS + 1, (1, m.num_frames, m.frame_size, m.frame_size))
         actions = torch.zeros(1, m.num_frames, 2)
         return {"video_transformer": (CausalLogits(model), (tokens, actions), ["tokens", "actions"], ["logits"],

@@ -316,3 +316,17 @@ def test_copilot4d_checkpoint_with_one_hot_actions_is_a_clear_error(cli, tmp_pat
     torch.save({"epoch": 1}, tmp_path / "other.pt")
     code, _, err = cli("runs", "import", "copilot4d", tmp_path / "other.pt", f"runs_dir={tmp_path}")
     assert code != 0 and "model_state_dict" in err
+
+
+def test_autoregressive_patch_head_trains_samples_and_evaluates(cli, capsys, tmp_path, mmnist_data):
+    run = _train(tmp_path, mmnist_data, "ar", "train.epochs=1", "model.patch_head=autoregressive")
+    capsys.readouterr()
+    code, out, err = cli("eval", "video", run, "--json", "--limit", "3", "--steps", "2")
+    assert code == 0, err
+    result = json.loads(out)
+    assert len(result["per_horizon"]["model"]["ink_recall"]) == FRAMES - PAST and 0 <= result["model_expected_mse_32"]
+    code, _, err = cli("sample", run, "--n", "2", "--steps", "2", "--out", tmp_path / "ar.png")
+    assert code == 0, err
+    arrays = np.load(tmp_path / "ar.npz")
+    np.testing.assert_array_equal(arrays["tokens"][:, :PAST], arrays["true_tokens"][:, :PAST])
+    assert arrays["tokens"].max() < 16

@@ -223,3 +223,49 @@ def test_copilot4d_init_starts_spatial_positions_small_and_biases_at_zero():
 def test_invalid_copilot4d_options_are_clear_errors(bad):
     with pytest.raises(ConfigError, match="model."):
         tiny_model(**bad)
+
+
+# --- the autoregressive patch head --------------------------------------------------------------------
+@torch.no_grad()
+def test_autoregressive_patch_head_reads_only_the_earlier_cells_of_each_patch():
+    model = tiny_model(patch_size=4, patch_head="autoregressive")
+    torch.nn.init.normal_(model.cell_decoder.out.weight)  # the output starts at zero: make the correction visible
+    tokens, actions = random_inputs()
+    targets = torch.randint(0, LEVELS, tokens.shape, generator=torch.Generator().manual_seed(1))
+    before = model(tokens, actions, targets=targets)
+    changed = targets.clone()
+    changed[:, :, 0, 1] = (changed[:, :, 0, 1] + 1) % LEVELS  # cell 1 of patch (0, 0)
+    after = model(tokens, actions, targets=changed)
+    moved = (after - before).abs().amax(dim=(0, 1, 4)) > 0  # (H, W)
+    expected = torch.zeros(SIDE, SIDE, dtype=torch.bool)
+    expected[:4, :4] = True
+    expected[0, :2] = False  # cells 0 and 1 read only cells before them
+    assert torch.equal(moved, expected)
+
+
+def test_autoregressive_patch_head_needs_targets_and_patches():
+    model = tiny_model(patch_size=4, patch_head="autoregressive")
+    tokens, actions = random_inputs()
+    with pytest.raises(ConfigError, match="target tokens"):
+        model(tokens, actions)
+    with pytest.raises(ConfigError, match="patch_head"):
+        tiny_model(patch_head="autoregressive")
+
+
+def test_patch_maskgit_fills_every_masked_patch_and_keeps_the_given_ones():
+    from genflow_recipes.mmnist_wm.patch_head import maskgit_decode_patches
+
+    patches = torch.full((2, 6, 4), 16)
+    patches[:, :2] = 3  # given
+    masked = torch.ones(2, 6, dtype=torch.bool)
+    masked[:, :2] = False
+    calls = []
+
+    def sample_fn(current, still):
+        calls.append(int(still.sum()))
+        drawn = torch.arange(6).repeat(2, 1)[..., None].expand(2, 6, 4) + 5
+        return drawn, -torch.arange(6, dtype=torch.float32).repeat(2, 1)
+
+    out = maskgit_decode_patches(sample_fn, patches, masked, steps=3, confidence_noise=0.0, generator=None)
+    assert (out[:, :2] == 3).all() and torch.equal(out[:, 2:, 0], torch.tensor([[7, 8, 9, 10]] * 2))
+    assert calls[0] == 8 and calls == sorted(calls, reverse=True) and len(calls) <= 3
