@@ -1,7 +1,11 @@
 """What keeps the digits in view: mmnist-wm variants trained at equal CPU time, ranked on val.
 
     python benchmarks/mmnist_digits.py --data datasets/mmnist --minutes 30 [--variants patch4 patch2 ...]
-        [--runs-dir runs/digits] [--parallel 2] [--calibrate-steps 6] [--val 50]
+        [--runs-dir runs/digits] [--parallel 2] [--calibrate-steps 6] [--val 50] [--reference patch4=1106]
+
+``--reference NAME=STEPS`` adds variants to an earlier batch: NAME (trained before, with STEPS steps)
+is calibrated again beside them and the budget is the time its STEPS take, so a busier or quieter
+machine between the batches does not change the comparison.
 
 1. Calibration: one process, one thread, each variant's training step (`Recipe.compute_loss`,
    backward, AdamW) timed on the same random batch, after a warm-up step. The ratios are what the
@@ -76,6 +80,8 @@ def main() -> None:
     parser.add_argument("--eval-every-steps", type=int, default=100, help="an epoch's length: validation (the learning curve) after each")
     parser.add_argument("--val", type=int, default=50, help="val sequences the table is scored on")
     parser.add_argument("--score-only", action="store_true", help="skip training: score the runs already there")
+    parser.add_argument("--reference", default=None, metavar="NAME=STEPS",
+                        help="a variant trained before (not retrained): the budget is the time its STEPS take in this calibration")
     args = parser.parse_args()
 
     from genflow.engine.precision import cpu_description
@@ -86,12 +92,16 @@ def main() -> None:
     genflow = [str(Path(sys.executable).with_name("genflow"))]
     runs = Path(args.runs_dir)
     if not args.score_only:
-        seconds = {name: step_seconds(VARIANTS[name], args.calibrate_steps) for name in args.variants}
-        steps = {name: max(1, int(args.minutes * 60 / s)) for name, s in seconds.items()}
-        base = seconds[args.variants[0]]
-        for name in args.variants:
-            print(f"{name:26s} {seconds[name]:.3f} s/step ({seconds[name] / base:.2f}x {args.variants[0]}) -> {steps[name]} steps")
-        pending = list(args.variants)
+        reference, reference_steps = (args.reference.split("=") + [None])[:2] if args.reference else (None, None)
+        calibrated = ([reference] if reference else []) + [name for name in args.variants if name != reference]
+        seconds = {name: step_seconds(VARIANTS[name], args.calibrate_steps) for name in calibrated}
+        budget = int(reference_steps) * seconds[reference] if reference else args.minutes * 60
+        steps = {name: max(1, int(budget / s)) for name, s in seconds.items()}
+        base = seconds[calibrated[0]]
+        for name in calibrated:
+            print(f"{name:26s} {seconds[name]:.3f} s/step ({seconds[name] / base:.2f}x {calibrated[0]}) -> {steps[name]} steps"
+                  + (" (trained before)" if name == reference else ""))
+        pending = [name for name in args.variants if name != reference]
         active: list[subprocess.Popen] = []
         while pending or active:
             while pending and len(active) < args.parallel:
