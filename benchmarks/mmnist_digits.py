@@ -12,7 +12,8 @@ machine between the batches does not change the comparison.
    budget is divided by; the CPU is printed.
 2. Each variant trains with ``train.max_steps`` = the steps its measured step time fits into
    ``--minutes`` of one thread (its cosine schedule ends there), in its own ``genflow train``
-   process pinned to one thread (``--parallel`` of them at a time): equal compute, whatever else
+   process pinned to one thread (``--parallel`` of them at a time), at a constant learning rate after
+   warm-up (a schedule over the epochs would not end at the budget): equal compute, whatever else
    the machine runs meanwhile. Validation every ``--eval-every-steps`` steps logs the learning curve (``val_future_ce``,
    copilot4D's loss; ``val_ink_recall`` of MaskGIT) against sequences seen.
 3. Each best checkpoint (chosen on ``val_loss``) is scored by ``genflow eval video --split val``
@@ -96,7 +97,8 @@ def main() -> None:
         calibrated = ([reference] if reference else []) + [name for name in args.variants if name != reference]
         seconds = {name: step_seconds(VARIANTS[name], args.calibrate_steps) for name in calibrated}
         budget = int(reference_steps) * seconds[reference] if reference else args.minutes * 60
-        steps = {name: max(1, int(budget / s)) for name, s in seconds.items()}
+        # a multiple of the validation interval, so the last steps are validated (and can be the best checkpoint)
+        steps = {name: args.eval_every_steps * max(1, round(budget / s / args.eval_every_steps)) for name, s in seconds.items()}
         base = seconds[calibrated[0]]
         for name in calibrated:
             print(f"{name:26s} {seconds[name]:.3f} s/step ({seconds[name] / base:.2f}x {calibrated[0]}) -> {steps[name]} steps"
@@ -109,7 +111,7 @@ def main() -> None:
                 runs.mkdir(parents=True, exist_ok=True)
                 log = open(runs / f"{name}.log", "w")
                 command = [*genflow, "train", "mmnist-wm", "--runs-dir", str(runs), "--name", name, "--no-progress",
-                           f"data.data_dir={args.data}", f"train.max_steps={steps[name]}", "train.epochs=1000", "train.eval_every=1",
+                           f"data.data_dir={args.data}", f"train.max_steps={steps[name]}", "train.epochs=1000", "train.eval_every=1", "train.lr_schedule=constant",
                            f"train.batches_per_epoch={args.eval_every_steps}",
                            f"data.val_sequences={args.val}", *VARIANTS[name]]
                 print(" ".join(command[2:]), flush=True)
