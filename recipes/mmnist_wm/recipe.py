@@ -259,6 +259,9 @@ class MovingMnistWorldModelRecipe(Recipe):
             return
         if expected not in PREPROCESSING:
             raise ConfigError(f"config key 'data.preprocessing': expected one of {', '.join(PREPROCESSING)} or null, got {expected!r}")
+        if not Path(self.config.data.data_dir).is_dir():
+            raise ConfigError(f"{self.config.data.data_dir}: no such dataset; make it with `genflow data make moving-mnist "
+                              f"preprocessing={expected} out={self.config.data.data_dir}` (data.preprocessing: {expected})")
         found = read_manifest(self.config.data.data_dir)["attrs"].get("preprocessing", "area")
         if found != expected:
             raise ConfigError(f"{self.config.data.data_dir} holds tokens made with preprocessing={found}, this config expects "
