@@ -81,6 +81,9 @@ def main() -> None:
     parser.add_argument("--eval-every-steps", type=int, default=100, help="an epoch's length: validation (the learning curve) after each")
     parser.add_argument("--val", type=int, default=50, help="val sequences the table is scored on")
     parser.add_argument("--score-only", action="store_true", help="skip training: score the runs already there")
+    parser.add_argument("--curves", default=None, metavar="PNG", help="also plot val_future_ce and val_ink_recall against "
+                        "training sequences seen, for the variants and every --also run")
+    parser.add_argument("--also", nargs="*", default=[], metavar="RUN", help="other run dirs for --curves (e.g. the CPU default)")
     parser.add_argument("--reference", default=None, metavar="NAME=STEPS",
                         help="a variant trained before (not retrained): the budget is the time its STEPS take in this calibration")
     args = parser.parse_args()
@@ -140,6 +143,36 @@ def main() -> None:
         print(f"| {name} | {steps_done} | {ce:.4f} | {pick(horizon['ink_recall'])} | {pick(horizon['ink_precision'])} | "
               f"{result['model_mse_32']:.1f} | {result['model_pixel_mse_32']:.4f} |")
     print("\nbaselines on the same val sequences: see any run's eval (copy_last / all_black rows).")
+    if args.curves:
+        plot_curves([runs / "mmnist-wm" / name for name in args.variants] + [Path(run) for run in args.also], Path(args.curves))
+
+
+def plot_curves(run_dirs: list[Path], path: Path) -> None:
+    """Validation curves against training sequences seen (steps x batch), one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import yaml
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for run in run_dirs:
+        batch = yaml.safe_load((run / "config.yaml").read_text())["config"]["train"]["batch_size"]
+        val = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
+        val = [v for v in val if v.get("kind") == "val" and "val_future_ce" in v]
+        seen = [v["step"] * batch for v in val]
+        axes[0].plot(seen, [v["val_future_ce"] for v in val], marker="o", ms=3, label=run.name)
+        axes[1].plot(seen, [v["val_ink_recall"] for v in val], marker="o", ms=3, label=run.name)
+    axes[0].set_title("val_future_ce (copilot4D's validation loss)", fontsize=9)
+    axes[1].set_title("MaskGIT ink recall, mean of horizons 1-10 (val)", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("training sequences seen")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"curves: {path}")
 
 
 if __name__ == "__main__":
