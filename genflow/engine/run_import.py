@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from genflow.engine.recipe import Recipe
 
-__all__ = ["RunImporter", "run_importers", "get_run_importer", "write_imported_run", "GROUP"]
+__all__ = ["RunImporter", "run_importers", "get_run_importer", "write_imported_run", "ported_summary", "GROUP"]
 
 GROUP = "genflow.run_importers"
 
@@ -85,3 +85,9 @@ def write_imported_run(*, recipe: Recipe, weights: dict[str, torch.Tensor], runs
              "progress": dict(progress or {}), "imported_from": imported_from, "genflow_version": genflow.__version__}
     atomic_torch_save(state, run_dir / "checkpoints" / "last.pt")
     return run_dir
+
+
+def ported_summary(weights: dict[str, torch.Tensor], ignored: list[str], placeholders: list[str]) -> dict[str, str]:
+    """The `weights` / `not loaded` lines an importer prints: what was ported, and what the file held besides."""
+    return {"weights": f"{len(weights)} tensors ported ({sum(v.numel() for v in weights.values()):,} parameters)",
+            "not loaded": f"{len(ignored)} other tensors, {len(placeholders)} non-tensor classes (inert placeholders)"}

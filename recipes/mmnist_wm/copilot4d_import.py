@@ -79,7 +79,7 @@ class Copilot4dRunOptions:
 def import_copilot4d_run(source: str | Path, options: Copilot4dRunOptions) -> dict[str, Any]:
     """Write a genflow mmnist-wm run of copilot4D's checkpoint `source`; returns what to print."""
     from genflow.config import load_config
-    from genflow.engine import get_recipe, load_foreign_checkpoint, write_imported_run
+    from genflow.engine import get_recipe, load_foreign_checkpoint, ported_summary, write_imported_run
 
     path = Path(source)
     state, placeholders = load_foreign_checkpoint(path)
@@ -122,8 +122,7 @@ def import_copilot4d_run(source: str | Path, options: Copilot4dRunOptions) -> di
     return {"run": str(run_dir), "config": f"{base} (D {sizes['embed_dim']}, {sizes['num_layers']} layers, {heads} heads, "
                                             f"{sizes['vocab_size'] + 1} classes)",
             "checkpoint": f"{path} (epoch {epoch}, val_loss {val_loss})",
-            "weights": f"{len(weights)} tensors ported ({sum(v.numel() for v in weights.values()):,} parameters)",
-            "not loaded": f"{len(ignored)} other tensors, {len(placeholders)} non-tensor classes (inert placeholders)",
+            **ported_summary(weights, ignored, placeholders),
             "next": f"genflow sample {run_dir}   |   genflow eval video {run_dir}"}
 
 

@@ -15,7 +15,7 @@ Two published sets of definitions are provided, because papers report both:
 - copilot4D's (``pixel_*`` and ``global_ssim``, from its Moving MNIST validation script):
 
   - MSE is the mean over a frame's pixels, i.e. OpenSTL's divided by ``H * W``.
-  - PSNR is ``20 log10(1 / sqrt(mean squared error))``, the same as OpenSTL's (and capped the same way).
+  - PSNR is ``20 log10(1 / sqrt(mean squared error))``, which is :func:`frame_psnr` (capped the same way).
   - SSIM uses one window covering the whole frame (global means, variances and covariance).
 
 Ink metrics count "inked" pixels (value > 0.5, i.e. token level > 7 for 16 levels dequantised as
@@ -40,7 +40,6 @@ __all__ = [
     "ink_counts",
     "ink_recall_precision",
     "pixel_mse",
-    "pixel_psnr",
     "upsample_frames",
 ]
 
@@ -80,17 +79,7 @@ def frame_ssim(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 def pixel_mse(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Squared error averaged over each frame's pixels (copilot4D), ``(N, T)``: :func:`frame_mse` / ``(H * W)``."""
-    _check(prediction, target)
-    return ((prediction.astype(np.float64) - target) ** 2).mean(axis=(-2, -1))
-
-
-def pixel_psnr(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """copilot4D's PSNR, ``20 log10(1 / sqrt(pixel_mse))`` per frame, ``(N, T)``.
-
-    This is ``10 log10(1 / pixel_mse)``, the same definition as :func:`frame_psnr`, which computes it;
-    where the source returns ``+inf`` for identical frames this is capped at :data:`PSNR_CAP_DB`.
-    """
-    return frame_psnr(prediction, target)
+    return frame_mse(prediction, target) / (prediction.shape[-2] * prediction.shape[-1])
 
 
 def global_ssim(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:

@@ -406,7 +406,7 @@ class MovingMnistWorldModelRecipe(Recipe):
         positions, per_patch = cells.shape[2], cells.shape[3]
 
         def sample_fn(current: torch.Tensor, still: torch.Tensor):
-            flat = features(model.unpatchify(current.reshape(batch, frames, positions, per_patch))).reshape(-1, model.head_norm.normalized_shape[0])
+            flat = features(model.unpatchify(current.reshape(batch, frames, positions, per_patch))).flatten(0, 2)
             chosen = still.reshape(-1)
             drawn = torch.zeros(flat.shape[0], per_patch, dtype=torch.long, device=device)
             confidence = torch.zeros(flat.shape[0], device=device)
@@ -419,7 +419,7 @@ class MovingMnistWorldModelRecipe(Recipe):
         decoded = maskgit_decode_patches(sample_fn, cells.reshape(batch, -1, per_patch),
                                          torch.ones(batch, frames * positions, dtype=torch.bool, device=device),
                                          steps=steps, confidence_noise=confidence_noise, generator=generator)
-        flat = features(masked).reshape(-1, model.head_norm.normalized_shape[0])
+        flat = features(masked).flatten(0, 2)
         base = model.head_logits(flat).reshape(-1, per_patch, NUM_LEVELS)
         total = torch.zeros(flat.shape[0], per_patch, device=device)
         for _ in range(expected_draws):

@@ -15,15 +15,17 @@ of each uint8 frame, then ``level = floor(15 x)`` in float32, so only white (255
 way a level dequantises to ``level / 15`` so that black stays 0 and white 1. Token id 16 is the mask
 token of the model.
 
-Ego-centric actions: the source tracks one digit (``ego_digit_id``; 0 = the largest, by ink) and
-uses the displacement of its centre between frames, normalised by half the frame size::
+Ego-centric actions: the displacement of one digit (``ego_digit_id``; 0 = the one with the most ink)
+between frames, normalised by half the token frame size as copilot4D normalises its own::
 
     action[t] = (centre[t] - centre[t - 1]) / (frame_size / 2),  action[0] = 0
 
 in token-frame pixels, i.e. in [-1, 1]. The generator knows every digit's exact pixel trajectory,
 so generated datasets use it. For the canonical ``mnist_test_seq.npy`` (no trajectories), the digit
 is found in the first frame where the digits are apart and tracked by template matching
-(:func:`track_ego_actions`); the tracked actions are cached in the shards.
+(:func:`track_ego_actions`); the tracked actions are cached in the shards. (copilot4D estimates its
+actions otherwise: from the centre of mass of pixels above 50 in the downsampled frames, with
+``action[0] = action[1]``; docs/recipes/mmnist-wm.md.)
 """
 
 from __future__ import annotations

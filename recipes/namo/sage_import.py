@@ -153,7 +153,7 @@ def _pick_checkpoint(run_dir: Path, chosen: str | None) -> Path:
 def import_sage_run(source: str | Path, options: SageRunOptions) -> dict[str, Any]:
     """Write a genflow run of the sage_learning run directory `source`; returns what to print."""
     from genflow.config import load_config
-    from genflow.engine import get_recipe, load_foreign_checkpoint, write_imported_run
+    from genflow.engine import get_recipe, load_foreign_checkpoint, ported_summary, write_imported_run
     from genflow_recipes.namo.sage_dit import sage_checkpoint_key
 
     source = Path(source)
@@ -191,8 +191,7 @@ def import_sage_run(source: str | Path, options: SageRunOptions) -> dict[str, An
                                  progress={"epoch": epoch or 0, "step": step or 0})
     return {"run": str(run_dir), "recipe": recipe_name, "checkpoint": str(checkpoint),
             "epoch / step": f"{epoch} / {step}",
-            "weights": f"{len(weights)} tensors ported ({sum(v.numel() for v in weights.values()):,} parameters)",
-            "not loaded": f"{len(ignored)} other tensors, {len(placeholders)} non-tensor classes (inert placeholders)",
+            **ported_summary(weights, ignored, placeholders),
             "next": f"genflow sample {run_dir} poses=true   |   genflow eval namo {run_dir}"}
 
 
