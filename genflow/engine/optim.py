@@ -24,7 +24,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, groups: list[dict] | Non
 
 
 def build_lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up for `warmup_steps`, then constant, cosine or linear decay to `min_lr`."""
+    """Linear warm-up for `warmup_steps`, then constant, cosine or linear decay that reaches `min_lr` at
+    optimiser step `total_steps` (the run's length, or train.lr_decay_epochs of steps) and holds it after."""
     floor = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
 
     def factor(step: int) -> float:

@@ -27,6 +27,9 @@ class TrainConfig:
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"  # after warmup: keep lr, or decay to min_lr by the last epoch
     warmup_steps: NonNegativeInt = 0  # optimiser steps of linear warmup from 0 to lr
     min_lr: NonNegative = 0.0  # floor of the cosine / linear decay
+    # length of the cosine / linear decay in epochs, whatever the run's length (then min_lr is held); null = the
+    # run's train.epochs. A run shorter than this span ends part-way down the curve (optax's decay_steps)
+    lr_decay_epochs: Positive | None = None
     grad_clip: Positive | None = 1.0  # max global grad norm; None disables clipping
     grad_accum_steps: PositiveInt = 1  # micro-batches summed per optimiser step (the step sees batch_size x this)
     ema_decay: Annotated[float, Range(gt=0, lt=1)] | None = None  # e.g. 0.999; evaluation and sampling then use the EMA weights

@@ -86,13 +86,16 @@ def thermometer_decode(spins: torch.Tensor, trials: int) -> torch.Tensor:
 
 
 def autocorrelation_1d(x: torch.Tensor) -> torch.Tensor:
-    """Autocorrelation (lag 0..T//2) of chains x (C, T) as the reference DTM computes it: x scaled
-    by its std, c(lag) = mean(x[:, :n] x[:, lag:lag+n]) - mean(x[:, :n]) mean(x[:, -(n//2):])."""
-    n = x.shape[1] // 2
-    x = x / x.std().clamp_min(1e-12)
-    head = x[:, :n]
-    tail_mean = x[:, -(n // 2):].mean() if n >= 2 else x.mean()
-    return torch.stack([(head * x[:, lag:lag + n]).mean() - head.mean() * tail_mean for lag in range(n + 1)])
+    """Autocorrelation (lag 0..T//2) of chains x (..., C, T) as the reference DTM computes it, for each
+    set of C chains: x scaled by its std, c(lag) = mean(x[:, :n] x[:, lag:lag+n]) - mean(x[:, :n])
+    mean(x[:, -(n//2):]) with n = T // 2. Returns (..., n + 1)."""
+    n = x.shape[-1] // 2
+    x = x / x.flatten(-2).std(-1).clamp_min(1e-12)[..., None, None]
+    head = x[..., :n]
+    tail_mean = (x[..., -(n // 2):] if n >= 2 else x).mean((-2, -1))
+    windows = x.unfold(-1, n, 1)[..., : n + 1, :]  # (..., C, n + 1, n): x[:, lag:lag + n] for every lag
+    products = (head.unsqueeze(-2) * windows).mean(-1).mean(-2)  # (..., n + 1)
+    return products - (head.mean((-2, -1)) * tail_mean)[..., None]
 
 
 # --- one denoising step -------------------------------------------------------------------------------
@@ -197,8 +200,8 @@ class DenoisingThermodynamicModel(nn.Module):
         self.times = time_grid(self.num_steps, time_grid_kind)
         self.num_image_nodes = self.num_pixels * self.levels
         self.num_label_nodes = self.num_classes * self.label_spots
-        if placement not in ("random", "image"):
-            raise ConfigError(f"config key 'model.placement': expected 'random' or 'image', got '{placement}'")
+        if placement not in ("random", "image", "reference"):
+            raise ConfigError(f"config key 'model.placement': expected 'random', 'image' or 'reference', got '{placement}'")
         if placement == "image" and (image_shape is None or int(np.prod(image_shape)) != self.num_pixels):
             raise ConfigError(f"model.placement 'image' needs the image shape of the {self.num_pixels} pixels, got {image_shape}")
         steps = []
@@ -206,6 +209,8 @@ class DenoisingThermodynamicModel(nn.Module):
             dt = self.times[k + 1] - self.times[k]
             if placement == "random":
                 visible = self.graph.place_visible(self.num_image_nodes + self.num_label_nodes, seed + k)
+            elif placement == "reference":
+                visible = self.graph.place_reference(self.num_image_nodes, self.num_label_nodes, seed + k)
             else:
                 visible = self.graph.place_image(tuple(image_shape), self.levels, self.num_label_nodes, seed + k)
             steps.append(IsingDenoisingStep(self.graph, self.num_image_nodes, self.num_label_nodes, visible,

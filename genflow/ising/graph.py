@@ -17,7 +17,7 @@ coupling between colour-0 sub-lattice q's sites and their neighbour at offset o 
 edge exactly once).
 
 Presets are named SIDE_DEGREE (``"44_12"``, ``"80_12"``, ...); jump sets follow the reference DTM
-implementation (thrmlDenoising), including its different 36/40-degree sets.
+implementation (thrmlDenoising), including its wide sets from degree 36 up (and its 80_24).
 """
 
 from __future__ import annotations
@@ -30,10 +30,11 @@ import torch
 
 from genflow.errors import ConfigError
 
-__all__ = ["JUMP_SETS", "PRESETS", "TorusGraph", "parse_preset", "smallest_preset_for"]
+__all__ = ["JUMP_SETS", "PRESETS", "TorusGraph", "jump_set", "parse_preset", "smallest_preset_for"]
 
 _BASE = ((0, 1), (4, 1), (10, 9), (11, 14), (23, 6), (3, 28))
-_WIDE = ((0, 1), (6, 1), (12, 5), (11, 14), (23, 6), (3, 28), (6, 33), (20, 35), (34, 29))
+_WIDE = ((0, 1), (6, 1), (12, 5), (11, 14), (23, 6), (3, 28), (6, 33), (20, 35), (34, 29), (47, 20), (4, 5), (2, 9),
+         (1, 14), (17, 8), (8, 21), (11, 26), (21, 24), (31, 18), (23, 34))
 JUMP_SETS: dict[int, tuple[tuple[int, int], ...]] = {
     4: _BASE[:1],
     8: _BASE[:2],
@@ -41,9 +42,22 @@ JUMP_SETS: dict[int, tuple[tuple[int, int], ...]] = {
     16: _BASE[:4],
     20: _BASE[:5],
     24: _BASE[:6],
-    36: _WIDE,
-    40: _WIDE + ((47, 20),),
+    32: _BASE[:6] + _WIDE[6:8],
+    36: _WIDE[:9],
+    40: _WIDE[:10],
+    44: _WIDE[:11],
+    48: _WIDE[:12],
+    52: _WIDE[:13],
+    60: _WIDE[:15],
+    76: _WIDE[:19],
 }
+# presets whose jump set differs from the degree's usual one in the reference's table
+_SIDE_JUMP_SETS: dict[tuple[int, int], tuple[tuple[int, int], ...]] = {(80, 24): _WIDE[:6]}
+
+
+def jump_set(side: int, degree: int) -> tuple[tuple[int, int], ...]:
+    """The jumps of preset SIDE_DEGREE (the reference's table; its 80_24 starts from the wide set)."""
+    return _SIDE_JUMP_SETS.get((side, degree), JUMP_SETS[degree])
 # The presets of the reference implementation the issue names; any SIDE_DEGREE with a jump set works.
 PRESETS = ("20_8", "44_12", "50_12", "60_12", "70_12", "80_12", "90_12", "100_40", "120_36")
 
@@ -100,7 +114,7 @@ class TorusGraph:
             raise ConfigError(f"graph side {side}: expected an even number >= 4 (the torus must be 2-colourable)")
         self.side, self.degree = side, degree
         self.half = side // 2
-        self.jumps = JUMP_SETS[degree]
+        self.jumps = jump_set(side, degree)
         self.offsets: list[tuple[int, int]] = [o for jump in self.jumps for o in _rotations(*jump)]
         wrapped = {(a % side, b % side) for a, b in self.offsets}
         if len(wrapped) != degree:
@@ -256,6 +270,27 @@ class TorusGraph:
             hint = f"the smallest preset that fits is {fits}" if fits else "no named preset fits; use a larger SIDE"
             raise ConfigError(f"graph {self.name} is too small for {num_visible} visible nodes "
                               f"(needs side² > 2 x {num_visible} = {2 * num_visible}, has {self.num_nodes}); {hint}")
+
+    def place_reference(self, num_image: int, num_other: int, seed: int) -> torch.Tensor:
+        """The layout the reference implementation (thrmlDenoising) actually builds, as flat packed
+        colour-0 positions: image nodes first, then the `num_other` label nodes.
+
+        It numbers the colour-0 sites in row-major grid order (0 .. side²/2 - 1), draws a random
+        permutation of all but the last of them, gives the first `num_image` to the image and the
+        next `num_other` to the labels, and then hands the sites to the nodes in the iteration order of
+        a Python set of those numbers (reproduced here with a Python set). CPython iterates a set of
+        small integers in (nearly) ascending order, so pixel p of a raster-ordered image lands on about
+        the p-th chosen site in grid order: consecutive pixels sit on nearby sites and image rows stay
+        rows. The sites themselves come from torch's generator seeded by `seed` (the
+        reference draws them with JAX's), so the layout is the reference's kind, not its exact sites.
+        """
+        self.check_fits(num_image + num_other)
+        generator = torch.Generator().manual_seed(int(seed))
+        chosen = torch.randperm(self.sites_per_colour - 1, generator=generator)[: num_image + num_other].tolist()
+        order = list(set(chosen[:num_image])) + list(set(chosen[num_image:]))  # the reference's set iteration
+        grid_of_site = np.sort(self.grid_index[0].reshape(-1))  # colour-0 site number -> row-major grid index
+        packed_of_grid = {int(g): p for p, g in enumerate(self.grid_index[0].reshape(-1))}
+        return torch.tensor([packed_of_grid[int(grid_of_site[u])] for u in order], dtype=torch.long)
 
     def place_image(self, image_shape: tuple[int, ...], spins_per_pixel: int, num_other: int, seed: int) -> torch.Tensor:
         """Like `place_visible`, but the image nodes keep the image's layout: pixel (row, col) of an

@@ -68,7 +68,10 @@ class ModelConfig:
     image_rate: Positive = 0.9  # noise rate of image spins: re-drawn at random over dt with probability 1 - exp(-rate dt)
     label_rate: Positive = 0.2  # noise rate of label spins (as image_rate)
     graph_seed: NonNegativeInt = 0  # step k places its visible nodes with seed graph_seed + k
-    placement: Literal["random", "image"] = "random"  # visible nodes on colour-0 sites: random (reference) or image (pixels keep the image's layout)
+    # visible nodes on colour-0 sites: random (a random permutation: neighbouring pixels rarely share a latent),
+    # reference (the reference code's layout: random sites, handed to pixels in grid order) or image (each
+    # pixel at its scaled image position: neighbouring pixels share latents)
+    placement: Literal["random", "reference", "image"] = "random"
     compile: bool = True  # torch.compile the Gibbs updates (needs a C++ compiler on CPU; false = eager)
     # Gibbs sampler threads: null = the cores other processes leave free, re-checked every second (two
     # spinning threads on a shared core run several times slower than one); N = always N
@@ -110,7 +113,15 @@ class OptimConfig:
 
 @dataclass
 class CorrelationPenaltyConfig:
-    """λ_cp per step (last repeated); adapted once per evaluation from the chains' autocorrelation."""
+    """λ_cp per step (last repeated), adapted after each evaluation from the autocorrelation of free chains.
+
+    The statistic: for each of `images` held-out images noised to a step's input time, `chains` free
+    chains run steps_warmup // 2 sweeps, then `samples` states are recorded every 4 sweeps; the image
+    part is projected on 32 random directions and the mean of the last 1/16 of the lags of its
+    autocorrelation is kept. The reference measures it with 64 images, 16 chains and generation.sweeps
+    samples (lags up to 2 x generation.sweeps sweeps) on chains annealed like generation (`beta:
+    generation`); the defaults here are a cheaper version of the same rule.
+    """
 
     initial: Annotated[list[float], Range(ge=0)] = field(default_factory=lambda: [0.0])  # λ_cp per denoising step at the start (last repeated)
     adaptive: bool = False  # adapt λ_cp once per evaluation from the chains' autocorrelation (reference iterator training: off)
@@ -118,7 +129,10 @@ class CorrelationPenaltyConfig:
     threshold: Positive = 0.016  # target autocorrelation
     chains: PositiveInt = 16  # per held-out image
     images: PositiveInt = 2  # held-out images (reference: 64 // n_cores reps)
-    samples: PositiveInt = 40  # recorded states per chain, every 4 sweeps after steps_warmup // 2
+    samples: PositiveInt | None = 40  # recorded states per chain, every 4 sweeps after steps_warmup // 2; null = generation.sweeps (reference)
+    # inverse temperature of the chains: training (sampling.training_beta throughout) or generation (annealed
+    # generation.beta_start -> beta_end over generation.sweeps sweeps, then held at beta_end: the reference)
+    beta: Literal["training", "generation"] = "training"
 
     def __post_init__(self) -> None:
         check_ranges(self, "correlation_penalty.")
@@ -333,14 +347,15 @@ class DtmRecipe(Recipe):
     # --- diagnostics ------------------------------------------------------------------------------------
     @torch.no_grad()
     def autocorrelation(self, model, val_data: Dataset, seed: int = 0) -> list[float]:
-        """Per step: the reference's autocorrelation statistic of free (negative-phase) chains.
+        """Per step: the reference's autocorrelation statistic of free chains (see CorrelationPenaltyConfig).
 
-        For each of `images` held-out images noised to the step's input time, `chains` chains run at
-        β = 1 for steps_warmup // 2 sweeps, then `samples` states are recorded every 4 sweeps; the image
-        part is projected on 32 random directions, the autocorrelation of each projection computed
-        over time and averaged; the statistic is max(0, mean of its last 1/16 lags).
+        For each of `images` held-out images noised to the step's input time, `chains` chains run
+        steps_warmup // 2 sweeps, then `samples` states are recorded every 4 sweeps, at the training β
+        or annealed as generation (`beta`); the image part is projected on 32 random directions, the
+        autocorrelation of each projection computed over time and averaged over directions and images;
+        the statistic is max(0, mean of its last 1/16 lags).
         """
-        cp, m = self.config.correlation_penalty, self.config.model
+        cp, m, g = self.config.correlation_penalty, self.config.model, self.config.generation
         device = next(model.parameters()).device
         generator = torch.Generator().manual_seed(seed)
         pixels = model.num_pixels
@@ -349,10 +364,19 @@ class DtmRecipe(Recipe):
         batch = [val_data[i] for i in picks]
         levels0 = image_levels(torch.stack([b["image"] for b in batch]), m.grayscale_levels, self.config.data.threshold)
         labels0 = model.label_bits(self.model_labels(torch.stack([b["label"] for b in batch])))
+        images = len(picks)
         levels0 = levels0.repeat_interleave(cp.chains, 0).to(device)
         labels0 = labels0.repeat_interleave(cp.chains, 0).to(device)
         uniform = lambda shape: torch.rand(shape, generator=generator).to(device)  # noqa: E731
         key = lambda: torch.randint(0, 2**32, (2,), generator=generator).to(device)  # noqa: E731
+        samples, warmup = cp.samples or g.sweeps, self.config.sampling.steps_warmup // 2
+        total = warmup + 4 * samples
+        if cp.beta == "generation":  # annealed over the first generation.sweeps sweeps, then held
+            betas = np.concatenate([np.linspace(g.beta_start, g.beta_end, g.sweeps), np.full(max(0, total - g.sweeps), g.beta_end)])
+            start_beta = g.beta_end
+        else:
+            betas, start_beta = np.full(total, self.config.sampling.training_beta), self.config.sampling.training_beta
+        betas = betas[:total].tolist()
         result = []
         for k in range(model.num_steps):
             t_e = model.times[k + 1] * (1 + model.time_offset)
@@ -362,19 +386,18 @@ class DtmRecipe(Recipe):
             inputs = model.encode(x, lab)
             biases = (step.colour0_bias(inputs), step.bias1)
             weights = (step.weight, model.graph.colour_one_weights(step.weight))
-            state = model.sampler.chains(inputs.shape[0], biases, 1.0, key(), device=device)
-            model.sampler.run(state, weights, biases, SamplingSchedule(self.config.sampling.steps_warmup // 2, 1, 1), key(), collect=False)
+            state = model.sampler.chains(inputs.shape[0], biases, start_beta, key(), device=device)
+            if warmup:
+                model.sampler.run(state, weights, biases, SamplingSchedule(warmup, 1, 1), key(), beta=betas[:warmup], collect=False)
             trace = []
-            for _ in range(cp.samples):
-                model.sampler.run(state, weights, biases, SamplingSchedule(4, 1, 1), key(), collect=False)
+            for i in range(samples):
+                start = warmup + 4 * i
+                model.sampler.run(state, weights, biases, SamplingSchedule(4, 1, 1), key(), beta=betas[start:start + 4], collect=False)
                 image = model.decode(step.read_visible(state))[0].float() / model.levels
                 trace.append(image.cpu() @ projection)
             trace = torch.stack(trace, 1)  # (images x chains, time, 32)
-            curves = []
-            for i in range(cp.images):
-                rows = trace[i * cp.chains : (i + 1) * cp.chains]
-                curves.append(torch.stack([autocorrelation_1d(rows[..., d]) for d in range(rows.shape[-1])]).mean(0))
-            curve = torch.stack(curves).mean(0)
+            per_image = trace.unflatten(0, (images, cp.chains)).permute(0, 3, 1, 2)  # (images, 32, chains, time)
+            curve = autocorrelation_1d(per_image).mean((0, 1))
             tail = curve[-max(1, len(curve) // 16):]
             result.append(max(0.0, float(tail.mean())))
         return result
@@ -382,10 +405,12 @@ class DtmRecipe(Recipe):
     def adapt_penalty(self, model, autocorr: list[float]) -> None:
         """The reference controller (once per evaluation, per step) from this and the previous statistic."""
         cp = self.config.correlation_penalty
-        previous = model.autocorrelation.tolist()
+        # before the first measurement: the statistic of the zero-initialised model, whose spins are independent
+        # from sweep to sweep (0), as the reference measures it before epoch 1 and adapts from epoch 1 on
+        previous = [0.0 if math.isnan(v) else v for v in model.autocorrelation.tolist()]
         for k, ac in enumerate(autocorr):
             value = float(model.correlation_penalty[k])
-            if cp.adaptive and not math.isnan(previous[k]):
+            if cp.adaptive:
                 value = max(value, cp.minimum)
                 if ac < cp.threshold:
                     value *= 0.6 + 0.2 * ac / cp.threshold

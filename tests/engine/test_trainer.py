@@ -124,3 +124,14 @@ def test_the_loader_reads_whole_batches_the_same_with_or_without_workers(tmp_pat
     for a, b in zip(alone, with_workers, strict=True):
         assert torch.equal(a["x"], b["x"]) and torch.equal(a["label"], b["label"])
     assert torch.equal(torch.cat([b["label"] for b in alone]).sort().values, torch.arange(40))  # each sample once
+
+
+def test_lr_decay_epochs_sets_the_cosine_span_whatever_the_run_length(toy_recipe, tmp_path):
+    import math
+
+    train(toy_recipe(epochs=2, lr=1.0, min_lr=0.2, lr_schedule="cosine", lr_decay_epochs=8, log_every=1), tmp_path,
+          show_progress=False)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lr = {r["step"]: r["lr"] for r in records if r["kind"] == "train"}
+    assert max(lr) == 16  # 2 epochs of 8 steps, a quarter of the 64-step span: far from the floor
+    assert lr[16] == pytest.approx(0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * 16 / 64)), rel=1e-6)

@@ -140,3 +140,16 @@ def test_only_unconditional_steps_keep_persistent_chains_and_they_survive_a_chec
     assert torch.equal(restored.steps[1].chains1, model.steps[1].chains1)
     restored.load_state_dict({k: v for k, v in model.state_dict().items() if "chains" not in k})  # an older checkpoint
     assert restored.steps[1].chains0.shape[-1] == 0
+
+
+def test_autocorrelation_follows_the_reference_formula_for_every_chain_set():
+    from genflow.ising.dtm import autocorrelation_1d
+
+    x = torch.randn(3, 5, 4, 20).cumsum(-1)  # (images, directions, chains, time): slowly mixing series
+    curves = autocorrelation_1d(x)
+    assert curves.shape == (3, 5, 11)
+    one = x[1, 2] / x[1, 2].std()
+    n = 10
+    direct = [float((one[:, :n] * one[:, lag:lag + n]).mean() - one[:, :n].mean() * one[:, -(n // 2):].mean()) for lag in range(n + 1)]
+    assert curves[1, 2].tolist() == pytest.approx(direct, rel=1e-5, abs=1e-6)
+    assert float(curves[..., 1].mean()) > float(autocorrelation_1d(torch.randn(3, 5, 4, 20))[..., 1].mean())

@@ -121,3 +121,34 @@ def test_image_placement_keeps_neighbouring_pixels_close_on_the_torus():
     assert not torch.equal(sites[784:], graph.place_image((28, 28), 1, 100, seed=1)[784:])  # labels: seeded random
     with pytest.raises(ConfigError, match="too small"):
         graph.place_image((28, 28), 2, 10, seed=0)
+
+
+def _shares_a_latent(graph, sites, shape=(28, 28)):
+    """Fraction of horizontally adjacent pixels whose nodes have a common neighbour on the graph."""
+    neighbours: dict[int, set[int]] = {}
+    for a, b in graph.edges:
+        neighbours.setdefault(int(a), set()).add(int(b))
+    grid = graph.grid_index[0].reshape(-1)[sites[: shape[0] * shape[1]].numpy()].reshape(shape)
+    return np.mean([bool(neighbours[grid[r, c]] & neighbours[grid[r, c + 1]]) for r in range(shape[0]) for c in range(shape[1] - 1)])
+
+
+def test_reference_placement_hands_random_sites_to_pixels_in_grid_order():
+    graph = TorusGraph.from_preset("44_12")
+    sites = graph.place_reference(784, 100, seed=3)
+    assert len(set(sites.tolist())) == 884 and torch.equal(sites, graph.place_reference(784, 100, seed=3))
+    grid = graph.grid_index[0].reshape(-1)[sites.numpy()]
+    assert np.all(np.diff(grid[:784]) > 0)  # image nodes first, in grid order (labels: a Python set's order)
+    assert int(grid.max()) < int(np.sort(graph.grid_index[0].reshape(-1))[-1])  # the last colour-0 site is never drawn
+    # what the raster order buys: neighbouring pixels share latents as with the image layout, unlike a random layout
+    assert _shares_a_latent(graph, sites) > 0.85
+    assert _shares_a_latent(graph, graph.place_visible(884, seed=3)) < 0.2
+    assert not torch.equal(sites, graph.place_reference(784, 100, seed=4))
+
+
+@pytest.mark.parametrize("preset, second_jump, last_jump", [
+    ("70_24", (4, 1), (3, 28)), ("80_24", (6, 1), (3, 28)), ("60_32", (4, 1), (20, 35)), ("80_48", (6, 1), (2, 9)),
+    ("100_76", (6, 1), (23, 34))])
+def test_presets_of_the_reference_figures_have_its_jump_sets(preset, second_jump, last_jump):
+    graph = TorusGraph.from_preset(preset)
+    assert graph.jumps[1] == second_jump and graph.jumps[-1] == last_jump and 4 * len(graph.jumps) == graph.degree
+    assert len(graph.edges) == graph.num_nodes * graph.degree // 2

@@ -31,7 +31,8 @@ def _train(runs, data, name, *extra):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, digits):
-    return _train(tmp_path_factory.mktemp("runs"), digits, "tiny", "correlation_penalty.adaptive=true", "train.epochs=2")
+    return _train(tmp_path_factory.mktemp("runs"), digits, "tiny", "correlation_penalty.adaptive=true", "train.epochs=2",
+                  "correlation_penalty.beta=generation")
 
 
 def test_training_logs_mixing_diagnostics_fd_and_samples(trained):
@@ -45,6 +46,22 @@ def test_training_logs_mixing_diagnostics_fd_and_samples(trained):
     assert list((trained / "checkpoints").glob("epoch*-val_fd*.pt"))
     state = load_checkpoint(trained / "checkpoints" / "last.pt")["model"]
     assert "steps.0.input_coupling" in state and "correlation_penalty" in state
+
+
+def test_the_penalty_adapts_from_the_first_measurement_as_the_reference_does():
+    from types import SimpleNamespace
+
+    from genflow_recipes.dtm.recipe import DtmConfig, DtmRecipe
+
+    config = DtmConfig()
+    config.correlation_penalty.adaptive = True
+    recipe = DtmRecipe(config)
+    model = SimpleNamespace(correlation_penalty=torch.zeros(3), autocorrelation=torch.full((3,), float("nan")))
+    # no measurement yet: compared with the untrained model's 0, so a step mixing slowly gets a penalty at once
+    recipe.adapt_penalty(model, [0.05, 0.02, 0.001])
+    assert model.correlation_penalty.tolist() == pytest.approx([0.0015, 0.0012, 0.0])
+    recipe.adapt_penalty(model, [0.04, 0.03, 0.001])  # step 0 improved (x 0.95), step 1 got worse (x 1.5)
+    assert model.correlation_penalty.tolist() == pytest.approx([0.0015 * 0.95, 0.0012 * 1.5, 0.0])
 
 
 def test_training_validates_on_val_and_never_reads_the_test_split(tmp_path, digits, opened_splits):
