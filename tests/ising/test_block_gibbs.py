@@ -143,6 +143,19 @@ def test_philox_on_int32_words_gives_the_same_words():
         assert all(torch.equal(w, n.to(torch.int64) & 0xFFFFFFFF) for w, n in zip(wide, narrow))
 
 
+def test_uniforms_are_16_bit_midpoints_of_any_count_and_the_same_compiled():
+    key, call = torch.tensor([3, 0xDEADBEEF]), torch.tensor(5)
+    u = philox_uniform((3, 7, 5), key, call)  # 105 numbers: not a multiple of the 8 a Philox block makes
+    assert u.shape == (3, 7, 5) and float(u.min()) > 0 and float(u.max()) < 1
+    levels = u.flatten() * 65536 - 0.5
+    assert torch.equal(levels, levels.round())  # (k + 1/2) / 2^16
+    many = philox_uniform((200_000,), key, call)
+    assert abs(float(many.mean()) - 0.5) < 0.003 and abs(float((many < 0.1).float().mean()) - 0.1) < 0.003
+    assert len(torch.unique(many)) > 60_000  # all 2^16 levels in use, not a coarser grid
+    compiled = torch.compile(philox_uniform, dynamic=False)
+    assert torch.equal(compiled((3, 7, 5), key, call), u)
+
+
 def test_annealed_run_needs_one_beta_per_sweep():
     graph = TorusGraph(4, 4)
     sampler = BlockGibbsSampler(graph)
