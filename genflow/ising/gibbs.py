@@ -15,9 +15,6 @@ u (1 + exp(-2 β h)) < 1, which is u < sigmoid(2 β h) without a division, with 
 counter-based Philox-4x32-10 generator written in tensor operations (key = a per-run seed, counter = (site, call)),
 so the same code runs eager or compiled, on CPU or GPU, and a run is reproducible from its seed.
 
-When a colour is mostly clamped (a positive phase holds the data on the visible nodes, most of colour
-0), its few free sites are updated from gathered neighbours instead of a full stencil.
-
 With ``compile=True`` a sweep (both colours) is one torch.compile call, each colour's update one loop
 over sites that computes the field, the random numbers and the new spins together (the fast path;
 each new batch size costs some seconds of compilation). Profiling on a 2-core AVX-512 CPU (80_12,
@@ -166,7 +163,7 @@ class BlockGibbsSampler:
         self.half = graph.half
         self.compiled = compile
         self.threads = threads  # re-decided before each run: the cores other processes leave free
-        self._eager = {"sweep": self._make_sweep(), "sparse_sweep": self._make_sparse_sweep(), "correlate": self._edge_correlation}
+        self._eager = {"sweep": self._make_sweep(), "correlate": self._edge_correlation}
         self._fns = dict(self._eager)
         if compile:
             # one compiled sweep per batch size: training, validation, generation and diagnostics use
@@ -213,30 +210,6 @@ class BlockGibbsSampler:
 
         return sweep
 
-    def _make_sparse_sweep(self):
-        # colour 0 mostly clamped (a positive phase: visible nodes hold the data): its few free sites are
-        # updated from gathered neighbours instead of a full stencil, which would compute a field and a
-        # random number for every clamped site too and then keep the old value
-        H = self.half
-
-        def sweep(s0: torch.Tensor, s1: torch.Tensor, w0_free: torch.Tensor, neighbours: torch.Tensor, sites: torch.Tensor,
-                  w1: torch.Tensor, b0_free: torch.Tensor, b1: torch.Tensor, beta: torch.Tensor, f1: torch.Tensor,
-                  key: torch.Tensor, call: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            batch = s0.shape[-1]
-            flat1 = s1.reshape(2 * H * H, batch)
-            h = b0_free + (w0_free * flat1[neighbours]).sum(1)  # (free sites, B)
-            u = philox_uniform(tuple(h.shape), key, call, device=h.device)
-            new = torch.where(u * (1.0 + torch.exp(-2.0 * beta * h)) < 1.0, 1.0, -1.0)
-            s0 = s0.reshape(2 * H * H, batch).index_copy(0, sites, new).view_as(s0)
-            return s0, self._update(1, s1, s0, w1, b1, beta, f1, key, call + 1)
-
-        return sweep
-
-    @staticmethod
-    def sparse_worthwhile(free0: torch.Tensor | None) -> bool:
-        """Whether colour 0 is clamped enough (under a quarter of its sites free) for the gathered update."""
-        return free0 is not None and int(free0.sum()) * 4 < free0.numel()
-
     # --- running chains -------------------------------------------------------------------------------
     def chains(self, batch: int, biases: tuple[torch.Tensor, torch.Tensor], beta: float, key: torch.Tensor,
                device: torch.device | None = None) -> SpinState:
@@ -274,18 +247,6 @@ class BlockGibbsSampler:
         if collect and 0 in sample_at:
             self.accumulate(moments, state)
         calls = torch.arange(0, 2 * schedule.sweeps, 2, dtype=torch.int64, device=device)  # colour 0: 2 x sweep, colour 1: + 1
-        if self.sparse_worthwhile(free[0]):
-            sites = torch.nonzero(free[0].reshape(-1)).squeeze(1)
-            H, D = self.half, self.graph.degree
-            neighbours = torch.as_tensor(self.graph.colour0_neighbours, device=device)[sites]
-            w0_free = weights[0].permute(0, 2, 3, 1).reshape(2 * H * H, D)[sites].unsqueeze(-1)
-            b0_free = b[0].reshape(2 * H * H, -1)[sites]
-            for sweep in range(schedule.sweeps):
-                state.colour0, state.colour1 = self._call("sparse_sweep", state.colour0, state.colour1, w0_free, neighbours,
-                                                          sites, w[1], b0_free, b[1], beta_t[sweep], f[1], key, calls[sweep])
-                if collect and sweep + 1 in sample_at:
-                    self.accumulate(moments, state)
-            return moments
         for sweep in range(schedule.sweeps):
             state.colour0, state.colour1 = self._call("sweep", state.colour0, state.colour1, w[0], w[1], b[0], b[1],
                                                       beta_t[sweep], f[0], f[1], key, calls[sweep])

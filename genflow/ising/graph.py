@@ -174,18 +174,6 @@ class TorusGraph:
             out.append(tuple(row))
         return tuple(out)
 
-    @cached_property
-    def colour0_neighbours(self) -> np.ndarray:
-        """(2 H H, D): for each packed colour-0 site (q, i, j) flattened, the flat packed colour-1 index of its
-        neighbour at each offset, in the order of the weight storage (what term o of the stencil reads)."""
-        H = self.half
-        i, j = np.meshgrid(np.arange(H), np.arange(H), indexing="ij")
-        out = np.empty((2, H, H, self.degree), dtype=np.int64)
-        for q in range(2):
-            for o, term in enumerate(self.stencil[0][q]):
-                out[q, ..., o] = term.source * H * H + ((i + term.di) % H) * H + (j + term.dj) % H
-        return out.reshape(2 * H * H, self.degree)
-
     def colour_one_weights(self, weight0: torch.Tensor) -> torch.Tensor:
         """Couplings seen from colour-1 sites, (2, D, H, H), from the colour-0 storage `weight0`.
 
