@@ -90,6 +90,9 @@ class StepContext:
     rank: int = 0
     world_size: int = 1
     generator: torch.Generator | None = None
+    # True for the engine's validation loss: `step` / `epoch` are then the training progress reached, and a
+    # recipe whose objective changes with it (a KL warm-up, a schedule) validates the same way at every evaluation
+    validating: bool = False
 
     def _rows(self, draw, local_batch: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         full = draw((local_batch * self.world_size, *shape), generator=self.generator, dtype=dtype)

@@ -107,18 +107,24 @@ def _noise_generator(seed: int, stream: int) -> torch.Generator:
 
 @torch.no_grad()
 def validation_loss(recipe: Recipe, model: torch.nn.Module, val_data: Dataset, cfg: TrainConfig, device: torch.device,
-                    accelerator: Accelerator) -> float:
-    """Mean loss over the validation set, with fixed noise (the same at every evaluation)."""
+                    accelerator: Accelerator, *, step: int, epoch: int) -> float:
+    """Mean loss over every validation sample (the last, partial batch included), with fixed noise (the same
+    at every evaluation). The recipe sees the training step reached (`step`, `epoch`) and
+    `ctx.validating`, so an objective that changes during training can validate the same way at every
+    evaluation (hand-vae: the ELBO at the full KL weight)."""
     batch_size = min(cfg.batch_size, len(val_data))
-    sampler = EpochBatchSampler(len(val_data), batch_size, seed=cfg.seed, epoch=0, shuffle=False)
+    batches = -(-len(val_data) // batch_size)
+    sampler = EpochBatchSampler(len(val_data), batch_size, seed=cfg.seed, epoch=0, shuffle=False, num_batches=batches)
     total, count = 0.0, 0
     for b, batch in enumerate(DataLoader(val_data, batch_sampler=sampler)):
         batch = {k: v.to(device) for k, v in batch.items()}
-        ctx = StepContext(step=b, micro_step=b, epoch=0, device=device, generator=_noise_generator(cfg.seed, 10**9 + b))
+        size = len(next(iter(batch.values())))
+        ctx = StepContext(step=step, micro_step=b, epoch=epoch, device=device, validating=True,
+                          generator=_noise_generator(cfg.seed, 10**9 + b))
         with accelerator.autocast():
             loss, _ = recipe.compute_loss(model, batch, ctx)
-        total += float(loss) * batch_size
-        count += batch_size
+        total += float(loss) * size
+        count += size
     return total / max(count, 1)
 
 
@@ -454,7 +460,8 @@ class Trainer:
         eval_model.eval()
         metrics: dict[str, float] = {}
         if self.val_data is not None and len(self.val_data) > 0:
-            metrics["val_loss"] = validation_loss(self.recipe, eval_model, self.val_data, self.cfg, self.device, self.accelerator)
+            metrics["val_loss"] = validation_loss(self.recipe, eval_model, self.val_data, self.cfg, self.device, self.accelerator,
+                                                  step=self.state.step, epoch=self.state.epoch)
         # Outside autocast, but a recipe that calls the model's forward gets Accelerate's autocast wrapper
         # (mixed precision); models are tested to compute the same function either way.
         with torch.no_grad():

@@ -145,6 +145,8 @@ class HandVaeRecipe(Recipe):
         return HandPoseVAE(m.model_type, m.z_dim, m.hidden, m.learn_sigma, m.init_sigma)
 
     def beta(self, ctx: StepContext) -> float:
+        if ctx.validating:  # the ELBO at the full KL weight, as the source validates: epochs compare
+            return self.config.loss.beta_max
         epochs = ctx.step / self._steps_per_epoch  # fractional epochs done
         return kl_weight(epochs, self.config.loss.kl_warmup_epochs, self.config.loss.beta_max)
 

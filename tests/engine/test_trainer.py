@@ -135,3 +135,47 @@ def test_lr_decay_epochs_sets_the_cosine_span_whatever_the_run_length(toy_recipe
     lr = {r["step"]: r["lr"] for r in records if r["kind"] == "train"}
     assert max(lr) == 16  # 2 epochs of 8 steps, a quarter of the 64-step span: far from the floor
     assert lr[16] == pytest.approx(0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * 16 / 64)), rel=1e-6)
+
+
+def test_validation_sees_the_training_step_and_every_sample(tmp_path):
+    """An objective that changes with the training step validates at the step reached, knows it is
+    validating, and averages over every val sample, the last partial batch included."""
+    from accelerate import Accelerator
+
+    from genflow.engine import Recipe, TrainConfig
+    from genflow.engine.trainer import validation_loss
+
+    seen = []
+
+    class StepDependent(Recipe):
+        name = "step-dependent"
+
+        def compute_loss(self, model, batch, ctx):
+            seen.append((ctx.step, ctx.epoch, ctx.validating, len(batch["x"])))
+            weight = 0.0 if ctx.validating else ctx.step  # e.g. a warm-up that validation skips
+            return batch["x"].mean() + weight, {}
+
+    class Values(torch.utils.data.Dataset):
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            return {"x": torch.tensor(float(i))}
+
+    recipe = StepDependent.__new__(StepDependent)
+    loss = validation_loss(recipe, torch.nn.Linear(1, 1), Values(), TrainConfig(batch_size=4), torch.device("cpu"),
+                           Accelerator(cpu=True), step=120, epoch=3)
+    assert loss == pytest.approx(4.5)  # the mean of 0..9: batches of 4, 4 and the last 2 all count
+    assert seen == [(120, 3, True, 4), (120, 3, True, 4), (120, 3, True, 2)]
+
+
+def test_hand_vae_validates_the_elbo_at_the_full_kl_weight():
+    from genflow.engine import StepContext
+    from genflow_recipes.hand_vae.recipe import HandVaeConfig, HandVaeRecipe
+
+    config = HandVaeConfig()
+    recipe = HandVaeRecipe(config)
+    recipe._steps_per_epoch = 100
+    training = StepContext(step=0, micro_step=0, epoch=0, device=torch.device("cpu"))
+    validating = StepContext(step=0, micro_step=0, epoch=0, device=torch.device("cpu"), validating=True)
+    assert recipe.beta(training) == 0.0 < config.loss.beta_max == recipe.beta(validating)
