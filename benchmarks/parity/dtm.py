@@ -128,7 +128,9 @@ def run_queue(jobs: list[tuple[str, list[str], dict, Path]], failures: list[str]
 
 def genflow_steady(run: Path) -> dict:
     """Seconds per training step from the run's logged windows (median after the first: torch.compile)."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    from genflow.engine.metrics_log import read_metrics
+
+    rows = read_metrics(run)
     rates = [(r["step"], BATCH / r["samples_per_s"]) for r in rows if r.get("samples_per_s")]
     steady = [s for _, s in rates[1:]] or [s for _, s in rates]
     return {"s_per_step_steady": statistics.median(steady) if steady else float("nan"), "windows": len(rates),
