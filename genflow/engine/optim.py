@@ -23,17 +23,22 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, groups: list[dict] | Non
     return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
-def build_lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int, *,
+                      steps_per_epoch: int = 1) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up for `warmup_steps`, then constant, cosine or linear decay that reaches `min_lr` at
-    optimiser step `total_steps` (the run's length, or train.lr_decay_epochs of steps) and holds it after."""
+    optimiser step `total_steps` (the run's length, or train.lr_decay_epochs of steps) and holds it after.
+    With `train.lr_interval=epoch` the decay reads the step at the start of its epoch (`steps_per_epoch`)."""
     floor = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
+    per_epoch = cfg.lr_interval == "epoch"
 
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
         if cfg.lr_schedule == "constant":
             return 1.0
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        if per_epoch:
+            step = step - step % max(1, steps_per_epoch)
+        progress = min(1.0, max(0, step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
         shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.lr_schedule == "cosine" else 1 - progress
         return floor + (1 - floor) * shape
 

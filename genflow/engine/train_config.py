@@ -30,6 +30,9 @@ class TrainConfig:
     # length of the cosine / linear decay in epochs, whatever the run's length (then min_lr is held); null = the
     # run's train.epochs. A run shorter than this span ends part-way down the curve (optax's decay_steps)
     lr_decay_epochs: Positive | None = None
+    # step: the lr moves every optimiser step; epoch: it changes only at epoch starts, a staircase (Lightning's
+    # `interval: "epoch"`, torch's CosineAnnealingLR stepped once per epoch)
+    lr_interval: Literal["step", "epoch"] = "step"
     grad_clip: Positive | None = 1.0  # max global grad norm; None disables clipping
     grad_accum_steps: PositiveInt = 1  # micro-batches summed per optimiser step (the step sees batch_size x this)
     ema_decay: Annotated[float, Range(gt=0, lt=1)] | None = None  # e.g. 0.999; evaluation and sampling then use the EMA weights

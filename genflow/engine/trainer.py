@@ -207,7 +207,8 @@ class Trainer:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.optimizer = _built_from_config("the optimiser (train.optimizer, lr, betas, weight_decay)",
                                             lambda: build_optimizer(model, cfg, self.recipe.parameter_groups(model)))
-        self.schedule = build_lr_schedule(self.optimizer, cfg, round(self.plan.steps_per_epoch * (cfg.lr_decay_epochs or cfg.epochs)))
+        self.schedule = build_lr_schedule(self.optimizer, cfg, round(self.plan.steps_per_epoch * (cfg.lr_decay_epochs or cfg.epochs)),
+                                          steps_per_epoch=self.plan.steps_per_epoch)
         self.ema = ExponentialMovingAverage(model, cfg.ema_decay) if cfg.ema_decay else None
         self.state = TrainState.new(cfg)
         checkpoint = self.restore(resume_from, model) if resume_from is not None else None

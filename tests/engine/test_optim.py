@@ -11,10 +11,10 @@ from genflow.engine import TrainConfig
 from genflow.engine.optim import EpochBatchSampler, ExponentialMovingAverage, build_lr_schedule, build_optimizer
 
 
-def lrs(cfg: TrainConfig, total_steps: int, steps: int) -> list[float]:
+def lrs(cfg: TrainConfig, total_steps: int, steps: int, steps_per_epoch: int = 1) -> list[float]:
     """The learning rate of optimiser steps 0 .. steps-1 (what each step uses) under `cfg`'s schedule."""
     optimizer = build_optimizer(nn.Linear(1, 1), cfg)
-    schedule = build_lr_schedule(optimizer, cfg, total_steps)
+    schedule = build_lr_schedule(optimizer, cfg, total_steps, steps_per_epoch=steps_per_epoch)
     seen = []
     for _ in range(steps):
         seen.append(optimizer.param_groups[0]["lr"])
@@ -113,3 +113,17 @@ def test_processes_split_each_global_batch_into_their_rows():
 
 def test_without_shuffle_the_order_is_the_dataset_s():
     assert list(EpochBatchSampler(6, 3, seed=5, epoch=7, shuffle=False)) == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_an_epoch_interval_holds_the_lr_through_each_epoch_as_torch_s_per_epoch_cosine():
+    cfg = TrainConfig(lr=1.0, lr_schedule="cosine", min_lr=0.01, lr_interval="epoch")
+    seen = lrs(cfg, total_steps=4 * 3, steps=12, steps_per_epoch=3)
+    optimizer = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1.0)
+    reference = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=4, eta_min=0.01)
+    per_epoch = []
+    for _ in range(4):
+        per_epoch.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        reference.step()
+    assert seen == pytest.approx([lr for lr in per_epoch for _ in range(3)])
+    assert len(set(seen)) == 4 and seen != lrs(TrainConfig(lr=1.0, lr_schedule="cosine", min_lr=0.01), 12, 12)
