@@ -28,7 +28,7 @@ _EXPORTS = {
     "load_run": "run_dir", "LoadedRun": "run_dir", "read_run_config": "run_dir",
     "read_metrics": "metrics_log", "load_checkpoint": "checkpoint",
     # runs trained by another codebase
-    "RunImporter": "run_import", "write_imported_run": "run_import", "ported_summary": "run_import", "load_foreign_checkpoint": "checkpoint",
+    "RunImporter": "run_import", "write_imported_run": "run_import", "ported_summary": "run_import", "candidate_checkpoints": "run_import", "load_foreign_checkpoint": "checkpoint",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -53,7 +53,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from genflow.engine.recipe import (EvalOptions, OdeSolverOptions, Recipe, SampleOptions, StepContext, available_recipes,
                                        evaluation, get_recipe)
     from genflow.engine.run_dir import LoadedRun, load_run, read_run_config
-    from genflow.engine.run_import import RunImporter, ported_summary, write_imported_run
+    from genflow.engine.run_import import RunImporter, candidate_checkpoints, ported_summary, write_imported_run
     from genflow.engine.run_setup import prepare_training, start_run
     from genflow.engine.train_config import TrainConfig
     from genflow.engine.log_window import TrainingDiverged

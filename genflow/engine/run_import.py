@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from genflow.engine.recipe import Recipe
 
-__all__ = ["RunImporter", "run_importers", "get_run_importer", "write_imported_run", "ported_summary", "GROUP"]
+__all__ = ["RunImporter", "run_importers", "get_run_importer", "write_imported_run", "ported_summary", "candidate_checkpoints", "GROUP"]
 
 GROUP = "genflow.run_importers"
 
@@ -91,3 +91,22 @@ def ported_summary(weights: dict[str, torch.Tensor], ignored: list[str], placeho
     """The `weights` / `not loaded` lines an importer prints: what was ported, and what the file held besides."""
     return {"weights": f"{len(weights)} tensors ported ({sum(v.numel() for v in weights.values()):,} parameters)",
             "not loaded": f"{len(ignored)} other tensors, {len(placeholders)} non-tensor classes (inert placeholders)"}
+
+
+def candidate_checkpoints(folder: Path, chosen: str | None, *, what_writes_them: str) -> list[Path]:
+    """The checkpoint the user named (`chosen`: a path, or a file name in `folder`) as a one-item list,
+    else every `.ckpt` in `folder`, sorted, for the importer to choose from.
+
+    Raises:
+        CheckpointError: the named file does not exist, or `folder` holds no `.ckpt` (the message says
+            `what_writes_them` there).
+    """
+    if chosen:
+        path = Path(chosen) if Path(chosen).is_file() else folder / chosen
+        if not path.is_file():
+            raise CheckpointError(f"{path}: checkpoint not found")
+        return [path]
+    files = sorted(folder.glob("*.ckpt"))
+    if not files:
+        raise CheckpointError(f"{folder}: no .ckpt files ({what_writes_them})")
+    return files

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from genflow.engine.card import RecipeCard
 
+_CONFIGS = Path(__file__).parent / "configs"
 CARD = RecipeCard(name="hand-vae",
                   summary="VAE priors of two-hand MANO-style poses (flat Gaussian or SO(3) geodesic) with a ranking energy",
-                  configs=(Path(__file__).parent / "configs" / "hand_vae.yaml",), aliases=("train_hand_vae_lightning",))
+                  configs=(_CONFIGS / "hand_vae.yaml", _CONFIGS / "hand_vae_source.yaml"), aliases=("train_hand_vae_lightning",))

@@ -13,12 +13,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 
-from genflow.config import NonNegative, NonNegativeInt, Positive, PositiveInt, check_ranges
+from genflow.config import NonNegative, NonNegativeInt, Positive, PositiveInt, Range, check_ranges
 from genflow.engine import EvalOptions, Recipe, SampleOptions, StepContext, TrainConfig, evaluation, read_metrics
 from genflow.data import ShardDataset, load_split, read_manifest, training_split
 from genflow_recipes.hand_vae.dataset import read_hands_npz
@@ -26,7 +26,7 @@ from genflow_recipes.hand_vae.skeleton import FAMILIES, hand_joint_positions, in
 from genflow.errors import ConfigError
 from genflow_recipes.hand_vae.metrics import (CORRUPTIONS, HYPOTHESIS_SETTINGS, GaussianPosePrior, auroc, corrupt, hypothesis_errors,
                                         make_hypotheses, per_joint_error_degrees, select_hypotheses)
-from genflow_recipes.hand_vae.model import HandPoseVAE, kl_weight
+from genflow_recipes.hand_vae.model import HandPoseVAE, SourceHandPoseVAE, kl_weight
 from genflow_recipes.hand_vae.card import CARD
 
 __all__ = ["HandVaeRecipe", "HandVaeConfig"]
@@ -47,10 +47,16 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     model_type: str = "standard"  # standard: (B, 90) Gaussian; so3: 30 rotations, geodesic, 6-D decoder
+    # genflow: 2-layer SiLU MLPs, rotation-matrix encoder input (so3), learned sigma; source: smplx-pose-priors'
+    # network (GELU + dropout stacks with LayerNorm, standardised input, per-pose decoder variance (standard),
+    # 1-D geodesic normaliser (so3)), see SourceHandPoseVAE
+    architecture: Literal["genflow", "source"] = "genflow"
     z_dim: PositiveInt = 24  # latent dimensions
     hidden: PositiveInt = 256  # hidden width of the encoder and decoder MLPs
-    learn_sigma: bool = True  # reconstruction sigma learned (standard: per dimension; so3: one, radians)
-    init_sigma: Positive = 0.1  # initial reconstruction sigma (so3: radians)
+    layers: PositiveInt = 3  # architecture=source: Linear + GELU + dropout blocks of the encoder and of the decoder
+    dropout: Annotated[float, Range(ge=0, lt=1)] = 0.1  # architecture=source: dropout after each block
+    learn_sigma: bool = True  # architecture=genflow: reconstruction sigma learned (standard: per dimension; so3: one, radians)
+    init_sigma: Positive = 0.1  # architecture=genflow: initial reconstruction sigma (so3: radians)
 
     def __post_init__(self) -> None:
         if self.model_type not in ("standard", "so3"):
@@ -95,6 +101,9 @@ SOURCE_ALIASES = {
     "max_epochs": "train.epochs",
     "precision": "train.precision",
     "num_workers": "train.num_workers",
+    "n_layers": "model.layers",
+    "dropout": "model.dropout",
+    "weight_decay": "train.weight_decay",
 }
 
 
@@ -129,6 +138,7 @@ class HandVaeRecipe(Recipe):
     def __init__(self, config: HandVaeConfig):
         super().__init__(config)
         self._steps_per_epoch = 1
+        self._input_statistics: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # --- data / model -------------------------------------------------------------------------------
     def build_datasets(self):
@@ -138,11 +148,22 @@ class HandVaeRecipe(Recipe):
         if d.val_limit is not None and len(val) > d.val_limit:
             val = torch.utils.data.Subset(val, range(d.val_limit))
         self._steps_per_epoch = max(1, len(train) // self.config.train.batch_size)
+        if self.config.model.architecture == "source":  # its model standardises with the training poses' statistics
+            poses = load_split(d.data_dir, "train", ["pose"])["pose"]
+            self._input_statistics = (torch.from_numpy(poses.mean(0, dtype=np.float64)).float(),
+                                      torch.from_numpy(poses.std(0, dtype=np.float64)).float())
         return train, val
 
-    def build_model(self) -> HandPoseVAE:
+    def build_model(self) -> HandPoseVAE | SourceHandPoseVAE:
+        """The configured network; a source network built for training gets the training poses' statistics
+        (one loaded from a checkpoint gets them from there)."""
         m = self.config.model
-        return HandPoseVAE(m.model_type, m.z_dim, m.hidden, m.learn_sigma, m.init_sigma)
+        if m.architecture == "genflow":
+            return HandPoseVAE(m.model_type, m.z_dim, m.hidden, m.learn_sigma, m.init_sigma)
+        model = SourceHandPoseVAE(m.model_type, m.z_dim, m.hidden, m.layers, m.dropout)
+        if self._input_statistics is not None:
+            model.set_input_statistics(*self._input_statistics)
+        return model
 
     def beta(self, ctx: StepContext) -> float:
         if ctx.validating:  # the ELBO at the full KL weight, as the source validates: epochs compare

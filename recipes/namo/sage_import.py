@@ -135,15 +135,12 @@ def source_config_overrides(cfg: dict[str, Any], path: Path) -> tuple[str, list[
 
 
 def _pick_checkpoint(run_dir: Path, chosen: str | None) -> Path:
+    from genflow.engine import candidate_checkpoints
+
     folder = run_dir / "checkpoints"
+    files = candidate_checkpoints(folder, chosen, what_writes_them="a sage_learning run keeps its checkpoints there")
     if chosen:
-        path = Path(chosen) if Path(chosen).is_file() else folder / chosen
-        if not path.is_file():
-            raise CheckpointError(f"{path}: checkpoint not found")
-        return path
-    files = sorted(folder.glob("*.ckpt"))
-    if not files:
-        raise CheckpointError(f"{folder}: no .ckpt files (a sage_learning run keeps its checkpoints there)")
+        return files[0]
     scored = [(float(m.group(1)), f) for f in files if (m := re.search(r"val_loss[=_]?(\d+(?:\.\d+)?)", f.name))]
     if scored:
         return min(scored)[1]
