@@ -46,6 +46,10 @@ class TrainConfig:
     checkpoint_every_steps: PositiveInt | None = None  # also refresh `last` every N steps, for long epochs
     best_metric: str = "val_loss"  # validation metric that picks checkpoints/best.pt (val_loss or a recipe metric)
     best_mode: Literal["min", "max"] = "min"  # whether a lower or a higher best_metric is better
+    # stop when best_metric has not improved by more than early_stop_min_delta in this many validations in a row
+    # (Lightning's EarlyStopping: patience counts validations, not epochs); null: never stop early
+    early_stop_patience: PositiveInt | None = None
+    early_stop_min_delta: NonNegative = 0.0  # an improvement smaller than this does not reset the patience
     # steps between train scalars (metrics.jsonl, trackers); the loss is read off the device only at these
     # points and before checkpoints and evaluations (a NaN stops the run at the next of them)
     log_every: PositiveInt = 10

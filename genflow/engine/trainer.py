@@ -161,6 +161,16 @@ class TrainState:
             return True
         return value < self.best["value"] if self.best["mode"] == "min" else value > self.best["value"]
 
+    def plateaued(self, value: float, *, min_delta: float, patience: int) -> bool:
+        """Count this validation for early stopping (in `best`, so checkpoints keep it): whether `value` has
+        not beaten the reference by more than `min_delta` for `patience` validations in a row."""
+        reference = self.best.get("early_stop_reference")
+        if reference is None or (value < reference - min_delta if self.best["mode"] == "min" else value > reference + min_delta):
+            self.best["early_stop_reference"], self.best["validations_without_improvement"] = float(value), 0
+        else:
+            self.best["validations_without_improvement"] = self.best.get("validations_without_improvement", 0) + 1
+        return self.best["validations_without_improvement"] >= patience
+
 
 class Trainer:
     """One training run of `recipe` into `run_dir`: the parts its steps share, and the steps."""
@@ -257,7 +267,10 @@ class Trainer:
         self.window = LogWindow()
         self.last_metrics: dict[str, float] = {}
         self.model.train()
-        state.stop = state.step >= plan.total_steps
+        state.stop = state.step >= plan.total_steps or state.best.get("stopped_early") is not None
+        if state.best.get("stopped_early") is not None:
+            self.reporter.message(f"this run stopped early at epoch {state.best['stopped_early']} (train.early_stop_patience): "
+                                  f"nothing to resume")
         previous_handlers = self.catch_preemption_signals()
         try:
             if state.batch == 0 and state.epochs_closed < state.epoch:  # a step checkpoint at an epoch's last batch,
@@ -445,11 +458,21 @@ class Trainer:
                     self.save_best_checkpoint()
                 if state.best["value"] is not None:
                     metrics[f"{state.best['metric']}_best"] = state.best["value"]
+                if cfg.early_stop_patience and value is not None and math.isfinite(value) and not state.stop and \
+                        state.plateaued(float(value), min_delta=cfg.early_stop_min_delta, patience=cfg.early_stop_patience):
+                    state.best["stopped_early"], state.stop = done_epochs, True
+                    self.reporter.message(f"stopping early after epoch {done_epochs}: {state.best['metric']} has not improved by more "
+                                          f"than {cfg.early_stop_min_delta:g} in {cfg.early_stop_patience} validations "
+                                          f"(best {state.best['value']:.6g} at epoch {state.best['epoch']})")
                 self.logger.log("val", state.step, done_epochs, metrics)
                 plot_loss_trajectory(self.run_dir)
                 self.reporter.note(done_epochs, metrics)
                 self.last_metrics = metrics
             self.accelerator.wait_for_everyone()
+            if cfg.early_stop_patience and self.world > 1:  # the main process decided: every process stops with it
+                flag = torch.tensor([1.0 if state.stop else 0.0], device=self.device)
+                torch.distributed.broadcast(flag, src=0)
+                state.stop = bool(flag.item())
         if done_epochs % cfg.checkpoint_every == 0:
             self.save_checkpoint(f"epoch_{done_epochs:04d}")
         self.save_checkpoint("last")

@@ -179,3 +179,19 @@ def test_hand_vae_validates_the_elbo_at_the_full_kl_weight():
     training = StepContext(step=0, micro_step=0, epoch=0, device=torch.device("cpu"))
     validating = StepContext(step=0, micro_step=0, epoch=0, device=torch.device("cpu"), validating=True)
     assert recipe.beta(training) == 0.0 < config.loss.beta_max == recipe.beta(validating)
+
+
+def test_early_stopping_stops_a_plateaued_run_and_resumes_exactly(toy_recipe, tmp_path):
+    # a min_delta no change can beat: the first validation sets the reference, the next two do not improve on it
+    options = {"epochs": 10, "eval_every": 1, "early_stop_patience": 2, "early_stop_min_delta": 1e9}
+    straight = tmp_path / "straight"
+    result = train(toy_recipe(**options), straight, show_progress=False)
+    assert result.epochs_done == 3 and result.steps == 3 * 8 and result.best["stopped_early"] == 3
+    split = tmp_path / "split"
+    train(toy_recipe(max_steps=12, **options), split, show_progress=False)  # killed inside epoch 2
+    train(toy_recipe(**options), split, resume_from=split / "checkpoints" / "last.pt", show_progress=False)
+    assert_same_state(weights(straight), weights(split))
+    again = train(toy_recipe(**options), split, resume_from=split / "checkpoints" / "last.pt", show_progress=False)
+    assert again.steps == 24 and weights(split)["progress"]["step"] == 24  # a stopped run stays stopped
+    never = train(toy_recipe(epochs=4, eval_every=1, early_stop_patience=2), tmp_path / "never", show_progress=False)
+    assert never.epochs_done == 4 and "stopped_early" not in never.best  # a decreasing val loss never stops
