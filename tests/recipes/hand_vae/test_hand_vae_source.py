@@ -91,16 +91,16 @@ def test_source_free_bits_floor_each_sample_not_the_batch_mean():
 
 def test_the_source_config_trains_standardised_with_the_training_statistics(tmp_path, hands):
     assert main(["train", "hand-vae", "--config", "hand_vae_source", "--runs-dir", str(tmp_path), "--name", "src",
-                 "--no-progress", f"data.data_dir={hands}", "z_dim=6", "hidden=32", "batch_size=128", "max_epochs=3",
-                 "kl_warmup_epochs=1", "train.eval_every=1", "eval.hypothesis_iwae_samples=0"]) == 0
+                 "--no-progress", f"data.data_dir={hands}", "z_dim=6", "hidden=32", "batch_size=128", "max_epochs=2",
+                 "kl_warmup_epochs=1", "eval.figure_poses=100", "eval.hypothesis_iwae_samples=0"]) == 0
     run = load_run(tmp_path / "hand-vae" / "src")
     model = run.model
     train = torch.from_numpy(load_split(hands, "train", ["pose"])["pose"])
     torch.testing.assert_close(model.input_mean, train.double().mean(0).float())
     val = [r["val_loss"] for r in read_metrics(tmp_path / "hand-vae" / "src") if r["kind"] == "val"]
-    assert len(val) == 3 and val[-1] < val[0]
+    assert len(val) == 2 and val[-1] < val[0]
     lrs = {r["epoch"]: r["lr"] for r in read_metrics(tmp_path / "hand-vae" / "src") if r["kind"] == "train"}
-    assert lrs[1] > lrs[3] > 3e-6  # cosine over the epochs towards 1 % of lr
+    assert lrs[1] > lrs[2] >= 3e-6  # cosine over the epochs towards 1 % of lr
 
 
 def _source_checkpoint(path, model_type: str, *, best: str | None = None) -> dict[str, torch.Tensor]:
