@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from genflow.config import NonNegativeInt, PositiveInt, Range
 from genflow.data.registry import DataCommand, DataJob, check_data_options
@@ -29,6 +29,9 @@ class PointCloudOptions:
     source: str | None = None  # MNIST IDX directory or .npz (default: cached / registry copy)
     val_fraction: Annotated[float, Range(ge=0, le=0.5)] = 0.1  # fraction for the val split (test is 0.1)
     overwrite: bool = False  # replace an existing dataset
+    # how a cloud is drawn from an image: intensity (points ∝ pixel intensity, faint rim included) or source
+    # (FlowMix's: pixels > 128 chosen uniformly, Gaussian jitter, its scale); recorded in the manifest
+    clouds: Literal["intensity", "source"] = "intensity"
 
     def __post_init__(self) -> None:
         check_data_options(self)
@@ -56,7 +59,8 @@ def _point_clouds(digits: list[int], out: Path, o: PointCloudOptions, job: DataJ
     from genflow.data import make_mnist_points
 
     make_mnist_points(out, digits, n_points=o.points, seed=o.seed, limit=o.limit, source=o.source,
-                      overwrite=o.overwrite, val_fraction=o.val_fraction, command=job.command)
+                      overwrite=o.overwrite, val_fraction=o.val_fraction, command=job.command,
+                      construction=o.clouds)
     return {"dataset": out}
 
 

@@ -1,6 +1,7 @@
 """Networks. A model never knows the noise schedule or the objective it is trained with."""
 
-from genflow.models.adaln_mlp import AdaLNMLP, AdaLNMLPVelocityField, AdaLNResidualBlock, VectorVelocityField
+from genflow.models.adaln_mlp import (AdaLNMLP, AdaLNMLPVelocityField, AdaLNResidualBlock, PlainAdaLNMLPVelocityField,
+                                      VectorVelocityField)
 from genflow.models.dit import DiT, PatchEmbedding, check_dit_sizes, self_attention
 from genflow.models.embeddings import SinusoidalTimeEmbedding, TimestepMLP
 from genflow.models.pointnet import PointNetEncoder
@@ -11,6 +12,7 @@ __all__ = [
     "AdaLNResidualBlock",
     "DiT",
     "PatchEmbedding",
+    "PlainAdaLNMLPVelocityField",
     "check_dit_sizes",
     "self_attention",
     "PointNetEncoder",

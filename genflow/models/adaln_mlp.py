@@ -8,9 +8,15 @@ opens the gates gradually, which keeps deep stacks stable.
 :class:`AdaLNMLPVelocityField` treats each point of a set independently given a global context (the
 digit4 "GlobalAdaLNMLPCRN"), so it is permutation-equivariant over points.
 :class:`VectorVelocityField` is the same network over one vector per sample (e.g. a latent prior flow).
+
+:class:`PlainAdaLNMLPVelocityField` is the older, plainer form (FlowMix's ``GlobalAdaLNMLPCRN``): no residual
+stream and no gates; each layer is ``LayerNorm(SiLU(Linear(h))) * (1 + scale) + shift`` with a learned-affine
+LayerNorm, and only the output layer starts at zero.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +24,7 @@ from torch import Tensor, nn
 from genflow.errors import GenflowError
 from genflow.models.embeddings import TimestepMLP
 
-__all__ = ["AdaLNResidualBlock", "AdaLNMLP", "AdaLNMLPVelocityField", "VectorVelocityField"]
+__all__ = ["AdaLNResidualBlock", "AdaLNMLP", "AdaLNMLPVelocityField", "PlainAdaLNMLPVelocityField", "VectorVelocityField"]
 
 
 def _zero_init(layer: nn.Linear) -> nn.Linear:
@@ -26,6 +32,12 @@ def _zero_init(layer: nn.Linear) -> nn.Linear:
     nn.init.zeros_(layer.bias)
     return layer
 
+
+
+def _require_points(x: Tensor, point_dim: int) -> None:
+    """A clear error for anything but points `(B, N, point_dim)` (skipped while tracing for export)."""
+    if not torch.jit.is_tracing() and (x.ndim != 3 or x.shape[-1] != point_dim):
+        raise GenflowError(f"expected points of shape (B, N, {point_dim}), got {tuple(x.shape)}")
 
 class AdaLNResidualBlock(nn.Module):
     """``h + gate * MLP(LayerNorm(h) * (1 + scale) + shift)`` with ``(shift, scale, gate)`` from ``cond``.
@@ -133,8 +145,7 @@ class AdaLNMLPVelocityField(AdaLNMLP):
         Returns:
             Velocities, shape ``(B, N, point_dim)``.
         """
-        if not torch.jit.is_tracing() and (x.ndim != 3 or x.shape[-1] != self.data_dim):
-            raise GenflowError(f"expected points of shape (B, N, {self.data_dim}), got {tuple(x.shape)}")
+        _require_points(x, self.data_dim)
         return super().forward(x, t, c)
 
 
@@ -166,3 +177,70 @@ class VectorVelocityField(AdaLNMLP):
         if not torch.jit.is_tracing() and (x.ndim != 2 or x.shape[-1] != self.data_dim):
             raise GenflowError(f"expected vectors of shape (B, {self.data_dim}), got {tuple(x.shape)}")
         return super().forward(x, t, c)
+
+
+class PlainAdaLNMLPVelocityField(nn.Module):
+    """Per-point velocity field: a plain MLP whose every layer is modulated by ``(time, context)``.
+
+    ``cond = SiLU(W_c2 SiLU(W_c c + W_t sin/cos(t)))`` (``W_t`` without bias); ``h = SiLU(W_in x)``; then per
+    width w: ``h = LayerNorm(SiLU(W h)) * (1 + scale) + shift`` with ``(scale, shift) = W_m cond``; the output
+    layer starts at zero. The time features are ``[sin(t f), cos(t f)]`` of the raw time with
+    ``f_k = 10000^(-k / (half - 1))``.
+
+    Args:
+        point_dim: Coordinates per point ``D``.
+        cond_dim: Size of the global context.
+        widths: Width of each modulated layer (the first is also the input projection's).
+        time_dim: Size of the sinusoidal time features (even).
+        modulation_dim: Width of the conditioning vector the scales and shifts are read from.
+    """
+
+    def __init__(self, point_dim: int = 2, cond_dim: int = 64, widths: tuple[int, ...] = (64,) * 6,
+                 time_dim: int = 32, modulation_dim: int = 256) -> None:
+        super().__init__()
+        if not widths or time_dim < 4 or time_dim % 2:
+            raise GenflowError(f"PlainAdaLNMLPVelocityField needs widths and an even time_dim >= 4, got {widths}, {time_dim}")
+        self.data_dim = point_dim
+        half = time_dim // 2
+        frequencies = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / (half - 1))
+        self.register_buffer("frequencies", frequencies, persistent=False)
+        self.context_projection = nn.Linear(cond_dim, modulation_dim)
+        self.time_projection = nn.Linear(time_dim, modulation_dim, bias=False)
+        self.cond_mlp = nn.Linear(modulation_dim, modulation_dim)
+        self.input_projection = nn.Linear(point_dim, widths[0])
+        self.layers = nn.ModuleList()
+        self.modulations = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        width = widths[0]
+        for next_width in widths:
+            self.layers.append(nn.Linear(width, next_width))
+            self.modulations.append(nn.Linear(modulation_dim, 2 * next_width))
+            self.norms.append(nn.LayerNorm(next_width, eps=1e-6))
+            width = next_width
+        self.output_projection = _zero_init(nn.Linear(width, point_dim))
+
+    def time_features(self, t: Tensor) -> Tensor:
+        """``(B,)`` -> ``(B, time_dim)``: ``[sin(t f), cos(t f)]``."""
+        angles = t.to(self.frequencies.dtype)[:, None] * self.frequencies[None, :]
+        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+
+    def forward(self, x: Tensor, t: Tensor, c: Tensor) -> Tensor:
+        """Velocity of every point.
+
+        Args:
+            x: Points, shape ``(B, N, point_dim)``.
+            t: Times, shape ``(B,)``.
+            c: Global context, shape ``(B, cond_dim)``.
+
+        Returns:
+            Velocities, shape ``(B, N, point_dim)``.
+        """
+        _require_points(x, self.data_dim)
+        act = nn.functional.silu
+        cond = act(self.context_projection(c) + self.time_projection(self.time_features(t)))
+        cond = act(self.cond_mlp(cond))[:, None, :]  # (B, 1, modulation_dim): shared by all points
+        h = act(self.input_projection(x))
+        for layer, modulation, norm in zip(self.layers, self.modulations, self.norms):
+            scale, shift = modulation(cond).chunk(2, dim=-1)
+            h = norm(act(layer(h))) * (1 + scale) + shift
+        return self.output_projection(h)

@@ -7,6 +7,7 @@ forward pass has no data-dependent control flow, so it exports to ONNX with a dy
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +28,9 @@ class PointNetEncoder(nn.Module):
         latent_dim: Size of the code.
         hidden: Widths of the shared per-point MLP; the last one is the pooled feature size.
         variational: Output a Gaussian ``(mu, logvar)`` instead of a single code (VAE encoders).
+        layer_norm: A LayerNorm (learned affine) after each per-point layer's activation.
+        activation: ``"relu"`` or ``"silu"``, of the per-point layers and the head.
+        head: ``"mlp"`` (Linear, activation, Linear after the pooling) or ``"linear"`` (one Linear).
     """
 
     def __init__(
@@ -35,10 +39,16 @@ class PointNetEncoder(nn.Module):
         latent_dim: int = 64,
         hidden: Sequence[int] = (64, 128, 256),
         variational: bool = False,
+        layer_norm: bool = False,
+        activation: Literal["relu", "silu"] = "relu",
+        head: Literal["mlp", "linear"] = "mlp",
     ) -> None:
         super().__init__()
         if not hidden:
             raise GenflowError("PointNetEncoder needs at least one hidden width")
+        if activation not in ("relu", "silu") or head not in ("mlp", "linear"):
+            raise GenflowError(f"PointNetEncoder: unknown activation {activation!r} or head {head!r}")
+        act = nn.ReLU if activation == "relu" else nn.SiLU
         self.in_dim = in_dim
         self.latent_dim = latent_dim
         self.variational = variational
@@ -46,11 +56,14 @@ class PointNetEncoder(nn.Module):
         layers: list[nn.Module] = []
         width = in_dim
         for next_width in hidden:
-            layers += [nn.Linear(width, next_width), nn.ReLU()]
+            layers += [nn.Linear(width, next_width), act()]
+            if layer_norm:
+                layers.append(nn.LayerNorm(next_width, eps=1e-6))
             width = next_width
         self.point_mlp = nn.Sequential(*layers)
         out_dim = 2 * latent_dim if variational else latent_dim
-        self.head = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, out_dim))
+        self.head = (nn.Sequential(nn.Linear(width, width), act(), nn.Linear(width, out_dim)) if head == "mlp"
+                     else nn.Sequential(nn.Linear(width, out_dim)))
 
     def forward(self, points: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         """Encode point sets.

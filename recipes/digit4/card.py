@@ -5,5 +5,6 @@ from pathlib import Path
 
 from genflow.engine.card import RecipeCard
 
+_CONFIGS = Path(__file__).parent / "configs"
 CARD = RecipeCard(name="digit4", summary="point-cloud flow matching on MNIST 4s (PointNet + AdaLN-MLP, Chamfer)",
-                  configs=(Path(__file__).parent / "configs" / "digit4.yaml",))
+                  configs=(_CONFIGS / "digit4.yaml", _CONFIGS / "digit4_source.yaml"))

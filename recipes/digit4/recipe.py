@@ -5,6 +5,10 @@ MLP velocity field moves noise points to the digit's points conditioned on it. O
 system: prediction target velocity | noise | target, a variational (KL-regularised) latent
 (`use_vae`), and a prior flow over the latent (`use_prior_flow`) so `genflow sample RUN unconditional=true`
 draws new 4s with no input cloud. Time convention (all genflow flows): t = 0 noise, t = 1 data.
+
+The model options that rebuild the source's own network (configs/digit4_source.yaml, which configs/digit4.yaml
+follows): a LayerNorm PointNet with a linear head, a unit-length latent, the plain adaLN MLP field, flax's
+initialisation and noise / target losses in velocity space. benchmarks/parity/digit4.py checks them against it.
 """
 
 from __future__ import annotations
@@ -20,15 +24,16 @@ from torch import nn
 
 from genflow.config import NonNegative, PositiveInt, Range, check_ranges
 from genflow.engine import EvalOptions, OdeSolverOptions, Recipe, SampleOptions, StepContext, TrainConfig, evaluation
-from genflow.data import ShardDataset, first_samples, images_to_point_clouds, load_split, training_split
+from genflow.data import ShardDataset, first_samples, images_to_point_clouds, load_split, read_manifest, training_split
+from genflow.data.point_clouds import cloud_construction
 from genflow.errors import GenflowError
 from genflow.metrics import chamfer_distance, coverage_mmd_1nna
-from genflow.models import AdaLNMLPVelocityField, PointNetEncoder, VectorVelocityField
+from genflow.models import AdaLNMLPVelocityField, PlainAdaLNMLPVelocityField, PointNetEncoder, VectorVelocityField
 from genflow.objectives import AffinePath, FlowMatchingObjective, make_scheduler
 from genflow.samplers import solve_ode
 from genflow_recipes.digit4.card import CARD
 
-__all__ = ["Digit4Recipe", "Digit4Config", "Digit4Flow"]
+__all__ = ["Digit4Recipe", "Digit4Config", "Digit4Flow", "chamfer_report"]
 
 
 @dataclass
@@ -56,6 +61,19 @@ class ModelConfig:
     prior_hidden: PositiveInt = 256  # hidden width of the latent prior flow
     prior_depth: PositiveInt = 3  # blocks of the latent prior flow
     prior_weight: NonNegative = 1.0  # weight of the prior-flow loss in the total loss
+    # --- options of the source's model (configs/digit4_source.yaml sets them all) ---
+    encoder_layer_norm: bool = False  # a LayerNorm after each per-point layer of the PointNet encoder
+    encoder_activation: Literal["relu", "silu"] = "relu"  # activation of the encoder's layers
+    encoder_head: Literal["mlp", "linear"] = "mlp"  # after the max-pool: Linear-act-Linear, or one Linear
+    unit_latent: bool = False  # divide the latent code (a VAE's mean) by its length: codes on the unit sphere
+    # adaln_zero: residual adaLN-Zero blocks (width field_hidden x field_depth); adaln_plain: the source's plain MLP,
+    # field_depth layers LayerNorm(SiLU(Linear)) * (1 + scale) + shift, raw-time sinusoids, no residuals or gates
+    field: Literal["adaln_zero", "adaln_plain"] = "adaln_zero"
+    field_cond_dim: PositiveInt = 256  # adaln_plain: width of the (time, context) vector the modulations read
+    # prediction: MSE of the network's own output (velocity, noise or data); velocity: a noise / target prediction
+    # converted to the velocity it implies before the MSE (on condot: weights 1/t^2 / 1/(1-t)^2, as the source)
+    loss_space: Literal["prediction", "velocity"] = "prediction"
+    init: Literal["torch", "lecun_normal"] = "torch"  # Linear weights: torch's default or flax's (truncated normal, var 1/fan_in; zero bias)
 
 
 @dataclass
@@ -86,19 +104,38 @@ class Digit4Flow(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.encoder = PointNetEncoder(in_dim=2, latent_dim=cfg.latent_dim, hidden=cfg.encoder_hidden, variational=cfg.use_vae)
-        self.field = AdaLNMLPVelocityField(point_dim=2, cond_dim=cfg.latent_dim, hidden=cfg.field_hidden,
-                                           depth=cfg.field_depth, time_dim=cfg.time_dim)
+        self.encoder = PointNetEncoder(in_dim=2, latent_dim=cfg.latent_dim, hidden=cfg.encoder_hidden, variational=cfg.use_vae,
+                                       layer_norm=cfg.encoder_layer_norm, activation=cfg.encoder_activation,
+                                       head=cfg.encoder_head)
+        if cfg.field == "adaln_plain":
+            self.field = PlainAdaLNMLPVelocityField(point_dim=2, cond_dim=cfg.latent_dim, widths=(cfg.field_hidden,) * cfg.field_depth,
+                                                    time_dim=cfg.time_dim, modulation_dim=cfg.field_cond_dim)
+        else:
+            self.field = AdaLNMLPVelocityField(point_dim=2, cond_dim=cfg.latent_dim, hidden=cfg.field_hidden,
+                                               depth=cfg.field_depth, time_dim=cfg.time_dim)
         self.prior = (VectorVelocityField(cfg.latent_dim, hidden=cfg.prior_hidden, depth=cfg.prior_depth, time_dim=cfg.time_dim)
                       if cfg.use_prior_flow else None)
         self.use_vae = cfg.use_vae
+        self.unit_latent = cfg.unit_latent
         self.prior_path = AffinePath(make_scheduler("condot"))
+        if cfg.init == "lecun_normal":
+            for module in [self.encoder, self.field]:
+                for layer in module.modules():
+                    if isinstance(layer, nn.Linear):
+                        _lecun_normal_(layer)
+            if cfg.field == "adaln_plain":
+                nn.init.zeros_(self.field.output_projection.weight)  # the output layer keeps its zero start
+
+    def to_unit(self, code: torch.Tensor) -> torch.Tensor:
+        """`code / |code|` with the source's guard (1e-8 inside the square root), when `unit_latent`."""
+        return code / torch.sqrt(code.pow(2).sum(-1, keepdim=True) + 1e-8) if self.unit_latent else code
 
     def encode(self, points: torch.Tensor, latent_noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """`(B, N, 2)` -> context `(B, latent)` (a VAE draws it when `latent_noise` is given, else its mean)."""
         if not self.use_vae:
-            return {"context": self.encoder(points)}
+            return {"context": self.to_unit(self.encoder(points))}
         mu, logvar = self.encoder(points)
+        mu = self.to_unit(mu)
         context = mu if latent_noise is None else mu + torch.exp(0.5 * logvar) * latent_noise
         return {"context": context, "mu": mu, "logvar": logvar}
 
@@ -155,7 +192,11 @@ class Digit4Recipe(Recipe):
                     latent_noise=ctx.randn(b, m.latent_dim) if m.use_vae else None,
                     prior_noise=ctx.randn(b, m.latent_dim) if m.use_prior_flow else None,
                     prior_t=ctx.rand(b) if m.use_prior_flow else None)
-        flow_loss = self.objective.loss(out["prediction"].float(), sample, x0=x0, x1=x1)
+        if m.loss_space == "velocity" and m.prediction_target != "velocity":
+            velocity = self.objective.to_velocity(out["prediction"].float(), x_t=sample.x_t, t=t)
+            flow_loss = F.mse_loss(velocity, sample.dx_t)
+        else:
+            flow_loss = self.objective.loss(out["prediction"].float(), sample, x0=x0, x1=x1)
         loss, terms = flow_loss, {"flow_loss": flow_loss.item()}
         if m.use_vae:
             kl = -0.5 * torch.mean(torch.sum(1 + out["logvar"] - out["mu"] ** 2 - out["logvar"].exp(), dim=1))
@@ -197,7 +238,7 @@ class Digit4Recipe(Recipe):
         device = next(model.parameters()).device
         generator = torch.Generator().manual_seed(seed)
         z0 = torch.randn(n, self.config.model.latent_dim, generator=generator).to(device)
-        latent = solve_ode(lambda z, t: model.prior(z, t), z0, steps=steps, solver=solver)
+        latent = model.to_unit(solve_ode(lambda z, t: model.prior(z, t), z0, steps=steps, solver=solver))
         return self.generate(model, latent, n_points, steps=steps, solver=solver, generator=generator)
 
     # --- evaluation ------------------------------------------------------------------------------
@@ -217,19 +258,12 @@ class Digit4Recipe(Recipe):
         steps, solver = options.steps or self.config.eval.steps, options.solver or self.config.eval.solver
         data = load_split(self.config.data.path, split, ["points", "image"])
         points_np, images = data["points"][:limit], data["image"][:limit]
-        n_points = points_np.shape[1]
-        rng = np.random.default_rng(seed + 12345)
-        resample_a = torch.from_numpy(images_to_point_clouds(images, n_points, rng))
-        resample_b = torch.from_numpy(images_to_point_clouds(images, n_points, rng))
-        points = torch.from_numpy(points_np)
+        points, n_points = torch.from_numpy(points_np), points_np.shape[1]
         generated = self.reconstruct(model, points.to(device), steps=steps, solver=solver, seed=seed).cpu()
-        result: dict[str, Any] = {"split": split, "clouds": len(points), "points": n_points, "steps": steps, "solver": solver}
-        for label, squared in (("l2", False), ("sq", True)):
-            model_vs_input = float(chamfer_distance(generated, points, squared=squared).mean())
-            model_vs_resample = float(chamfer_distance(generated, resample_a, squared=squared).mean())
-            floor = float(chamfer_distance(resample_a, resample_b, squared=squared).mean())
-            result.update({f"chamfer_{label}": model_vs_input, f"chamfer_{label}_vs_resample": model_vs_resample,
-                           f"noise_floor_{label}": floor, f"ratio_to_floor_{label}": model_vs_input / floor})
+        construction = cloud_construction(read_manifest(self.config.data.path))
+        result: dict[str, Any] = {"split": split, "clouds": len(points), "points": n_points, "steps": steps,
+                                  "solver": solver, "construction": construction}
+        result.update(chamfer_report(generated, points, images, construction=construction, seed=seed))
         if model.prior is not None:
             count = min(len(points), 500)
             samples = self.generate_unconditional(model, count, n_points, steps=steps, solver=solver, seed=seed).cpu()
@@ -277,6 +311,33 @@ class Digit4Recipe(Recipe):
             z = torch.randn(2, m.latent_dim)
             graphs["prior_velocity"] = (_PriorVelocity(model), (z, t), ["z", "t"], ["velocity"], {"z": {0: "batch"}, "t": {0: "batch"}, "velocity": {0: "batch"}})
         return graphs
+
+
+def chamfer_report(generated: torch.Tensor, points: torch.Tensor, images: np.ndarray, *, construction: str,
+                   seed: int = 0) -> dict[str, float]:
+    """Chamfer of reconstructions `(B, N, 2)` against their input clouds `(B, N, 2)` and against an independent
+    resampling of each input image `(B, 28, 28)`, beside the resampling noise floor (two more independent
+    resamplings, drawn with the dataset's own cloud construction), for the L2 and squared conventions."""
+    rng = np.random.default_rng(seed + 12345)
+    n_points = points.shape[1]
+    resample_a = torch.from_numpy(images_to_point_clouds(images, n_points, rng, construction=construction))
+    resample_b = torch.from_numpy(images_to_point_clouds(images, n_points, rng, construction=construction))
+    result = {}
+    for label, squared in (("l2", False), ("sq", True)):
+        model_vs_input = float(chamfer_distance(generated, points, squared=squared).mean())
+        model_vs_resample = float(chamfer_distance(generated, resample_a, squared=squared).mean())
+        floor = float(chamfer_distance(resample_a, resample_b, squared=squared).mean())
+        result.update({f"chamfer_{label}": model_vs_input, f"chamfer_{label}_vs_resample": model_vs_resample,
+                       f"noise_floor_{label}": floor, f"ratio_to_floor_{label}": model_vs_input / floor})
+    return result
+
+
+def _lecun_normal_(layer: nn.Linear) -> None:
+    """flax's default Dense init: truncated normal (2 std) of variance 1 / fan_in, zero bias."""
+    std = (1.0 / layer.in_features) ** 0.5 / 0.87962566103423978  # the std of a unit normal truncated at +-2
+    nn.init.trunc_normal_(layer.weight, std=std, a=-2 * std, b=2 * std)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
 
 
 class _Encoder(nn.Module):

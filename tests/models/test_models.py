@@ -166,3 +166,25 @@ def test_encoder_and_field_export_to_onnx_with_a_dynamic_point_axis(tmp_path):
     cloud, x, t = torch.randn(3, 50, 2), torch.randn(3, 13, 2), torch.rand(3)
     (exported,) = session.run(None, {"cloud": cloud.numpy(), "x": x.numpy(), "t": t.numpy()})
     torch.testing.assert_close(torch.from_numpy(exported), model(cloud, x, t).detach(), atol=1e-5, rtol=1e-4)
+
+
+def test_plain_adaln_field_starts_at_zero_and_reads_time_and_context():
+    from genflow.models import PlainAdaLNMLPVelocityField
+
+    torch.manual_seed(0)
+    field = PlainAdaLNMLPVelocityField(point_dim=2, cond_dim=8, widths=(16, 16, 16), time_dim=8, modulation_dim=32)
+    x, t, c = torch.randn(2, 5, 2), torch.tensor([0.2, 0.7]), torch.randn(2, 8)
+    assert field(x, t, c).abs().max() == 0  # only the output layer starts at zero
+    randomize_zero_init(field)
+    out = field(x, t, c)
+    assert out.shape == (2, 5, 2)
+    assert not torch.allclose(out, field(x, t.flip(0), c)) and not torch.allclose(out, field(x, t, c.flip(0)))
+    perm = torch.randperm(5)
+    assert torch.allclose(field(x[:, perm], t, c), out[:, perm], atol=1e-6)  # per-point: permutation-equivariant
+
+
+def test_pointnet_source_options_add_layer_norms_and_a_linear_head():
+    plain, source = small_encoder(), small_encoder(layer_norm=True, activation="silu", head="linear")
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in plain.modules())
+    assert sum(isinstance(m, torch.nn.LayerNorm) for m in source.modules()) == 2
+    assert len(source.head) == 1 and source(torch.randn(3, 9, 2)).shape == (3, 16)
