@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8192)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pipeline", choices=("intended", "shipped"), default="intended")
+    # its so3 loss is NaN from the first step under 16-bit autocast (its arccos clamp at 1 - 1e-6 rounds to 1 there)
+    parser.add_argument("--precision", default="bf16-mixed", help="Lightning precision (32-true for its so3 model on CPU)")
     args = parser.parse_args()
 
     import torch
@@ -72,7 +74,7 @@ def main() -> None:
                                    learning_rate=3e-4, weight_decay=1e-4, kl_warmup_epochs=10, beta_max=1.0, free_bits=0.0)
     checkpoints = ModelCheckpoint(dirpath=args.out / "checkpoints", filename="hand_vae_{epoch:02d}_{val_loss:.4f}",
                                   monitor="val/loss", mode="min", save_top_k=3, save_last=True)
-    trainer = pl.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=1, precision="bf16-mixed",
+    trainer = pl.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=1, precision=args.precision,
                          logger=CSVLogger(save_dir=str(args.out), name="logs"),
                          callbacks=[checkpoints, EarlyStopping(monitor="val/loss", patience=20, mode="min", min_delta=1e-4),
                                     LearningRateMonitor(logging_interval="epoch")],
@@ -82,7 +84,7 @@ def main() -> None:
     seconds = time.perf_counter() - start
     summary = {"best_checkpoint": checkpoints.best_model_path, "best_val_loss": float(checkpoints.best_model_score),
                "epochs_run": trainer.current_epoch, "train_seconds": round(seconds, 1), "pipeline": args.pipeline,
-               "model_type": args.model_type, "seed": args.seed, "torch": torch.__version__,
+               "model_type": args.model_type, "seed": args.seed, "precision": args.precision, "torch": torch.__version__,
                "pytorch_lightning": pl.__version__, "threads": torch.get_num_threads()}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
