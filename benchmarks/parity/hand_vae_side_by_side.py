@@ -8,7 +8,8 @@
    `lhand_pose` / `rhand_pose`, and `{train,val,test}_samples.json` listing every frame (the same split).
 2. For each model (standard, so3) and seed, `hand_vae_source_driver.py` trains the source's Lightning module
    with its own data module and trainer settings, in the source's environment, pinned to one core
-   (`--core`), the intended pipeline by default (`--pipeline shipped` for the one as published).
+   (`--core`), the intended pipeline by default (`--pipeline shipped` for the one as published); bf16-mixed,
+   and fp32 for its so3 model, whose loss is NaN under 16-bit autocast.
 3. Its best checkpoint (ModelCheckpoint on `val/loss`) becomes a genflow run
    (`genflow runs import smplx-pose-priors ... pipeline=...`), and `genflow eval hands` scores it on the
    test split as it scores genflow's own runs, given with `--genflow` (trained separately, e.g.
@@ -77,7 +78,9 @@ def main() -> None:
                 subprocess.run(["taskset", "-c", str(args.core), str(args.source_python), str(Path(__file__).with_name("hand_vae_source_driver.py")),
                                 "--source", str(args.source), "--data-dir", str(files), "--splits-dir", str(splits), "--out", str(out),
                                 "--model-type", model_type, "--epochs", str(args.epochs), "--seed", str(seed),
-                                "--pipeline", args.pipeline], env=env, check=True)
+                                "--pipeline", args.pipeline,
+                                # its so3 loss is NaN under 16-bit autocast (recipe page): that model runs in fp32
+                                "--precision", "32-true" if model_type == "so3" else "bf16-mixed"], env=env, check=True)
             summary = json.loads((out / "summary.json").read_text())
             name = out.name
             run = args.work / "runs" / "hand-vae" / name
