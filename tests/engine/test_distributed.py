@@ -77,3 +77,16 @@ def test_a_streamed_run_of_two_processes_x_two_workers_resumes_to_the_same_weigh
     assert straight["progress"] == resumed["progress"] and straight["progress"]["epoch"] >= 1  # crossed an epoch
     for key, value in straight["model"].items():
         assert torch.equal(resumed["model"][key], value), key
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_stop_early_together(tmp_path, digit4_dir):
+    """The main process decides to stop early; the other stops with it (no hang) at the same epoch."""
+    proc = subprocess.run([sys.executable, "-m", "genflow.cli", "train", "digit4", "--runs-dir", str(tmp_path), "--no-progress",
+                           f"data.path={digit4_dir}", "--precision", "no", *TINY_MODEL, "--name", "two", "--gpus", "2",
+                           "train.epochs=6", "train.eval_every=1", "train.early_stop_patience=1",
+                           "train.early_stop_min_delta=1e9", "eval.num_clouds=8"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = load_checkpoint(tmp_path / "digit4" / "two" / "checkpoints" / "last.pt")
+    assert last["progress"]["epoch"] == 2 and last["best"]["stopped_early"] == 2
