@@ -1,5 +1,6 @@
 """Every CLI command's happy path and a bad-input path (one clear line, non-zero exit, no traceback)."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -381,4 +382,8 @@ def test_a_run_is_evaluated_from_any_directory_and_follows_moved_data(cli, tmp_p
     import yaml
 
     doc = yaml.safe_load((run / "config.yaml").read_text())
-    assert doc["data_path"] == {"key": "data.path", "given": "datasets/digit4", "absolute": str(home / "datasets" / "digit4")}
+    digest = hashlib.sha256((tmp_path / "moved" / "digit4" / "manifest.json").read_bytes()).hexdigest()  # moved above
+    assert doc["data_path"] == {"key": "data.path", "given": "datasets/digit4", "absolute": str(home / "datasets" / "digit4"),
+                                "manifest_sha256": digest}  # which data the run trained on
+    cores = doc["runtime"]["cpu_cores"]
+    assert 1 <= cores["usable"] <= cores["machine"] and doc["runtime"]["cuda"] is None

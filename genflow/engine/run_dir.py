@@ -8,6 +8,7 @@ and the recipe's pictures. `sample`, `eval` and `export` need only this director
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import os
 import subprocess
 import tempfile
@@ -153,8 +154,10 @@ class LoadedRun:
 def pin_data_path(recipe_cls: type[Recipe], config: Any) -> dict[str, str] | None:
     """Make the config's dataset path (`recipe_cls.data_path_key`) absolute, in place.
 
-    A relative path is taken from the working directory. Returns `{"key", "given", "absolute"}`, or
-    None when the recipe has no dataset path (a stream).
+    A relative path is taken from the working directory. Returns `{"key", "given", "absolute",
+    "manifest_sha256"}` (the sha256 of the dataset's `manifest.json`, which lists every shard's own sha256:
+    which data a run trained on; null when there is none), or None when the recipe has no dataset path
+    (a stream).
     """
     key = recipe_cls.data_path_key
     if not key:
@@ -168,7 +171,9 @@ def pin_data_path(recipe_cls: type[Recipe], config: Any) -> dict[str, str] | Non
         return None
     absolute = str(Path(given).expanduser().resolve())
     setattr(node, leaf, absolute)
-    return {"key": key, "given": given, "absolute": absolute}
+    manifest = Path(absolute) / "manifest.json"
+    digest = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None
+    return {"key": key, "given": given, "absolute": absolute, "manifest_sha256": digest}
 
 
 # What `sample` / `eval` may change in a trained run's config: where its data is, how it is evaluated.

@@ -17,6 +17,7 @@ checkpoint holds, written atomically).
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import signal
 import threading
@@ -193,7 +194,11 @@ class Trainer:
             record_runtime(run_dir, {"device": str(self.device), "precision_requested": cfg.precision, "precision": precision,
                                      "precision_reason": self.precision_reason, "world_size": self.world,
                                      "cpu": cpu_description() if self.device.type == "cpu" else None,
-                                     "gpu": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None})
+                                     "cpu_cores": {"machine": os.cpu_count(), "usable": len(os.sched_getaffinity(0))
+                                                   if hasattr(os, "sched_getaffinity") else os.cpu_count()},
+                                     "gpu": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
+                                     "cuda": torch.version.cuda if self.device.type == "cuda" else None,
+                                     "cudnn": torch.backends.cudnn.version() if self.device.type == "cuda" else None})
         if cfg.batch_size % self.world:
             raise ConfigError(f"train.batch_size={cfg.batch_size} must be divisible by the number of processes ({self.world})")
         self.logger = MetricsLogger(run_dir, accelerator, enabled=self.is_main)

@@ -107,7 +107,8 @@ def test_a_relative_data_path_is_pinned_to_the_working_directory(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     config = ToyDataConfig(data=DataSection(data_dir="sets/toy"))
     absolute = str(tmp_path.resolve() / "sets" / "toy")
-    assert pin_data_path(ToyDataRecipe, config) == {"key": "data.data_dir", "given": "sets/toy", "absolute": absolute}
+    assert pin_data_path(ToyDataRecipe, config) == {"key": "data.data_dir", "given": "sets/toy", "absolute": absolute,
+                                                    "manifest_sha256": None}  # no dataset there yet
     assert config.data.data_dir == absolute
     assert pin_data_path(ToyRecipe, ToyConfig()) is None  # no data section: nothing to pin
 
