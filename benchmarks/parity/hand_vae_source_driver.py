@@ -5,7 +5,7 @@ matplotlib, seaborn); it imports the source's `train_hand_vae_lightning.HandVAEL
 `hand_vae_datamodule.HandVAEDataModule` from `--source` and sets the trainer up as the source's
 `main()` does (AdamW with its cosine per epoch, gradient clip 1.0, ModelCheckpoint top-3 and last on
 `val/loss`, EarlyStopping patience 20), with these differences, all forced by running on one CPU
-core: precision `bf16-mixed` (its `16-mixed` is GPU-only), `num_workers=0`, `devices=1`, no progress bar;
+core: precision `bf16-mixed` (its `16-mixed` is fp16, meant for a GPU), `num_workers=0`, `devices=1`, no progress bar;
 and its `setup`'s one `self.log` call, which Lightning 2.x refuses there, is dropped.
 
 `--pipeline intended` keeps the data module's statistics but hands the model raw poses, so the poses

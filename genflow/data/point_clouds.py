@@ -56,8 +56,7 @@ def images_to_point_clouds(images: np.ndarray, n_points: int, rng: np.random.Gen
         DataSourceError: An image is all zero (for ``source``: has no pixel above 128); the message
             names its index.
     """
-    if construction not in CLOUD_CONSTRUCTIONS:
-        raise DataSourceError(f"unknown cloud construction {construction!r}; valid: {', '.join(CLOUD_CONSTRUCTIONS)}")
+    _check_construction(construction)
     images = np.asarray(images)
     if images.ndim != 3:
         raise DataSourceError(f"images_to_point_clouds: expected images of shape (N, H, W), got {images.shape}")
@@ -89,6 +88,11 @@ def images_to_point_clouds(images: np.ndarray, n_points: int, rng: np.random.Gen
             out[lo:hi, :, 0] = 2.0 * (cols + jitter[..., 0]) / width - 1.0
             out[lo:hi, :, 1] = 1.0 - 2.0 * (rows + jitter[..., 1]) / height
     return out
+
+
+def _check_construction(construction: str) -> None:
+    if construction not in CLOUD_CONSTRUCTIONS:
+        raise DataSourceError(f"unknown cloud construction {construction!r}; valid: {', '.join(CLOUD_CONSTRUCTIONS)}")
 
 
 def cloud_construction(manifest: dict) -> str:
@@ -161,8 +165,7 @@ def make_mnist_points(
     if not digits or any(d < 0 or d > 9 for d in digits):
         raise DataSourceError(f"make_mnist_points: digits must be a non-empty list of 0-9, got {digits}")
     check_split_fractions(val_fraction, test_fraction, "make_mnist_points")
-    if construction not in CLOUD_CONSTRUCTIONS:
-        raise DataSourceError(f"unknown cloud construction {construction!r}; valid: {', '.join(CLOUD_CONSTRUCTIONS)}")
+    _check_construction(construction)
     if limit is not None and limit < 1:
         raise DataSourceError(f"make_mnist_points: limit must be >= 1, got {limit}")
     mnist = load_mnist(source, cache_dir)

@@ -16,13 +16,11 @@ LayerNorm, and only the output layer starts at zero.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from genflow.errors import GenflowError
-from genflow.models.embeddings import TimestepMLP
+from genflow.models.embeddings import SinusoidalTimeEmbedding, TimestepMLP
 
 __all__ = ["AdaLNResidualBlock", "AdaLNMLP", "AdaLNMLPVelocityField", "PlainAdaLNMLPVelocityField", "VectorVelocityField"]
 
@@ -33,11 +31,11 @@ def _zero_init(layer: nn.Linear) -> nn.Linear:
     return layer
 
 
-
 def _require_points(x: Tensor, point_dim: int) -> None:
     """A clear error for anything but points `(B, N, point_dim)` (skipped while tracing for export)."""
     if not torch.jit.is_tracing() and (x.ndim != 3 or x.shape[-1] != point_dim):
         raise GenflowError(f"expected points of shape (B, N, {point_dim}), got {tuple(x.shape)}")
+
 
 class AdaLNResidualBlock(nn.Module):
     """``h + gate * MLP(LayerNorm(h) * (1 + scale) + shift)`` with ``(shift, scale, gate)`` from ``cond``.
@@ -201,9 +199,7 @@ class PlainAdaLNMLPVelocityField(nn.Module):
         if not widths or time_dim < 4 or time_dim % 2:
             raise GenflowError(f"PlainAdaLNMLPVelocityField needs widths and an even time_dim >= 4, got {widths}, {time_dim}")
         self.data_dim = point_dim
-        half = time_dim // 2
-        frequencies = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / (half - 1))
-        self.register_buffer("frequencies", frequencies, persistent=False)
+        self.time_features = SinusoidalTimeEmbedding(time_dim, scale=1.0, endpoint=True, sin_first=True)  # of the raw time
         self.context_projection = nn.Linear(cond_dim, modulation_dim)
         self.time_projection = nn.Linear(time_dim, modulation_dim, bias=False)
         self.cond_mlp = nn.Linear(modulation_dim, modulation_dim)
@@ -218,11 +214,6 @@ class PlainAdaLNMLPVelocityField(nn.Module):
             self.norms.append(nn.LayerNorm(next_width, eps=1e-6))
             width = next_width
         self.output_projection = _zero_init(nn.Linear(width, point_dim))
-
-    def time_features(self, t: Tensor) -> Tensor:
-        """``(B,)`` -> ``(B, time_dim)``: ``[sin(t f), cos(t f)]``."""
-        angles = t.to(self.frequencies.dtype)[:, None] * self.frequencies[None, :]
-        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 
     def forward(self, x: Tensor, t: Tensor, c: Tensor) -> Tensor:
         """Velocity of every point.

@@ -20,14 +20,20 @@ class SinusoidalTimeEmbedding(nn.Module):
         dim: Output size (odd sizes get one zero feature at the end).
         scale: Factor applied to ``t`` before the sinusoids.
         max_period: Longest period of the sinusoids, in scaled time units.
+        endpoint: The lowest frequency is exactly ``1 / max_period`` (exponents ``k / (half - 1)``, as flax
+            models write it) instead of one step above it (``k / half``).
+        sin_first: ``[sin, cos]`` instead of ``[cos, sin]``.
     """
 
-    def __init__(self, dim: int, scale: float = 1000.0, max_period: float = 10000.0) -> None:
+    def __init__(self, dim: int, scale: float = 1000.0, max_period: float = 10000.0, *, endpoint: bool = False,
+                 sin_first: bool = False) -> None:
         super().__init__()
         self.dim = dim
         self.scale = scale
+        self.sin_first = sin_first
         half = dim // 2
-        frequencies = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / max(half, 1))
+        steps = max(half - 1, 1) if endpoint else max(half, 1)
+        frequencies = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / steps)
         # a buffer so it follows .to(device); not saved because it is a pure function of the arguments
         self.register_buffer("frequencies", frequencies, persistent=False)
 
@@ -42,7 +48,8 @@ class SinusoidalTimeEmbedding(nn.Module):
         """
         # computed in the module's dtype (follows .to(dtype)), whatever dtype the caller's t has
         angles = (self.scale * t.to(self.frequencies.dtype))[:, None] * self.frequencies[None, :]
-        features = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+        pair = (torch.sin(angles), torch.cos(angles)) if self.sin_first else (torch.cos(angles), torch.sin(angles))
+        features = torch.cat(pair, dim=-1)
         if self.dim % 2:
             features = torch.cat([features, torch.zeros_like(features[:, :1])], dim=-1)
         return features
