@@ -39,7 +39,7 @@ from genflow.engine.checkpoint import (atomic_torch_save, link_checkpoint, load_
                                        restore_rng_state, training_checkpoint)
 from genflow.engine.loader import StreamedShards, as_tensors, plan_steps, training_loader
 from genflow.engine.log_window import LogWindow, TrainingDiverged
-from genflow.engine.metrics_log import MetricsLogger, flatten_config, make_trackers, plot_loss_trajectory, tracker_init_kwargs
+from genflow.engine.metrics_log import MetricsLogger, flatten_config, make_trackers, plot_loss_trajectory, record_tracker_runs
 from genflow.engine.memory import keep_freed_memory
 from genflow.engine.optim import EpochBatchSampler, ExponentialMovingAverage, build_lr_schedule, build_optimizer
 from genflow.engine.precision import cpu_description, resolve_precision
@@ -176,13 +176,13 @@ class TrainState:
 class Trainer:
     """One training run of `recipe` into `run_dir`: the parts its steps share, and the steps."""
 
-    def __init__(self, recipe: Recipe, run_dir: Path, *, show_progress: bool = True):
+    def __init__(self, recipe: Recipe, run_dir: Path, *, show_progress: bool = True, resuming: bool = False):
         """Start the accelerator and the experiment trackers (before any seeding: nothing they draw
-        changes the run). `set_up` builds the rest."""
+        changes the run); `resuming` continues the tracker runs the run dir recorded. `set_up` builds the rest."""
         self.recipe, self.run_dir, self.show_progress = recipe, run_dir, show_progress
         self.cfg = cfg = recipe.config.train
         trackers = make_trackers(cfg.trackers(), run_dir, experiment=recipe.name, tags={"genflow.run_dir": str(run_dir)},
-                                 tensorboard_tags=recipe.tensorboard_tags)
+                                 tensorboard_tags=recipe.tensorboard_tags, resuming=resuming)
         accelerator, precision, self.precision_reason = make_accelerator(cfg.precision, trackers, project_dir=run_dir)
         self.accelerator, self.device = accelerator, accelerator.device
         keep_freed_memory()  # big activations are not re-faulted page by page every step (genflow/engine/memory.py)
@@ -202,8 +202,9 @@ class Trainer:
         if cfg.batch_size % self.world:
             raise ConfigError(f"train.batch_size={cfg.batch_size} must be divisible by the number of processes ({self.world})")
         self.logger = MetricsLogger(run_dir, accelerator, enabled=self.is_main)
-        accelerator.init_trackers(recipe.name, config={"recipe": recipe.name, **flatten_config(config_to_dict(recipe.config))},
-                                  init_kwargs=tracker_init_kwargs(run_dir))
+        accelerator.init_trackers(recipe.name, config={"recipe": recipe.name, **flatten_config(config_to_dict(recipe.config))})
+        if self.is_main:  # so that a resume continues the MLflow / W&B runs
+            record_tracker_runs(run_dir, accelerator.trackers)
         self.ckpt_dir = run_dir / "checkpoints"
         self.last_good_path = self.ckpt_dir / "last_good.pt"  # the newest `last` written while the loss was sane
         self.period_losses: dict[LogWindow, tuple[float, int]] = {}  # each window's (loss sum, count) since the last checkpoint
@@ -546,7 +547,7 @@ def train(recipe: Recipe, run_dir: Path, resume_from: Path | None = None, show_p
     """
     trainer = None
     try:
-        trainer = Trainer(recipe, run_dir, show_progress=show_progress)
+        trainer = Trainer(recipe, run_dir, show_progress=show_progress, resuming=resume_from is not None)
         trainer.set_up(resume_from)
     except BaseException:
         if trainer is not None:

@@ -1,6 +1,7 @@
 """Experiment trackers (`train.log_with`) through Accelerate, and the loss kept on the device between log points."""
 
 import importlib.util
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -57,6 +58,7 @@ def test_log_with_none_writes_only_metrics_jsonl(toy_recipe, tmp_path):
     train(toy_recipe(epochs=1, log_with="none"), tmp_path, show_progress=False)
     assert (tmp_path / "metrics.jsonl").stat().st_size > 0
     assert not (tmp_path / "tb").exists() and not (tmp_path / "mlruns").exists()
+    assert not (tmp_path / "trackers.json").exists()
 
 
 def test_tensorboard_gets_the_train_scalars_under_the_recipe_tags(toy_recipe, tmp_path):
@@ -74,22 +76,29 @@ def test_tensorboard_gets_the_train_scalars_under_the_recipe_tags(toy_recipe, tm
 
 @pytest.fixture
 def mlflow_store(monkeypatch):
-    """A reader of a run dir's MLflow file store (MLflow 3 wants the file store allowed explicitly)."""
+    """A reader of an MLflow file store: (client, its runs oldest first). The user's MLflow settings are
+    cleared; the trainer allows the file store itself (MLflow 3 wants that explicitly), the reader after it."""
     mlflow = pytest.importorskip("mlflow")
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "MLFLOW_ALLOW_FILE_STORE"):
+        monkeypatch.delenv(key, raising=False)
 
-    def open_store(run_dir):
-        client = mlflow.tracking.MlflowClient(tracking_uri=(run_dir / "mlruns").resolve().as_uri())
-        (experiment,) = [e for e in client.search_experiments() if e.name != "Default"]
-        return client, client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    def open_store(store):
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+        client = mlflow.tracking.MlflowClient(tracking_uri=store.resolve().as_uri())
+        experiments = [e.experiment_id for e in client.search_experiments() if e.name != "Default"]
+        return client, client.search_runs(experiments, order_by=["attributes.start_time ASC"])
 
     return open_store
 
 
-def test_mlflow_file_store_in_the_run_dir_holds_the_train_loss_and_the_config(toy_recipe, tmp_path, mlflow_store, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def metric_steps(client, run, name="train/loss"):
+    return [m.step for m in client.get_metric_history(run.info.run_id, name)]
+
+
+def test_mlflow_file_store_in_the_run_dir_holds_the_train_loss_and_the_config(toy_recipe, tmp_path, mlflow_store):
     train(toy_recipe(epochs=2, log_every=4, log_with="mlflow"), tmp_path, show_progress=False)
-    client, (run,) = mlflow_store(tmp_path)
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_ALLOW_FILE_STORE" not in os.environ  # restored
+    client, (run,) = mlflow_store(tmp_path / "mlruns")
     assert run.info.run_name == tmp_path.name and run.info.status == "FINISHED"
     records = read_metrics(tmp_path)
     loss = client.get_metric_history(run.info.run_id, "train/loss")
@@ -102,10 +111,24 @@ def test_mlflow_file_store_in_the_run_dir_holds_the_train_loss_and_the_config(to
     assert params["recipe"] == "toy" and float(params["train.lr"]) == 0.01 and params["train.log_every"] == "4"
     assert params["train.betas"] == "[0.9, 0.999]" and params["train.max_steps"] == "null"
     assert not (tmp_path / "tb").exists()
-    assert "MLFLOW_TRACKING_URI" not in os.environ  # the process's MLflow settings are restored
+    recorded = json.loads((tmp_path / "trackers.json").read_text())["mlflow"]
+    assert recorded["run_id"] == run.info.run_id and recorded["store_in_run_dir"]
 
 
-def test_resume_with_mlflow_is_exact_and_each_invocation_is_an_mlflow_run(toy_recipe, tmp_path, mlflow_store):
+def test_runs_of_two_run_dirs_share_the_store_of_mlflow_tracking_uri(toy_recipe, tmp_path, mlflow_store, monkeypatch):
+    store = tmp_path / "store"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", str(store))
+    for name in ("first", "second"):
+        train(toy_recipe(epochs=1, log_every=4, log_with="mlflow"), tmp_path / name, show_progress=False)
+    client, runs = mlflow_store(store)
+    assert [r.info.run_name for r in runs] == ["first", "second"]
+    assert {client.get_experiment(r.info.experiment_id).name for r in runs} == {"toy"}
+    assert [metric_steps(client, r) for r in runs] == [[4, 8], [4, 8]]
+    assert not (tmp_path / "first" / "mlruns").exists()
+    assert os.environ["MLFLOW_TRACKING_URI"] == str(store)  # the user's setting, as it was
+
+
+def test_a_resumed_run_is_exact_and_continues_its_mlflow_run(toy_recipe, tmp_path, mlflow_store):
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(toy_recipe(max_steps=10), straight, show_progress=False)
     train(toy_recipe(max_steps=5, log_with="mlflow"), split, show_progress=False)
@@ -113,18 +136,69 @@ def test_resume_with_mlflow_is_exact_and_each_invocation_is_an_mlflow_run(toy_re
           show_progress=False)
     one, two = load_checkpoint(straight / "checkpoints" / "last.pt"), load_checkpoint(split / "checkpoints" / "last.pt")
     assert all(torch.equal(one["model"][k], two["model"][k]) for k in one["model"])
-    client, runs = mlflow_store(split)
-    steps = [[m.step for m in client.get_metric_history(r.info.run_id, "train/loss")] for r in runs]
-    assert steps == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]
-    assert [r.data.params["train.max_steps"] for r in runs] == ["5", "10"]
+    client, (run,) = mlflow_store(split / "mlruns")
+    assert metric_steps(client, run) == list(range(1, 11)) and run.info.status == "FINISHED"
+    # MLflow parameters cannot change: the first value stays, the resume's is a tag
+    assert run.data.params["train.max_steps"] == "5" and run.data.tags["genflow.resumed.train.max_steps"] == "10"
+
+
+def test_a_resume_in_another_store_starts_a_new_run_there_and_says_so(toy_recipe, tmp_path, mlflow_store, monkeypatch,
+                                                                       capsys):
+    run_dir, store = tmp_path / "run", tmp_path / "store"
+    train(toy_recipe(max_steps=5, log_with="mlflow"), run_dir, show_progress=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.as_uri())
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "moved")
+    train(toy_recipe(max_steps=10, log_with="mlflow"), run_dir, resume_from=run_dir / "checkpoints" / "last.pt",
+          show_progress=False)
+    assert f"the resume starts a new MLflow run at {store.as_uri()}" in capsys.readouterr().err
+    client, (moved,) = mlflow_store(store)
+    assert client.get_experiment(moved.info.experiment_id).name == "moved"
+    assert metric_steps(client, moved) == [6, 7, 8, 9, 10]
+    assert json.loads((run_dir / "trackers.json").read_text())["mlflow"]["run_id"] == moved.info.run_id
+
+
+def test_a_store_mlflow_cannot_use_is_one_line_naming_the_variable(toy_recipe, tmp_path, mlflow_store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuch://store")
+    with pytest.raises(GenflowError, match="train.log_with=mlflow: MLflow cannot use MLFLOW_TRACKING_URI=nosuch://store: "):
+        train(toy_recipe(log_with="mlflow"), tmp_path, show_progress=False)
+    assert os.environ["MLFLOW_TRACKING_URI"] == "nosuch://store"
 
 
 def test_a_diverged_run_ends_its_mlflow_run_failed_and_the_next_run_starts(toy_recipe, tmp_path, mlflow_store):
     with pytest.raises(TrainingDiverged):
         train(toy_recipe(fail_at_step=3, log_with="mlflow"), tmp_path / "bad", show_progress=False)
-    assert mlflow_store(tmp_path / "bad")[1][0].info.status == "FAILED"
+    assert mlflow_store(tmp_path / "bad" / "mlruns")[1][0].info.status == "FAILED"
     train(toy_recipe(epochs=1, log_with="mlflow"), tmp_path / "good", show_progress=False)
-    assert mlflow_store(tmp_path / "good")[1][0].info.status == "FINISHED"
+    assert mlflow_store(tmp_path / "good" / "mlruns")[1][0].info.status == "FINISHED"
+
+
+@pytest.fixture
+def wandb_offline(monkeypatch):
+    """W&B offline (no account, no network), without the user's settings; its process state reset after."""
+    wandb = pytest.importorskip("wandb")
+    for key in ("WANDB_PROJECT", "WANDB_ENTITY", "WANDB_NAME", "WANDB_DIR", "WANDB_RUN_ID", "WANDB_RESUME"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    yield wandb
+    wandb.teardown()
+
+
+def test_wandb_takes_the_users_settings_and_a_resume_continues_its_run(toy_recipe, tmp_path, monkeypatch, wandb_offline):
+    calls, real_init = [], wandb_offline.init
+    monkeypatch.setattr(wandb_offline, "init", lambda **kwargs: calls.append(kwargs) or real_init(**kwargs))
+    run_dir, files = tmp_path / "run", tmp_path / "wandb_files"
+    train(toy_recipe(max_steps=2, log_with="wandb"), run_dir, show_progress=False)
+    run_id = json.loads((run_dir / "trackers.json").read_text())["wandb"]["id"]
+    wandb_offline.teardown()  # W&B reads the environment once a process: the resume is a new `genflow train`
+    files.mkdir()
+    monkeypatch.setenv("WANDB_PROJECT", "mine")
+    monkeypatch.setenv("WANDB_DIR", str(files))
+    train(toy_recipe(max_steps=4, log_with="wandb"), run_dir, resume_from=run_dir / "checkpoints" / "last.pt",
+          show_progress=False)
+    assert calls == [{"project": "toy", "name": "run", "dir": str(run_dir)}, {"name": "run", "id": run_id, "resume": "allow"}]
+    assert list((run_dir / "wandb").glob(f"offline-run-*-{run_id}")) and list((files / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert json.loads((run_dir / "trackers.json").read_text())["wandb"] == {"id": run_id, "project": "mine"}
 
 
 # --- the loss stays on the device between log points ----------------------------------------------
