@@ -584,20 +584,31 @@ def export_command(
                                                     "model shape is read from its dataset (dtm) when the data moved."),
     format: str = typer.Option("safetensors", "--format", help="safetensors | onnx."),
     out: Optional[Path] = typer.Option(None, help="Output directory (default RUN_DIR/export)."),
-    checkpoint: str = typer.Option("best", help="best | last | epoch_XXXX."),
+    checkpoint: Optional[str] = typer.Option(None, help="best (default) | last | epoch_XXXX | top_epoch_XXXX | average_best_K."),
+    average: Optional[str] = typer.Option(None, "--average", help="best:K | last:K: export the mean weights of the K best "
+                                          "(train.keep_top_k) or the K newest epoch_XXXX checkpoints, saved first as "
+                                          "checkpoints/average_best_K.pt / average_last_K.pt."),
 ) -> None:
-    """Export a trained model: weights as safetensors + config, or ONNX graphs checked against torch."""
-    from genflow.engine.run_dir import load_run
-    from genflow.export import export_onnx, export_safetensors
+    """Export a trained model: weights as safetensors + config, or ONNX graphs checked against torch; a model
+    card README.md beside them."""
+    from genflow.engine.checkpoint import write_averaged_checkpoint
+    from genflow.engine.run_dir import load_run, read_run_config
+    from genflow.export import export_onnx, export_safetensors, write_model_card
 
-    run = load_run(run_dir, checkpoint, need_data=False, overrides=list(overrides or []))
-    out = out or run_dir / "export"
-    if format == "safetensors":
-        written = export_safetensors(run, out)
-    elif format == "onnx":
-        written = export_onnx(run, out)
-    else:
+    if format not in ("safetensors", "onnx"):
         raise GenflowError(f"--format {format!r}: expected safetensors or onnx")
+    if average is not None:
+        if checkpoint is not None:
+            raise ConfigError(f"--average {average} and --checkpoint {checkpoint} both given: the average is the checkpoint "
+                              f"exported; pass one")
+        read_run_config(run_dir)  # a run dir, before anything is written into it
+        averaged = write_averaged_checkpoint(run_dir / "checkpoints", average)
+        checkpoint = averaged.stem
+        console.print(f"wrote {averaged}  mean weights of {average}", markup=False, highlight=False)
+    run = load_run(run_dir, checkpoint or "best", need_data=False, overrides=list(overrides or []))
+    out = out or run_dir / "export"
+    written = export_safetensors(run, out) if format == "safetensors" else export_onnx(run, out)
+    written[write_model_card(run, out, files=list(written), weights_format=format)] = "model card"
     for path, detail in written.items():
         console.print(f"wrote {path}  {detail}")
 

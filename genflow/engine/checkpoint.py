@@ -4,6 +4,9 @@ A checkpoint is a `torch.save`d dict of tensors and plain Python values only (mo
 optimiser, LR scheduler and grad-scaler state, RNG states, progress, best metric), so it loads with
 `torch.load(weights_only=True)`. It is written to a temporary file in the same directory and renamed
 over the old one, so a crash mid-write never leaves a half checkpoint behind.
+
+Several checkpoints of a run average into one (`write_averaged_checkpoint`, `genflow export --average`):
+`checkpoints/average_best_K.pt` / `average_last_K.pt`, weights only, loadable like any other.
 """
 
 from __future__ import annotations
@@ -14,16 +17,17 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 import genflow
-from genflow.errors import CheckpointError
+from genflow.errors import CheckpointError, ConfigError
 
 __all__ = ["atomic_torch_save", "remove_stale_temp_files", "load_checkpoint", "load_foreign_checkpoint", "capture_rng_state",
-           "restore_rng_state", "link_checkpoint", "training_checkpoint"]
+           "restore_rng_state", "link_checkpoint", "training_checkpoint", "average_checkpoints", "checkpoints_to_average",
+           "write_averaged_checkpoint"]
 
 _TEMP_GLOB = ".*.pt.*.tmp"  # what atomic_torch_save names its temp files
 
@@ -183,3 +187,112 @@ def training_checkpoint(*, model: torch.nn.Module, ema: torch.nn.Module | None, 
         # half-way may hold another value, from its other checkpoint periods)
         "genflow_version": genflow.__version__,
     }
+
+
+def average_checkpoints(paths: Sequence[str | Path]) -> dict[str, torch.Tensor]:
+    """The equal-weight mean of the weights of several checkpoints of one model, as a state dict.
+
+    Each checkpoint gives its EMA weights where it kept them, else its model weights (the choice
+    `load_run` makes); all must be of one kind. Floating tensors are summed in float64, divided and cast
+    back to their dtype; other tensors (integer buffers such as BatchNorm's `num_batches_tracked`) are
+    taken from the last of `paths`, so pass them oldest first. BatchNorm running means and variances are
+    averaged like any float, not recomputed on data.
+
+    Raises:
+        CheckpointError: no paths, an unreadable file, EMA and plain weights mixed, or weights whose
+            names or shapes differ from the first checkpoint's (named).
+    """
+    return _average(paths)[0]
+
+
+def _average(paths: Sequence[str | Path]) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """`average_checkpoints`, and the progress of each checkpoint (each file is read once)."""
+    if not paths:
+        raise CheckpointError("no checkpoints to average")
+    paths = [Path(p) for p in paths]
+    total: dict[str, torch.Tensor] = {}
+    reference: dict[str, torch.Tensor] = {}
+    first_kind, progress = None, []
+    for path in paths:
+        checkpoint = load_checkpoint(path)
+        progress.append(dict(checkpoint.get("progress") or {}))
+        kind = "ema" if checkpoint.get("ema") is not None else "model"
+        weights = checkpoint[kind]
+        if first_kind is None:
+            first_kind, reference = kind, weights
+        elif kind != first_kind:
+            raise CheckpointError(f"{path}: holds {'EMA' if kind == 'ema' else 'no EMA'} weights but {paths[0].name} "
+                                  f"{'does' if first_kind == 'ema' else 'does not'}; average checkpoints of one kind")
+        missing, extra = sorted(set(reference) - set(weights)), sorted(set(weights) - set(reference))
+        if missing or extra:
+            differences = [f"missing {', '.join(missing[:3])}" if missing else "", f"extra {', '.join(extra[:3])}" if extra else ""]
+            raise CheckpointError(f"{path}: its weights are not those of {paths[0].name} "
+                                  f"({'; '.join(d for d in differences if d)}): not checkpoints of one model")
+        for name, tensor in weights.items():
+            if tensor.shape != reference[name].shape:
+                raise CheckpointError(f"{path}: {name} has shape {tuple(tensor.shape)}, {paths[0].name} has "
+                                      f"{tuple(reference[name].shape)}: not checkpoints of one model")
+            if not reference[name].is_floating_point():
+                total[name] = tensor.clone()  # counters: the newest
+            elif name in total:
+                total[name] += tensor.double()
+            else:
+                total[name] = tensor.double()
+    averaged = {name: (value / len(paths)).to(reference[name].dtype) if reference[name].is_floating_point() else value
+                for name, value in total.items()}
+    return averaged, progress
+
+
+_EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt")
+
+
+def checkpoints_to_average(checkpoint_dir: str | Path, spec: str) -> tuple[str, int, list[Path]]:
+    """The checkpoints `genflow export --average SPEC` averages, oldest first, with the parsed kind and count.
+
+    `best:K`: the K best validations that `train.keep_top_k` kept (`top_epoch_XXXX.pt`), as ranked by the
+    list in `last.pt`. `last:K`: the K newest periodic checkpoints `epoch_XXXX.pt` (written every
+    `train.checkpoint_every` epochs); `last.pt` is not one of them: it repeats the newest epoch file or
+    holds a position mid-epoch, which would break the even spacing of the snapshots.
+
+    Raises:
+        ConfigError: `spec` is not `best:K` / `last:K` with K a positive integer.
+        CheckpointError: fewer than K such checkpoints (the message names those there are).
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    kind, _, count = spec.partition(":")
+    if kind not in ("best", "last") or not count.isdigit() or int(count) < 1:
+        raise ConfigError(f"--average {spec!r}: expected best:K or last:K with K a positive integer, e.g. best:3")
+    k = int(count)
+    if kind == "best":
+        last = checkpoint_dir / "last.pt"
+        top = load_checkpoint(last).get("best", {}).get("top", []) if last.is_file() else []
+        if len(top) < k:
+            kept = ", ".join(entry["file"] for entry in top) or "none"
+            hint = f"; or average best:{len(top)}" if top else ""
+            raise CheckpointError(f"--average best:{k}: {checkpoint_dir} keeps {len(top)} top checkpoint(s) ({kept}); "
+                                  f"train with train.keep_top_k={k} or more to keep {k}{hint}")
+        chosen = sorted(top[:k], key=lambda entry: entry["epoch"])
+        paths = [checkpoint_dir / entry["file"] for entry in chosen]
+        for path in paths:
+            if not path.is_file():
+                raise CheckpointError(f"{path}: listed among the top checkpoints in {last.name} but not there")
+        return kind, k, paths
+    periodic = sorted((int(m.group(1)), p) for p in checkpoint_dir.glob("epoch_*.pt") if (m := _EPOCH_FILE.fullmatch(p.name)))
+    if len(periodic) < k:
+        have = ", ".join(p.stem for _, p in periodic) or "none"
+        raise CheckpointError(f"--average last:{k}: {checkpoint_dir} has {len(periodic)} periodic checkpoint(s) ({have}); "
+                              f"train.checkpoint_every sets how often they are written")
+    return kind, k, [p for _, p in periodic[-k:]]
+
+
+def write_averaged_checkpoint(checkpoint_dir: str | Path, spec: str) -> Path:
+    """Average the checkpoints `spec` names (`checkpoints_to_average`) into `average_<best|last>_K.pt` beside
+    them: the weights as `model` (no `ema`: where the run kept EMA weights, those were averaged), the
+    newest one's progress, and `averaged_from` (file, epoch and step of each)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    kind, k, paths = checkpoints_to_average(checkpoint_dir, spec)
+    weights, progress = _average(paths)
+    state = {"model": weights, "ema": None, "progress": progress[-1],
+             "averaged_from": [{"file": path.name, "epoch": p.get("epoch"), "step": p.get("step")} for path, p in zip(paths, progress)],
+             "genflow_version": genflow.__version__}
+    return atomic_torch_save(state, checkpoint_dir / f"average_{kind}_{k}.pt")

@@ -1,7 +1,8 @@
 """Run directories: `runs/<recipe>/<name>/` is self-describing.
 
 It holds the resolved `config.yaml` (with the recipe name, genflow version and git commit),
-`checkpoints/` (`last.pt`, `best.pt`, `epoch_XXXX.pt`), `tb/` (TensorBoard), `metrics.jsonl`
+`checkpoints/` (`last.pt`, `best.pt`, `epoch_XXXX.pt`, with `train.keep_top_k` `top_epoch_XXXX.pt`, after
+`genflow export --average` `average_best_K.pt` / `average_last_K.pt`), `tb/` (TensorBoard), `metrics.jsonl`
 and the recipe's pictures. `sample`, `eval` and `export` need only this directory.
 """
 
@@ -185,8 +186,9 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.
     """Rebuild a run's recipe and model from its directory and load a checkpoint.
 
     Args:
-        checkpoint: `best`, `last`, a name in `checkpoints/` (e.g. `epoch_0010`) or a file path.
-            `best` falls back to `last` when no best checkpoint was written yet.
+        checkpoint: `best`, `last`, a name in `checkpoints/` (e.g. `epoch_0010`, `top_epoch_0012`,
+            `average_best_3`) or a file path. `best` falls back to `last` when no best checkpoint was
+            written yet. An averaged checkpoint holds its weights as `model` (no `ema`).
         use_ema: load the EMA weights when the run kept them.
         overrides: `key=value` changes of the run's `data.*` / `eval.*` / `sampling.*` config,
             e.g. `data.path=/new/place` for a run whose dataset moved.
@@ -213,7 +215,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.
                               f"point the run at it with {pinned['key']}=DIR")
     recipe = recipe_cls(config)
     ckpt_dir = run_dir / "checkpoints"
-    path = Path(checkpoint) if checkpoint.endswith(".pt") and Path(checkpoint).is_file() else ckpt_dir / f"{checkpoint}.pt"
+    path = Path(checkpoint) if checkpoint.endswith(".pt") and Path(checkpoint).is_file() else \
+        ckpt_dir / (checkpoint if checkpoint.endswith(".pt") else f"{checkpoint}.pt")  # `average_best_3` or `average_best_3.pt`
     if checkpoint == "best" and not path.is_file():
         path = ckpt_dir / "last.pt"
     if not path.is_file():

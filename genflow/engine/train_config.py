@@ -46,6 +46,9 @@ class TrainConfig:
     checkpoint_every_steps: PositiveInt | None = None  # also refresh `last` every N steps, for long epochs
     best_metric: str = "val_loss"  # validation metric that picks checkpoints/best.pt (val_loss or a recipe metric)
     best_mode: Literal["min", "max"] = "min"  # whether a lower or a higher best_metric is better
+    # also keep the K best validations by best_metric as checkpoints/top_epoch_XXXX.pt, removing those that fall
+    # out of the K (what `genflow export --average best:K` averages); null: none kept
+    keep_top_k: PositiveInt | None = None
     # stop when best_metric has not improved by more than early_stop_min_delta in this many validations in a row
     # (Lightning's EarlyStopping: patience counts validations, not epochs); null: never stop early
     early_stop_patience: PositiveInt | None = None

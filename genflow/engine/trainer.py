@@ -47,7 +47,7 @@ from genflow.engine.progress import TrainingProgress
 from genflow.engine.recipe import Recipe, StepContext
 from genflow.engine.run_dir import CONFIG_FILE, record_runtime, write_run_config
 from genflow.engine.train_config import TrainConfig
-from genflow.errors import ConfigError, GenflowError
+from genflow.errors import CheckpointError, ConfigError, GenflowError
 
 __all__ = ["train", "TrainResult", "TrainingDiverged", "TrainingPreempted", "PREEMPTED_EXIT_CODE", "TrainState",
            "make_accelerator"]
@@ -137,7 +137,8 @@ class TrainState:
     batch: int = 0  # batches done in the current epoch
     step: int = 0  # optimiser steps done
     micro_step: int = 0  # batches done in all epochs (step x grad_accum_steps, plus an unfinished accumulation)
-    best: dict[str, Any] = field(default_factory=dict)  # metric, mode, value, epoch (and file: the named best checkpoint)
+    # metric, mode, value, epoch (and file: the named best checkpoint; top: the train.keep_top_k list, `enter_top`)
+    best: dict[str, Any] = field(default_factory=dict)
     epochs_closed: int = 0  # epochs whose end-of-epoch work (validation, best, checkpoints) is done
     loss_floor: float | None = None  # the lowest window-mean training loss so far (judges whether a checkpoint is good)
     stop: bool = False  # the run's last step is done (not saved: a resumed run works it out again)
@@ -161,6 +162,17 @@ class TrainState:
         if self.best["value"] is None:
             return True
         return value < self.best["value"] if self.best["mode"] == "min" else value > self.best["value"]
+
+    def enter_top(self, value: float, *, epoch: int, k: int) -> list[str]:
+        """Rank validation `epoch` among the `k` best kept as checkpoints (`best["top"]`: epoch, value, file,
+        best first; ties go to the earlier epoch). It lives in `best`, so every checkpoint saves the list and a
+        resumed run keeps the files an uninterrupted one keeps. Returns the files that fell out of the `k`."""
+        sign = 1 if self.best["mode"] == "min" else -1
+        ranked = [entry for entry in self.best.get("top", []) if entry["epoch"] != epoch]
+        ranked.append({"epoch": epoch, "value": float(value), "file": f"top_epoch_{epoch:04d}.pt"})
+        ranked.sort(key=lambda entry: (sign * entry["value"], entry["epoch"]))
+        self.best["top"] = ranked[:k]
+        return [entry["file"] for entry in ranked[k:] if entry["epoch"] != epoch]
 
     def plateaued(self, value: float, *, min_delta: float, patience: int) -> bool:
         """Count this validation for early stopping (in `best`, so checkpoints keep it): whether `value` has
@@ -243,6 +255,9 @@ class Trainer:
         """Weights, optimiser, schedule, EMA and position from a checkpoint (before `prepare`, as saved); the
         RNG states are restored at the end of `set_up`."""
         checkpoint = load_checkpoint(path)
+        if checkpoint.get("optimizer") is None or "progress" not in checkpoint or "scheduler" not in checkpoint:
+            raise CheckpointError(f"{path}: weights only (an average, or an import), no optimiser state to resume from; "
+                                  f"resume from the run's checkpoints/last.pt, or sample, eval or export this one")
         model.load_state_dict(checkpoint["model"])
         configured = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -455,13 +470,19 @@ class Trainer:
         cfg, state = self.cfg, self.state
         done_epochs = state.epochs_closed = state.epoch
         self.check_losses()
+        dropped: list[str] | None = None  # top-k files this validation pushed out (train.keep_top_k)
         if done_epochs % cfg.eval_every == 0 or done_epochs == cfg.epochs or state.stop:
             if self.is_main:
                 metrics = self.evaluate()
                 value = metrics.get(state.best["metric"])
-                if value is not None and math.isfinite(value) and state.improved(value):
+                finite = value is not None and math.isfinite(value)
+                # the top-k list first, so best.pt and the top file written now hold it with this validation in it
+                dropped = state.enter_top(value, epoch=done_epochs, k=cfg.keep_top_k) if finite and cfg.keep_top_k else None
+                if finite and state.improved(value):
                     state.best.update(value=float(value), epoch=done_epochs)
                     self.save_best_checkpoint()
+                if dropped is not None:
+                    self.save_top_checkpoint(done_epochs)
                 if state.best["value"] is not None:
                     metrics[f"{state.best['metric']}_best"] = state.best["value"]
                 if cfg.early_stop_patience and value is not None and math.isfinite(value) and not state.stop and \
@@ -482,6 +503,8 @@ class Trainer:
         if done_epochs % cfg.checkpoint_every == 0:
             self.save_checkpoint(f"epoch_{done_epochs:04d}")
         self.save_checkpoint("last")
+        if dropped is not None:  # after last.pt: a kill before it leaves every file the previous last.pt lists
+            self.remove_unlisted_top_checkpoints(dropped)
         self.accelerator.wait_for_everyone()
 
     def evaluate(self) -> dict[str, float]:
@@ -527,6 +550,30 @@ class Trainer:
             (self.ckpt_dir / previous).unlink(missing_ok=True)
         best["file"] = named.name
         link_checkpoint(path, named)
+
+    def save_top_checkpoint(self, epoch: int) -> None:
+        """`top_epoch_XXXX.pt` if validation `epoch` entered the `train.keep_top_k` best (`TrainState.enter_top`)."""
+        best = self.state.best
+        entry = next((entry for entry in best["top"] if entry["epoch"] == epoch), None)
+        if entry is None:
+            return
+        path = self.ckpt_dir / entry["file"]
+        if best["epoch"] == epoch:  # best.pt was just written with these weights and this list: no second write
+            link_checkpoint(self.ckpt_dir / "best.pt", path)
+        else:
+            self.save_checkpoint(path.stem)
+
+    def remove_unlisted_top_checkpoints(self, dropped: list[str]) -> None:
+        """Remove the top files the list no longer names (after last.pt is written, so every file the last.pt
+        on disk lists exists): those that fell out of the K (`dropped`), and any that a run killed between
+        writing a top file and its last.pt left behind and the resumed run did not write again (said)."""
+        listed = {entry["file"] for entry in self.state.best["top"]}
+        for path in sorted(self.ckpt_dir.glob("top_epoch_*.pt")):
+            if path.name not in listed:
+                path.unlink(missing_ok=True)
+                if path.name not in dropped:
+                    self.reporter.message(f"removed {path}: left by a run stopped between its checkpoint writes, and "
+                                          f"not among the train.keep_top_k={self.cfg.keep_top_k} best validations")
 
 
 def _built_from_config(what: str, build):

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -195,3 +196,66 @@ def test_early_stopping_stops_a_plateaued_run_and_resumes_exactly(toy_recipe, tm
     assert again.steps == 24 and weights(split)["progress"]["step"] == 24  # a stopped run stays stopped
     never = train(toy_recipe(epochs=4, eval_every=1, early_stop_patience=2), tmp_path / "never", show_progress=False)
     assert never.epochs_done == 4 and "stopped_early" not in never.best  # a decreasing val loss never stops
+
+
+TOP_K_RUN = {"epochs": 5, "keep_top_k": 2, "lr": 3e-2, "samples": 32, "log_every": 4, "log_with": None}  # 4 steps an epoch
+
+
+def top_files(run_dir):
+    return sorted(p.name for p in (run_dir / "checkpoints").glob("top_epoch_*.pt"))
+
+
+@pytest.fixture
+def no_loss_plot(monkeypatch):
+    """Skip the loss picture drawn at each validation (most of a toy run's time)."""
+    monkeypatch.setattr("genflow.engine.trainer.plot_loss_trajectory", lambda run_dir: None)
+
+
+def test_keep_top_k_keeps_the_k_best_validations(toy_recipe, tmp_path, no_loss_plot):
+    train(toy_recipe(**TOP_K_RUN), tmp_path, show_progress=False)
+    val = {r["epoch"]: r["val_loss"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
+           if r["kind"] == "val"}
+    best_two = sorted(val, key=val.get)[:2]
+    assert len(val) == 5 and top_files(tmp_path) == sorted(f"top_epoch_{epoch:04d}.pt" for epoch in best_two)
+    assert [(e["epoch"], e["value"]) for e in weights(tmp_path)["best"]["top"]] == [(epoch, val[epoch]) for epoch in best_two]
+    for epoch in best_two:  # each holds the weights of its epoch
+        kept, periodic = weights(tmp_path, f"top_epoch_{epoch:04d}"), weights(tmp_path, f"epoch_{epoch:04d}")
+        assert all(torch.equal(kept["model"][k], periodic["model"][k]) for k in periodic["model"])
+
+
+def test_keep_top_k_files_are_the_same_after_a_kill_and_resume(toy_recipe, tmp_path, monkeypatch, capsys, no_loss_plot):
+    from genflow.engine.trainer import Trainer
+
+    straight = tmp_path / "straight"
+    train(toy_recipe(**TOP_K_RUN), straight, show_progress=False)
+
+    class Killed(BaseException):
+        pass
+
+    save = Trainer.save_checkpoint
+
+    def killed_before_last_of_epoch_3(self, name):  # epoch 3's top file is written, its last.pt never is
+        if name == "last" and self.state.step == 12:
+            raise Killed
+        return save(self, name)
+
+    split = tmp_path / "split"
+    monkeypatch.setattr(Trainer, "save_checkpoint", killed_before_last_of_epoch_3)
+    with pytest.raises(Killed):
+        train(toy_recipe(**TOP_K_RUN), split, show_progress=False)
+    monkeypatch.setattr(Trainer, "save_checkpoint", save)
+    assert weights(split)["progress"]["step"] == 8 and "top_epoch_0003.pt" in top_files(split)
+    validating_less = tmp_path / "validating-less"
+    shutil.copytree(split, validating_less)
+    train(toy_recipe(**TOP_K_RUN), split, resume_from=split / "checkpoints" / "last.pt", show_progress=False)
+    assert top_files(split) == top_files(straight) and len(top_files(straight)) == 2
+    assert weights(split)["best"]["top"] == weights(straight)["best"]["top"]
+    for name in top_files(straight):
+        assert_same_state(weights(straight, name[:-3]), weights(split, name[:-3]))
+
+    # resumed with validations every 2 epochs, epoch 3's top file is not written again: removed, and said
+    capsys.readouterr()
+    train(toy_recipe(**{**TOP_K_RUN, "eval_every": 2}), validating_less, resume_from=validating_less / "checkpoints" / "last.pt",
+          show_progress=False)
+    assert "top_epoch_0003.pt" not in top_files(validating_less) and "top_epoch_0003.pt: left by a run stopped" in capsys.readouterr().out
+    assert top_files(validating_less) == sorted(e["file"] for e in weights(validating_less)["best"]["top"])
