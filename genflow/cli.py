@@ -28,7 +28,8 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="genflow: data -> HDF5 shards -> train -> sample -> eval -> export, one recipe at a time.")
 data_app = typer.Typer(no_args_is_help=True, help="Make, import, list, inspect and verify HDF5 shard datasets.")
 app.add_typer(data_app, name="data")
-runs_app = typer.Typer(no_args_is_help=True, help="Runs trained elsewhere, as genflow run directories.")
+runs_app = typer.Typer(no_args_is_help=True, help="List and compare run directories in one table; import runs "
+                       "trained elsewhere as genflow run directories.")
 app.add_typer(runs_app, name="runs")
 
 # Markup off: paths, keys and values a user typed print as typed (a path like runs/exp[1] is not a style tag)
@@ -115,11 +116,9 @@ def _is_key_value(word: str) -> bool:
 
 
 def _aligned(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    """A header line and one line per row, columns padded to their widest cell; the last column is free
-    text. Greppable and never wrapped or cut at the terminal width (as a rich table would be)."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)][:-1]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)) + ("  " + line[-1] if line[-1] else "")
-                     for line in [headers, *rows])
+    from genflow.engine.run_table import aligned_text
+
+    return aligned_text(headers, rows)
 
 
 def _print_plain(text: str) -> None:
@@ -309,6 +308,59 @@ def runs_import(ctx: typer.Context,
         raise ConfigError(f"genflow runs import {kind}: expected one SOURCE ({importer.source}) and options key=value, "
                           f"got {' '.join(positionals + overrides) or 'nothing'}")
     _print_result(importer.run(options, Path(positionals[0])))
+
+
+_RUNS_FORMAT = typer.Option("text", "--format", help="text | markdown | json (every field, the changed keys in full).")
+_RUNS_SORT = typer.Option(None, "--sort", help="Sort by a column (recipe, name, status, changed, epochs, steps, best, "
+                          "test, wall, device) or a test metric test.METRIC; numbers as numbers, runs without a value last.")
+_RUNS_DESC = typer.Option(False, "--desc/--asc", help="Sort descending (default ascending).")
+_RUNS_METRIC = typer.Option(None, "--metric", help="A test metric to show in the test column (repeat for more); the "
+                            "column otherwise names the test results found in RUN/eval/*.json.")
+
+
+@runs_app.command("ls")
+def runs_ls(directory: Path = typer.Argument(Path("runs"), metavar="DIR", help="Runs root (runs/, runs/<recipe>, a sweep) "
+                                             "or one run."),
+            fmt: str = _RUNS_FORMAT, sort: Optional[str] = _RUNS_SORT, descending: bool = _RUNS_DESC,
+            metric: Optional[list[str]] = _RUNS_METRIC) -> None:
+    """List the runs under DIR (default runs/), one line each: status, changed keys, epochs, steps, best, test, wall, device.
+
+    Example: genflow runs ls runs/dtm --sort best --desc
+    """
+    _print_runs([directory], fmt=fmt, sort=sort, descending=descending, metrics=list(metric or []), empty_ok=True)
+
+
+@runs_app.command("compare")
+def runs_compare(runs: list[Path] = typer.Argument(..., metavar="RUN", help="Run directories, or directories holding "
+                                                   "runs (a sweep)."),
+                 fmt: str = _RUNS_FORMAT, sort: Optional[str] = _RUNS_SORT, descending: bool = _RUNS_DESC,
+                 metric: Optional[list[str]] = _RUNS_METRIC) -> None:
+    """Compare runs in the `runs ls` table, in the order given (or --sort).
+
+    Example: genflow runs compare runs/dtm/a runs/dtm/b --format markdown
+    """
+    _print_runs(runs, fmt=fmt, sort=sort, descending=descending, metrics=list(metric or []), empty_ok=False)
+
+
+def _print_runs(paths: list[Path], *, fmt: str, sort: str | None, descending: bool, metrics: list[str], empty_ok: bool) -> None:
+    """The table on stdout; runs that cannot be read, and what could not be read of a run, on stderr."""
+    from genflow.engine.run_table import check_table_options, collect_summaries, runs_table
+
+    check_table_options(fmt=fmt, sort=sort)
+    summaries, skipped = collect_summaries(paths, empty_ok=empty_ok)
+    noted: dict[str, list[str]] = {}  # a note -> the runs it is about (an uninstalled recipe: many runs, one line)
+    for summary in summaries:
+        for note in summary["warnings"]:
+            noted.setdefault(note, []).append(summary["path"])
+    for note, where in noted.items():
+        runs = where[0] if len(where) == 1 else f"{len(where)} runs ({', '.join(where[:3])}{', ...' if len(where) > 3 else ''})"
+        err_console.print(f"warning: {runs}: {note}")
+    if skipped:
+        err_console.print(f"warning: {len(skipped)} run dir(s) left out, they cannot be read: {'; '.join(skipped)}")
+    if not summaries and fmt != "json":
+        err_console.print(f"no runs under {', '.join(str(p) for p in paths)}")
+        return
+    sys.stdout.write(runs_table(summaries, fmt=fmt, sort=sort, descending=descending, metrics=metrics) + "\n")
 
 
 # --- train ----------------------------------------------------------------------------------------------
@@ -544,6 +596,7 @@ def eval_command(
     options = run.recipe.options(name, values)
     result = run.recipe.run_eval(name, run.model, run.run_dir, _device(), options)
     result = {"run_dir": str(run_dir), "checkpoint": run.checkpoint.name, **result}
+    saved = _save_eval_result(run_dir, name, result, options)
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
         return
@@ -553,6 +606,20 @@ def eval_command(
             continue  # nested per-horizon numbers: in --json and the files the recipe wrote
         table.add_row(key, f"{value:.5f}" if isinstance(value, float) else str(value))
     console.print(table)
+    console.print(f"saved {_display_path(saved)}")
+
+
+def _save_eval_result(run_dir: Path, name: str, result: dict[str, Any], options: Any) -> Path:
+    """RUN/eval/NAME-SPLIT-CHECKPOINT.json: the result with its options, for `genflow runs ls` and the model
+    card (a later evaluation of the same split and checkpoint replaces it)."""
+    split = result.get("split") or getattr(options, "split", None) or "all"
+    path = run_dir / "eval" / f"{name}-{split}-{Path(result['checkpoint']).stem}.json"
+    path.parent.mkdir(exist_ok=True)
+    doc = {**result, "split": split, "evaluation": name, "options": dataclasses.asdict(options)}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, default=str, indent=1) + "\n")
+    tmp.replace(path)
+    return path
 
 
 def _eval_options_texts(name: str | None, words: list[str]) -> list[str]:

@@ -74,8 +74,11 @@ def prepare_training(recipe_name: str, *, config_path: Path | None = None, overr
         if config_path is not None:
             raise ConfigError("--config cannot be combined with --resume: the run's saved config is used; pass overrides instead")
         config = config_from_dict(recipe_cls.config_class, apply_overrides(doc["config"], overrides, recipe_cls.config_class))
+        config_file = doc.get("config_file")  # where the run first started from; a resume reads no YAML
     else:
-        config = load_config(recipe_cls.config_class, recipe_cls.config_file(config_path), overrides)
+        yaml_path = recipe_cls.config_file(config_path)
+        config = load_config(recipe_cls.config_class, yaml_path, overrides)
+        config_file = _config_file_record(recipe_cls, yaml_path)
         checkpoint = None
         if name is None and create:  # several processes (torchrun, srun, accelerate launch): rank 0's start time names the run
             name = agree_on(default_run_name())
@@ -91,7 +94,8 @@ def prepare_training(recipe_name: str, *, config_path: Path | None = None, overr
     created = False
     if create and is_main:
         created = not run_dir.exists()
-        record_run_config(run_dir, recipe_cls, config, {"overrides": overrides, "data_path": data_path,
+        record_run_config(run_dir, recipe_cls, config, {"config_file": config_file, "overrides": overrides,
+                                                        "data_path": data_path,
                                                         "resumed_from": str(checkpoint) if checkpoint else None})
     return TrainingPlan(recipe=recipe_cls(config), run_dir=run_dir, resume_checkpoint=checkpoint, is_main=is_main,
                         overrides=overrides, created_run_dir=created)
@@ -132,3 +136,12 @@ def _take_ckpt_path(overrides: list[str], resume: str | None) -> str | None:
             if not resume:
                 raise ConfigError(f"{key}: expected a checkpoint file (RUN/checkpoints/last.pt) or a run directory")
     return resume
+
+
+def _config_file_record(recipe_cls: type[Recipe], path: Path) -> str:
+    """How config.yaml names the YAML a run started from (`config_file`): one of the recipe's own configs by its
+    name, which `--config NAME` takes and which stays valid when genflow moves; any other file by its absolute path.
+    `genflow runs ls` compares the run's config with this YAML to show what the run changed."""
+    resolved = Path(path).resolve()
+    shipped = recipe_cls.card.configs if recipe_cls.card is not None else ()
+    return next((config.stem for config in shipped if Path(config).resolve() == resolved), str(resolved))
