@@ -457,6 +457,58 @@ def _source_trainer_overrides(overrides: list[str], gpus: int) -> tuple[list[str
     return kept, gpus
 
 
+# --- sweep ---------------------------------------------------------------------------------------------
+@app.command("sweep")
+def sweep_command(
+    recipe: str = typer.Argument(..., help="Recipe name (see `genflow recipes`)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=choice(a,b,...) or key=range(start,stop[,step]) "
+                                                    "to sweep (quote them in a shell); key=value for every trial."),
+    config: Optional[str] = typer.Option(None, "--config", help="YAML config file, or the name of one of the recipe's configs."),
+    name: Optional[str] = typer.Option(None, help="Sweep name: its directory RUNS_DIR/sweeps/NAME (default: recipe and "
+                                       "start time). The same command with the same --name continues a stopped sweep."),
+    seeds: Optional[int] = typer.Option(None, min=1, help="Run every point with N seeds: train.seed = the config's, +1, ..."),
+    samples: Optional[int] = typer.Option(None, min=1, help="Run N points drawn at random from the grid (without repeats)."),
+    sample_seed: int = typer.Option(0, help="Seed of the --samples draw."),
+    parallel: int = typer.Option(1, min=1, help="Trials at a time; they split the cores (and GPUs) between them."),
+    gpus: int = typer.Option(1, min=1, help="Processes per trial (`genflow train --gpus N`): GPUs, or CPU processes without CUDA."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Root of run directories; the sweep goes to RUNS_DIR/sweeps/NAME."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the trials and exit; nothing is written."),
+) -> None:
+    """Train a grid of configs, each trial its own `genflow train` process, and tabulate their best metrics.
+    Example: genflow sweep digit4 'train.lr=choice(1e-3,3e-3)' --seeds 2 --parallel 2"""
+    from genflow.config import load_config
+    from genflow.engine.recipe import get_recipe
+    from genflow.engine.run_dir import check_run_name, default_run_name
+    from genflow.engine.sweep import SweepPlan, parse_sweep_words, run_sweep, sweep_summary
+
+    cls = get_recipe(recipe)
+    axes, fixed = parse_sweep_words(list(overrides or []))
+    config_file = cls.config_file(config)
+    base = load_config(cls.config_class, config_file, fixed)
+    plan = SweepPlan(recipe=cls.name, axes=tuple(axes), fixed=tuple(fixed), config=config, seeds=seeds,
+                     first_seed=base.train.seed, samples=samples, sample_seed=sample_seed, gpus=gpus)
+    trials = plan.trials()
+    for trial in trials:  # every trial's config is valid before the first starts
+        load_config(cls.config_class, config_file, trial.overrides)
+    sweep_dir = runs_dir / "sweeps" / check_run_name(name or f"{cls.name}-{default_run_name()}")
+    if dry_run:
+        _print_plain(_aligned(("trial", "overrides"), [(t.name, " ".join(t.overrides)) for t in trials]))
+        return
+    import torch
+
+    console.print(f"sweep {sweep_dir}: {len(trials)} trials, {parallel} at a time (continue it with the same command "
+                  f"and --name {sweep_dir.name})")
+    done = run_sweep(plan, sweep_dir=sweep_dir, parallel=parallel, cuda_devices=torch.cuda.device_count(),
+                     report=lambda line: console.print(line))
+    summary = sweep_summary(sweep_dir, done, recipe=cls.name)
+    _print_plain(summary["text"])
+    failed = [t.name for t in done if t.status != "done"]
+    console.print(f"summary: {_display_path(sweep_dir / 'summary.md')}, {_display_path(sweep_dir / 'summary.json')}")
+    if failed:
+        raise GenflowError(f"{len(failed)} of {len(done)} trials did not finish ({', '.join(failed)}); their logs are in "
+                           f"{_display_path(sweep_dir / 'logs')}; the same command retries them")
+
+
 # --- config --------------------------------------------------------------------------------------------
 @app.command("config")
 def config_command(
