@@ -57,12 +57,24 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 # --- recipes ------------------------------------------------------------------------------------------
 @app.command("recipes")
-def recipes_command() -> None:
+def recipes_command(configs: bool = typer.Option(False, "--configs", help="List every config of every recipe: its "
+                                                 "hardware (cpu / gpu) and purpose; `genflow config RECIPE --config "
+                                                 "NAME > mine.yaml` copies one out.")) -> None:
     """List the installed recipes: name, configs (the first is the default; `--config NAME` picks another), summary."""
+    from genflow.engine.card import config_header
     from genflow.engine.catalog import recipe_entries  # read from the recipe cards: no torch import, well under 1 s
 
-    rows = [(e.name, ", ".join(p.name for p in e.card.configs) or "-", e.summary) for e in recipe_entries()]
-    _print_plain(_aligned(("name", "configs (default first)", "summary"), rows))
+    entries = recipe_entries()
+    if not configs:
+        rows = [(e.name, ", ".join(p.name for p in e.card.configs) or "-", e.summary) for e in entries]
+        return _print_plain(_aligned(("name", "configs (default first)", "summary"), rows))
+    rows = []
+    for entry in entries:
+        for index, path in enumerate(entry.card.configs):
+            header = config_header(path)
+            rows.append((entry.name, path.stem + (" (default)" if index == 0 else ""), header.hardware or "-",
+                         header.purpose or "-"))
+    _print_plain(_aligned(("recipe", "config", "hardware", "purpose"), rows))
 
 
 def _display_path(path: Path) -> str:
@@ -519,7 +531,8 @@ def config_command(
     keys: bool = typer.Option(False, "--keys", help="List every key with its type, default (after the YAML and "
                               "overrides) and help, instead of the YAML."),
 ) -> None:
-    """Print a recipe's resolved config as YAML (a file `genflow train RECIPE --config FILE` takes), or its keys."""
+    """Print a recipe's resolved config as YAML (a file `genflow train RECIPE --config FILE` takes), or its keys.
+    `genflow config RECIPE --config NAME > mine.yaml` copies a config out to edit: every key, under its header."""
     from genflow.config import config_keys, config_to_dict, load_config
     from genflow.engine.recipe import get_recipe
 
@@ -527,6 +540,13 @@ def config_command(
     config = cls.config_file(config)
     resolved = load_config(cls.config_class, config, list(overrides or []))
     if not keys:
+        from genflow.engine.card import config_header
+
+        header = config_header(config)
+        sys.stdout.write(f"# hardware: {header.hardware or '-'}\n# purpose: {header.purpose or '-'}\n"
+                         f"# every key of {cls.name}'s config {config.stem}{' with ' + ' '.join(overrides) if overrides else ''}"
+                         f" (genflow config {cls.name} --keys explains them); train it with:\n"
+                         f"#   genflow train {cls.name} --config THIS_FILE\n")
         return _print_yaml(resolved)
     values = config_to_dict(resolved)
     rows = []

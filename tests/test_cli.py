@@ -35,6 +35,19 @@ def test_recipes_lists_digit4(cli):
     assert code == 0 and "digit4" in out and "digit4.yaml" in out
 
 
+def test_recipes_configs_lists_every_config_with_its_hardware_and_one_copies_out(cli, tmp_path):
+    code, out, _ = cli("recipes", "--configs")
+    rows = {tuple(line.split()[:2]): line for line in out.splitlines()[1:]}
+    assert code == 0 and ("digit4", "digit4") in rows and ("mmnist-wm", "mmnist_wm_full") in rows
+    assert " gpu " in rows[("mmnist-wm", "mmnist_wm_full")] and " cpu " in rows[("digit4", "digit4_source")]
+    code, out, _ = cli("config", "digit4", "--config", "digit4_source")
+    assert code == 0 and out.startswith("# hardware: cpu\n# purpose: FlowMix")
+    (tmp_path / "mine.yaml").write_text(out)
+    code, copied, _ = cli("config", "digit4", "--config", tmp_path / "mine.yaml")
+    code, original, _ = cli("config", "digit4", "--config", "digit4_source")
+    assert copied.split("data:", 1)[1] == original.split("data:", 1)[1]  # the copy trains the same config
+
+
 def test_version_and_the_config_a_recipe_resolves(cli, tmp_path):
     from genflow import __version__
     from genflow.config import config_keys

@@ -21,7 +21,33 @@ from pathlib import Path
 from genflow.errors import ConfigError
 from genflow.lazy import lazy_exports
 
-__all__ = ["RecipeCard", "lazy_exports"]
+__all__ = ["RecipeCard", "ConfigHeader", "config_header", "lazy_exports"]
+
+HARDWARE = ("cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class ConfigHeader:
+    """What a config's leading comments declare: `# hardware: cpu|gpu` (what it is sized for) and
+    `# purpose: one line` (what `genflow recipes --configs` shows)."""
+
+    hardware: str | None
+    purpose: str | None
+
+
+def config_header(path: Path) -> ConfigHeader:
+    """The `# hardware:` and `# purpose:` lines of a YAML's leading comment block (None where absent)."""
+    found: dict[str, str] = {}
+    for line in Path(path).read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        key, sep, value = line.lstrip("#").strip().partition(":")
+        if sep and key in ("hardware", "purpose") and key not in found:
+            found[key] = value.strip()
+    hardware = found.get("hardware")
+    if hardware is not None and hardware not in HARDWARE:
+        raise ConfigError(f"{path}: '# hardware: {hardware}': expected one of {', '.join(HARDWARE)}")
+    return ConfigHeader(hardware=hardware, purpose=found.get("purpose"))
 
 
 @dataclass(frozen=True)

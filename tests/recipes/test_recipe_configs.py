@@ -112,3 +112,11 @@ def test_yaml_header_points_at_the_keys_listing(path):
 def test_every_config_field_has_a_help_comment(cls):
     undocumented = [name for name, text in field_help(cls).items() if not text.strip()]
     assert not undocumented, f"{cls.__qualname__}: fields without a `# help` comment: {', '.join(undocumented)}"
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.name)
+def test_yaml_header_declares_its_hardware_and_purpose(path):
+    from genflow.engine.card import config_header
+
+    header = config_header(path)
+    assert header.hardware in ("cpu", "gpu") and header.purpose, f"{path.name}: add '# hardware: cpu|gpu' and '# purpose: ...'"
