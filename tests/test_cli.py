@@ -221,6 +221,8 @@ def test_eval_chamfer_json(cli, trained_run):
     result = json.loads(out)
     assert result["clouds"] > 0 and 0 < result["noise_floor_l2"] < result["chamfer_l2"]
     assert result["ratio_to_floor_l2"] == pytest.approx(result["chamfer_l2"] / result["noise_floor_l2"])
+    saved = json.loads((trained_run / "eval" / "chamfer-test-best.json").read_text())  # for runs ls and the model card
+    assert saved["chamfer_l2"] == result["chamfer_l2"] and saved["options"]["steps"] == 3
 
 
 def test_eval_unknown_metric(cli, trained_run):

@@ -19,7 +19,8 @@ A run's status, from its files (genflow keeps no lock or pid file), the first th
   say which); `genflow train RECIPE --resume RUN` continues it.
 
 Test metrics are the numbers of each `RUN/eval/*.json` that holds a JSON object with `"split": "test"`
-(what `genflow eval NAME RUN --json` prints), keyed by the file's name without `.json`.
+(what `genflow eval NAME RUN` saves there), keyed by the checkpoint evaluated (`best`, `average_best_3`;
+the file's name without `.json` for a file that does not say).
 """
 
 from __future__ import annotations
@@ -241,7 +242,9 @@ def _test_results(run_dir: Path, notes: list[str]) -> dict[str, dict[str, float]
             notes.append(f"eval/{path.name}: not readable as JSON ({str(exc).splitlines()[0]}), left out")
             continue
         if isinstance(doc, dict) and doc.get("split") == "test":
-            results[path.stem] = {key: value for key, value in doc.items() if _is_number(value)}
+            # keyed by the checkpoint evaluated (`best`, `average_best_3`): one line of results per checkpoint
+            where = Path(str(doc["checkpoint"])).stem if doc.get("checkpoint") else path.stem
+            results.setdefault(where, {}).update({key: value for key, value in doc.items() if _is_number(value)})
     return results
 
 
@@ -398,7 +401,13 @@ def _cell(row: dict[str, Any], column: str, metrics: Sequence[str]) -> str:
     if column == "test":
         if not metrics:
             return ", ".join(row.get("test") or {})
-        return " ".join(f"{name}={_number(found)}" for name in metrics if (found := _test_metric(row, name)) is not None)
+        results = row.get("test") or {}
+        cells = [(where, " ".join(f"{name}={_number(values[name])}" for name in metrics if name in values))
+                 for where, values in sorted(results.items(), key=lambda item: item[0] != "best")]
+        cells = [(where, text) for where, text in cells if text]
+        if len(cells) == 1 and cells[0][0] == "best":
+            return cells[0][1]
+        return "; ".join(f"{where}: {text}" for where, text in cells)
     if column == "wall":
         return _duration(row.get("wall_s"))
     if column == "device":
@@ -444,8 +453,9 @@ def _duration(seconds: float | None) -> str:
 
 
 def _test_metric(row: dict[str, Any], name: str) -> float | None:
-    """Test metric `name` from the first result file (by name) that has it."""
-    for values in (row.get("test") or {}).values():
+    """Test metric `name` of best.pt's evaluation, else of the first other checkpoint's (by name) that has it."""
+    results = row.get("test") or {}
+    for _, values in sorted(results.items(), key=lambda item: (item[0] != "best", item[0])):
         if name in values:
             return values[name]
     return None

@@ -63,14 +63,14 @@ def test_a_finished_run_is_summarised_from_its_files(tmp_path):
                     data_path={"key": "data.path", "given": "datasets/digit4"},
                     runtime={"device": "cuda:0", "gpu": "NVIDIA H100 80GB HBM3", "world_size": 2})
     (run / "eval").mkdir()
-    result = {"split": "test", "chamfer_l2": 0.25, "solver": "euler", "clouds": 64}  # as `eval chamfer --json` prints
-    (run / "eval" / "chamfer-test.json").write_text(json.dumps(result))
+    result = {"checkpoint": "best.pt", "split": "test", "chamfer_l2": 0.25, "solver": "euler", "clouds": 64}  # as `eval` saves it
+    (run / "eval" / "chamfer-test-best.json").write_text(json.dumps(result))
     (run / "eval" / "chamfer-val.json").write_text(json.dumps({"split": "val", "chamfer_l2": 0.2}))
     summary = run_summary(run)
     assert summary["status"] == "finished" and summary["steps"] == 20 and summary["epochs"] == 2
     assert summary["changed"] == {"train.epochs": 2, "train.lr": 0.01}
     assert summary["best"] == {"metric": "chamfer_l2", "mode": "min", "value": 0.3, "epoch": 2}
-    assert summary["test"] == {"chamfer-test": {"chamfer_l2": 0.25, "clouds": 64}}  # test split only, numbers only
+    assert summary["test"] == {"best": {"chamfer_l2": 0.25, "clouds": 64}}  # test split only, numbers only
     assert summary["wall_s"] == 600
     assert (summary["device"], summary["world_size"], summary["warnings"]) == ("NVIDIA H100 80GB HBM3", 2, [])
     line = runs_table([summary], metrics=["chamfer_l2"]).splitlines()[1].split()
@@ -167,6 +167,13 @@ def test_sorting_is_numeric_where_numeric_and_puts_missing_values_last():
     assert names(runs_table(tested, sort="test.fd")) == ["z", "x", "y"]
     with pytest.raises(ConfigError, match="--sort 'bset'"):
         runs_table(rows, sort="bset")
+
+
+def test_test_results_of_best_pt_lead_and_each_other_checkpoint_gets_its_own_cell_part():
+    evaluated = row("a", test={"average_best_3": {"fd": 1.0}, "best": {"fd": 2.0}})
+    cell = runs_table([evaluated], metrics=("fd",)).splitlines()[1]
+    assert "best: fd=2; average_best_3: fd=1" in cell
+    assert runs_table([evaluated, row("b", test={"best": {"fd": 1.5}})], sort="test.fd").splitlines()[1].split()[1] == "b"
 
 
 def test_markdown_and_json_formats():
