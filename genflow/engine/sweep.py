@@ -59,7 +59,7 @@ class Trial:
     overrides: list[str]  # everything passed to `genflow train`: fixed, then swept, then the seed
     status: str = "pending"  # pending | running | done | failed | stopped
     exit_code: int | None = None
-    seconds: float = 0.0  # wall time of its processes, over every start
+    seconds: float = 0.0  # wall time of its processes, over the starts whose end the sweep saw
     starts: int = 0
 
 
