@@ -26,7 +26,7 @@ from genflow.engine.precision import cpu_description
 from genflow.ising import gibbs
 from genflow.ising.dtm import DenoisingThermodynamicModel
 from genflow.ising.gibbs import SamplingSchedule
-from genflow.ising.threads import ThreadBudget
+from genflow.threads import ThreadBudget
 
 
 def best_of(repeats: int, work) -> float:

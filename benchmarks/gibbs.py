@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from genflow.engine.precision import cpu_description
-from genflow.ising.threads import ThreadBudget
+from genflow.threads import ThreadBudget
 from genflow.ising.graph import TorusGraph
 from genflow.ising.gibbs import BlockGibbsSampler, SamplingSchedule
 

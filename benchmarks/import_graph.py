@@ -22,7 +22,7 @@ PACKAGES = {"genflow": ROOT / "genflow", "genflow_recipes": ROOT / "recipes"}
 # Layers from the bottom; a module may import its own layer's modules (without circles) and lower layers'.
 LAYERS = [
     ["genflow.errors", "genflow"],
-    ["genflow.extras", "genflow.config", "genflow.lazy"],
+    ["genflow.extras", "genflow.config", "genflow.lazy", "genflow.threads"],
     ["genflow.data", "genflow.models", "genflow.objectives", "genflow.metrics", "genflow.ising"],
     ["genflow.samplers"],
     ["genflow.engine"],

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from genflow.errors import ConfigError
-from genflow.ising.threads import ThreadBudget
+from genflow.threads import ThreadBudget
 from genflow.ising.graph import TorusGraph
 from genflow.ising.gibbs import BlockGibbsSampler, SamplingSchedule, SpinState
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from genflow.ising.threads import ThreadBudget
+from genflow.threads import ThreadBudget
 from genflow.ising.graph import TorusGraph
 
 __all__ = ["BlockGibbsSampler", "SpinState", "MomentSums", "SamplingSchedule", "philox4x32", "philox_uniform"]

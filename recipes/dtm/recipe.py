@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, Subset
 from genflow.config import NonNegative, NonNegativeInt, Positive, PositiveInt, Probability, Range, check_ranges
 from genflow.engine import EvalOptions, Recipe, SampleOptions, StepContext, TrainConfig, evaluation
 from genflow.data import ShardDataset, load_split
-from genflow.ising.threads import ThreadBudget
+from genflow.threads import ThreadBudget
 from genflow.errors import ConfigError, GenflowError
 from genflow.metrics.frechet import accuracy
 from genflow.ising.graph import parse_preset

@@ -8,6 +8,11 @@ that but costs 3x on a quiet CPU. So a sampler that runs many short kernels asks
 last reading (``/proc/stat``) minus this process's own CPU time, and uses the cores that are left
 (at least 1, at most the starting thread count). The kernels follow at run time (torch.compile with
 ``cpp.dynamic_threads``). Where ``/proc/stat`` is missing (not Linux) the thread count stays fixed.
+
+A training run's own helpers are not competitors: with ``family_root`` the budget counts as its own the
+CPU time of that process and all its descendants (a run's DataLoader workers; under torchrun, the
+launcher's ranks and their workers), and ``share`` splits the free cores among the run's processes on
+this machine.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["ThreadBudget", "CpuReading", "read_cpu"]
+__all__ = ["ThreadBudget", "CpuReading", "read_cpu", "family_cpu_seconds"]
 
 _STARTING_THREADS = torch.get_num_threads()  # torch's choice (physical cores, or OMP_NUM_THREADS) before any budget
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -39,9 +44,41 @@ def _allowed_cpus() -> set[int]:
     return set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
 
 
-def read_cpu(cpus: set[int] | None = None, stat: str = "/proc/stat") -> CpuReading | None:
-    """Busy time of `cpus` (default: those this process may run on) and this process's own CPU time;
-    None where /proc/stat cannot be read."""
+def family_cpu_seconds(root: int, proc: str = "/proc") -> float | None:
+    """CPU seconds (user + system) of process `root` and every live descendant, each with the time of its
+    children that have exited (so a DataLoader worker that ends keeps counting); None without /proc."""
+    parents: dict[int, int] = {}
+    seconds: dict[int, float] = {}
+    try:
+        entries = [name for name in os.listdir(proc) if name.isdigit()]
+    except OSError:
+        return None
+    for name in entries:
+        try:
+            with open(f"{proc}/{name}/stat") as f:
+                text = f.read()
+        except OSError:  # ended between the listing and the read
+            continue
+        fields = text[text.rfind(")") + 2:].split()  # after "pid (comm) ": the name may hold spaces and parentheses
+        parents[int(name)] = int(fields[1])
+        seconds[int(name)] = sum(int(v) for v in fields[11:15]) / _TICKS  # utime stime cutime cstime
+    if root not in seconds:
+        return None
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += seconds.get(pid, 0.0)
+        todo.extend(children.get(pid, ()))
+    return total
+
+
+def read_cpu(cpus: set[int] | None = None, stat: str = "/proc/stat", *, family_root: int | None = None) -> CpuReading | None:
+    """Busy time of `cpus` (default: those this process may run on) and this process's own CPU time (with
+    `family_root`: that of the process tree under it, `family_cpu_seconds`); None where /proc/stat cannot
+    be read."""
     cpus = _allowed_cpus() if cpus is None else cpus
     try:
         with open(stat) as f:
@@ -55,8 +92,11 @@ def read_cpu(cpus: set[int] | None = None, stat: str = "/proc/stat") -> CpuReadi
             continue
         values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
         busy += sum(values) - values[3] - values[4]
-    times = os.times()
-    return CpuReading(time.monotonic(), busy / _TICKS, times.user + times.system)
+    own = family_cpu_seconds(family_root) if family_root is not None else None
+    if own is None:
+        times = os.times()
+        own = times.user + times.system
+    return CpuReading(time.monotonic(), busy / _TICKS, own)
 
 
 class ThreadBudget:
@@ -65,16 +105,25 @@ class ThreadBudget:
     `threads`: a fixed count, or None for the automatic choice between 1 and `max_threads` (default:
     torch's thread count when genflow was imported). `interval`: seconds between two decisions, the
     first one `interval` after the start; `update()` costs one clock read in between. `reader`: where
-    readings come from (`read_cpu` of the allowed CPUs; tests pass their own).
+    readings come from (`read_cpu` of the allowed CPUs; tests pass their own). `family_root`: the
+    process whose tree is this run (its CPU time is not a competitor's); `share`: the run's processes
+    on these cores, which split the free ones; `confirm`: readings in a row that must agree before the
+    count changes (a training run ignores a competitor's short bursts); `first_after`: seconds to the first
+    decision, which needs no confirming (the start-up of a run is its first reading), default `interval`.
     """
 
     def __init__(self, threads: int | None = None, max_threads: int | None = None, interval: float = 1.0,
-                 reader=None):
+                 reader=None, *, family_root: int | None = None, share: int = 1, confirm: int = 1,
+                 first_after: float | None = None):
         self.fixed = threads
         self.max_threads = max(1, max_threads or _STARTING_THREADS)
         self.interval = interval
+        self.share, self.confirm = max(1, share), max(1, confirm)
+        self._pending: list[int] = []
+        self.first_after = interval if first_after is None else first_after
+        self.decisions = 0
         self.cpus = _allowed_cpus()
-        self.reader = reader or (lambda: read_cpu(self.cpus))
+        self.reader = reader or (lambda: read_cpu(self.cpus, family_root=family_root))
         self.changes: list[tuple[int, float]] = []  # (threads, other processes' cores) at each change
         if threads is not None:
             torch.set_num_threads(threads)
@@ -94,7 +143,8 @@ class ThreadBudget:
 
     def update(self) -> int:
         """Re-decide if `interval` has passed since the last decision; returns the thread count."""
-        if self.fixed is None and self._last is not None and time.monotonic() - self._last.wall >= self.interval:
+        due = self.interval if self.decisions else self.first_after
+        if self.fixed is None and self._last is not None and time.monotonic() - self._last.wall >= due:
             reading = self.reader()
             if reading is not None:
                 self._decide(reading)
@@ -103,8 +153,11 @@ class ThreadBudget:
     def _decide(self, reading: CpuReading) -> None:
         others = self.others(reading)
         held = math.ceil(others - _HELD) if others > _HELD else 0
-        target = min(self.max_threads, max(1, len(self.cpus) - held))
-        if target != torch.get_num_threads():
+        target = min(self.max_threads, max(1, (len(self.cpus) - held) // self.share))
+        self._last = reading
+        self._pending = [*self._pending, target][-self.confirm:]
+        confirmed = self.decisions == 0 or (len(self._pending) == self.confirm and len(set(self._pending)) == 1)
+        self.decisions += 1
+        if target != torch.get_num_threads() and confirmed:
             torch.set_num_threads(target)
             self.changes.append((target, round(others, 2)))
-        self._last = reading
