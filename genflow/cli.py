@@ -396,6 +396,10 @@ def train_command(
     node_rank: int = typer.Option(0, min=0, help="This machine's place among the --nnodes (0: the one at --master-addr)."),
     master_addr: str = typer.Option("127.0.0.1", help="Address of node 0, reachable from every node (with --nnodes > 1)."),
     master_port: int = typer.Option(29500, help="Free TCP port on node 0 for the rendezvous (with --nnodes > 1)."),
+    profile: Optional[str] = typer.Option(None, "--profile", metavar="START:END",
+                                          help="torch.profiler over optimiser steps START..END-1 counted from 0 (10:15: "
+                                          "the steps logged as 11..15) into RUN/profile/: trace.json (ui.perfetto.dev) and "
+                                          "ops.txt (time per op); main process only (sets train.profile)."),
 ) -> None:
     """Train a recipe into runs/<recipe>/<name>/ (resumable, multi-process with --gpus N).
     `genflow config RECIPE --keys` lists every config key."""
@@ -406,6 +410,8 @@ def train_command(
     overrides, gpus = _source_trainer_overrides(list(overrides or []), gpus)
     if precision is not None:
         overrides.append(f"train.precision={precision}")
+    if profile is not None:  # quoted: YAML would read 10:15 as a number
+        overrides.append(f"train.profile={json.dumps(profile)}")
     if print_config:
         plan = prepare_training(recipe, config_path=config, overrides=overrides, name=name, resume=resume,
                                 runs_root=runs_dir, create=False)

@@ -5,7 +5,10 @@ config key, a wrong shape). The CLI prints its message as one line and exits non
 exception is a bug and gets a traceback.
 """
 
-__all__ = ["GenflowError", "ConfigError", "ShardError", "DataSourceError", "CheckpointError"]
+__all__ = ["GenflowError", "ConfigError", "ShardError", "DataSourceError", "CheckpointError", "PREEMPTED_EXIT_CODE"]
+
+# EX_TEMPFAIL: a run (or sweep) stopped on request with last.pt written; the same command continues it
+PREEMPTED_EXIT_CODE = 75
 
 
 class GenflowError(Exception):

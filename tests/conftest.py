@@ -3,10 +3,17 @@ digits and an in-process `genflow` runner for CLI tests."""
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import os
 
-from support import ToyConfig, ToyRecipe, draw_digit_images
+# One thread per process, before torch is imported here or in a test's subprocess: the engine otherwise follows
+# the cores other processes leave free, and a run's numbers depend on its thread count, so two runs a test
+# compares (exact resume) could differ on a busy machine. Tests that need more threads set them.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from support import ToyConfig, ToyRecipe, draw_digit_images  # noqa: E402
 
 
 @pytest.fixture

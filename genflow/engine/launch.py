@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from genflow.errors import ConfigError
+from genflow.errors import PREEMPTED_EXIT_CODE, ConfigError
 
 __all__ = ["NodeSpec", "is_launched_worker", "launch_processes", "agree_on"]
 
@@ -77,8 +77,6 @@ def launch_processes(num_processes: int, cli_args: list[str], nodes: NodeSpec = 
     With CUDA, one process per GPU (so at most the number of visible GPUs); without, CPU processes
     over gloo, each limited to its share of the cores.
     """
-    from genflow.engine.trainer import PREEMPTED_EXIT_CODE
-
     if torch.cuda.is_available() and num_processes > torch.cuda.device_count():
         raise ConfigError(f"--gpus {num_processes}: only {torch.cuda.device_count()} CUDA device(s) visible")
     env = dict(os.environ)

@@ -97,6 +97,8 @@ class StepContext:
     def _rows(self, draw, local_batch: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         full = draw((local_batch * self.world_size, *shape), generator=self.generator, dtype=dtype)
         rows = full[self.rank * local_batch : (self.rank + 1) * local_batch]
+        if self.device.type == "cuda":  # from pinned memory the copy is queued: the host does not wait for the GPU
+            return rows.pin_memory().to(self.device, non_blocking=True)
         return rows.to(self.device)
 
     def randn(self, local_batch: int, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -170,8 +172,15 @@ class Recipe:
     def build_model(self) -> nn.Module:
         raise NotImplementedError
 
-    def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor], ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
-        """Scalar loss of one (per-process) batch and extra scalars to log (e.g. loss terms)."""
+    def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor],
+                     ctx: StepContext) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        """Scalar loss of one (per-process) batch and extra scalars to log (e.g. loss terms).
+
+        Give the extras as detached 0-dim tensors (`term.detach()`), not `term.item()` / `float(term)`: the
+        engine sums them on their device and reads them only at log points, while reading a number off a GPU
+        makes the host wait for the GPU, every step. Python numbers (e.g. a thread count) are accepted too.
+        A key given at some batches only is averaged over all the window's batches.
+        """
         raise NotImplementedError
 
     def parameter_groups(self, model: nn.Module) -> list[dict] | None:

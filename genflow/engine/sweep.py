@@ -31,13 +31,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from genflow.errors import ConfigError, GenflowError
+from genflow.errors import PREEMPTED_EXIT_CODE, ConfigError, GenflowError
 
 __all__ = ["Axis", "Trial", "SweepPlan", "SweepStopped", "parse_sweep_words", "plan_trials", "core_slots", "run_sweep", "sweep_summary",
            "SWEEP_FILE"]
 
 SWEEP_FILE = "sweep.json"
-PREEMPTED_EXIT_CODE = 75  # as genflow.engine.trainer's: stopped with last.pt written (not imported: no torch here)
 _GRID = re.compile(r"^(choice|range)\((.*)\)$", re.DOTALL)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Annotated, Literal
 
 from genflow.config import NonNegative, NonNegativeInt, Positive, PositiveInt, Range, check_ranges
@@ -56,10 +57,23 @@ class TrainConfig:
     # steps between train scalars (metrics.jsonl, trackers); the loss is read off the device only at these
     # points and before checkpoints and evaluations (a NaN stops the run at the next of them)
     log_every: PositiveInt = 10
+    # "START:END": record optimiser steps START..END-1 counted from 0 (a Python slice: 10:15 records the steps logged
+    # as 11..15) with torch.profiler into RUN/profile/ (trace.json for ui.perfetto.dev, ops.txt: time per op); main
+    # process only. An int is YAML 1.1's base-60 reading of an unquoted 10:15 (615), read back as START:END
+    profile: str | int | None = None
     # checkpoints/last_good.pt follows last.pt only while the training loss stays within this factor of its
     # lowest value so far (a loss blowing up towards NaN is finite for a while: those weights are not kept there)
     last_good_loss_ratio: Annotated[float, Range(gt=1)] = 4.0
     num_workers: NonNegativeInt = 0  # DataLoader worker processes per training process
+    # intra-op threads of each training process; null: chosen from the cores other processes leave free, once the
+    # first second is over and again when a change holds for two readings 5 s apart (the run's own DataLoader workers and ranks are not
+    # competitors), at most torch's count (OMP_NUM_THREADS, else the physical cores), the free cores split among the
+    # run's processes on this machine. A number fixes it (bit-identical reruns need the same count)
+    threads: PositiveInt | None = None
+    # torch.compile the network for the training step (evaluation and sampling stay eager; checkpoints are the
+    # same); the first step waits for the compile (seconds to minutes). A machine that cannot build kernels (CPU:
+    # no C++ compiler) is a ConfigError naming this key at the first step. Measured per recipe: docs/engine.md
+    compile: bool = False
     # Experiment trackers (through Accelerate), fed the same scalars as metrics.jsonl and the resolved config as
     # hyper-parameters: tensorboard (RUN/tb), mlflow (a local file store, RUN/mlruns), wandb; a name, a list of
     # names, or none. metrics.jsonl is always written.
@@ -75,12 +89,29 @@ class TrainConfig:
         check_ranges(self, "train.")
         self.precision = normalise_precision(self.precision)
         self.log_with = self.trackers()
+        self.profile_steps()
         import signal
 
         for name in self.preempt_signals:
             if not isinstance(getattr(signal, str(name), None), signal.Signals) or name in ("SIGKILL", "SIGSTOP", "SIGINT"):
                 raise ConfigError(f"config key 'train.preempt_signals': expected names of catchable signals such as SIGTERM "
                                   f"or SIGUSR1 (SIGINT is Ctrl-C, handled already), got {name!r}")
+
+    def profile_steps(self) -> tuple[int, int] | None:
+        """`profile` as (START, END), 0 <= START < END (None: no profiling); ConfigError naming the key otherwise.
+
+        The engine reads it through here, so a value set after construction is checked too.
+        """
+        value = self.profile
+        if value is None:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 60:  # YAML 1.1: 10:15 -> 615
+            value = self.profile = f"{value // 60}:{value % 60}"
+        span = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(value), re.ASCII)
+        if span is None or int(span[1]) >= int(span[2]):
+            raise ConfigError(f"config key 'train.profile': expected START:END, the optimiser steps to profile counted "
+                              f"from 0 (e.g. 10:15, START < END), got {value!r}")
+        return int(span[1]), int(span[2])
 
     def trackers(self) -> list[str]:
         """`log_with` as a list of tracker names, in order, without repeats (`none` / null / [] -> []).

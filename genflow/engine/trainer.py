@@ -10,8 +10,8 @@ on GPUs, gloo on CPU) and the trackers; the data order and the noise come from (
 which makes resume exact and N processes equivalent to one with the same global batch.
 
 Beside it: `loader.py` (the DataLoader of an epoch and the run's length in steps), `log_window.py` (the
-losses since the last log line, read off the device only at log points) and `checkpoint.py` (what a
-checkpoint holds, written atomically).
+losses and logged scalars since the last log line, read off the device only at log points),
+`checkpoint.py` (what a checkpoint holds, written atomically) and `profiling.py` (`train.profile`).
 """
 
 from __future__ import annotations
@@ -37,22 +37,25 @@ from torch.utils.data import DataLoader, Dataset
 from genflow.config import config_to_dict
 from genflow.engine.checkpoint import (atomic_torch_save, link_checkpoint, load_checkpoint, remove_stale_temp_files,
                                        restore_rng_state, training_checkpoint)
+from genflow.engine.launch import is_launched_worker
 from genflow.engine.loader import StreamedShards, as_tensors, plan_steps, training_loader
 from genflow.engine.log_window import LogWindow, TrainingDiverged
 from genflow.engine.metrics_log import MetricsLogger, flatten_config, make_trackers, plot_loss_trajectory, record_tracker_runs
 from genflow.engine.memory import keep_freed_memory
+from genflow.engine.profiling import StepProfiler, step_profiler
 from genflow.engine.optim import EpochBatchSampler, ExponentialMovingAverage, build_lr_schedule, build_optimizer
 from genflow.engine.precision import cpu_description, resolve_precision
 from genflow.engine.progress import TrainingProgress
 from genflow.engine.recipe import Recipe, StepContext
 from genflow.engine.run_dir import CONFIG_FILE, record_runtime, write_run_config
 from genflow.engine.train_config import TrainConfig
-from genflow.errors import CheckpointError, ConfigError, GenflowError
+from genflow.errors import PREEMPTED_EXIT_CODE, CheckpointError, ConfigError, GenflowError
+from genflow.threads import ThreadBudget
 
 __all__ = ["train", "TrainResult", "TrainingDiverged", "TrainingPreempted", "PREEMPTED_EXIT_CODE", "TrainState",
            "make_accelerator"]
 
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped on request with last.pt written; run the same command again to continue
+THREAD_READING_S = 5.0  # seconds between two readings of how busy the cores are (two must agree to change the count)
 
 
 class TrainingPreempted(GenflowError):
@@ -116,7 +119,7 @@ def validation_loss(recipe: Recipe, model: torch.nn.Module, val_data: Dataset, c
     batch_size = min(cfg.batch_size, len(val_data))
     batches = -(-len(val_data) // batch_size)
     sampler = EpochBatchSampler(len(val_data), batch_size, seed=cfg.seed, epoch=0, shuffle=False, num_batches=batches)
-    total, count = 0.0, 0
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0  # summed on the device: one read at the end
     for b, batch in enumerate(DataLoader(val_data, batch_sampler=sampler)):
         batch = {k: v.to(device) for k, v in batch.items()}
         size = len(next(iter(batch.values())))
@@ -124,9 +127,9 @@ def validation_loss(recipe: Recipe, model: torch.nn.Module, val_data: Dataset, c
                           generator=_noise_generator(cfg.seed, 10**9 + b))
         with accelerator.autocast():
             loss, _ = recipe.compute_loss(model, batch, ctx)
-        total += float(loss) * size
+        total += loss.detach().double() * size
         count += size
-    return total / max(count, 1)
+    return float(total) / max(count, 1)
 
 
 @dataclass
@@ -198,6 +201,11 @@ class Trainer:
         accelerator, precision, self.precision_reason = make_accelerator(cfg.precision, trackers, project_dir=run_dir)
         self.accelerator, self.device = accelerator, accelerator.device
         keep_freed_memory()  # big activations are not re-faulted page by page every step (genflow/engine/memory.py)
+        # threads from the cores other processes leave free; the run's own workers and ranks are not competitors
+        self.threads = ThreadBudget(cfg.threads, interval=THREAD_READING_S, confirm=2, first_after=1.0,
+                                    share=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+                                    family_root=os.getppid() if is_launched_worker() else os.getpid())
+        self.thread_changes_reported = 0
         self.rank, self.world, self.is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
         if self.is_main:  # what this run used, beside what was asked (a resume on other hardware resolves again)
             if not (run_dir / CONFIG_FILE).is_file():  # the Python API, without `genflow train`'s set-up
@@ -206,6 +214,7 @@ class Trainer:
             record_runtime(run_dir, {"device": str(self.device), "precision_requested": cfg.precision, "precision": precision,
                                      "precision_reason": self.precision_reason, "world_size": self.world,
                                      "cpu": cpu_description() if self.device.type == "cpu" else None,
+                                     "threads": {"setting": cfg.threads or "auto", "at_start": torch.get_num_threads()},
                                      "cpu_cores": {"machine": os.cpu_count(), "usable": len(os.sched_getaffinity(0))
                                                    if hasattr(os, "sched_getaffinity") else os.cpu_count()},
                                      "gpu": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
@@ -244,7 +253,9 @@ class Trainer:
         self.model, self.optimizer = accelerator.prepare(model, self.optimizer)
         if checkpoint is not None and accelerator.scaler is not None and checkpoint.get("scaler"):
             accelerator.scaler.load_state_dict(checkpoint["scaler"])
-        self.unwrapped = accelerator.unwrap_model(self.model)
+        self.unwrapped = accelerator.unwrap_model(self.model)  # evaluation, EMA and checkpoints: never the compiled one
+        if cfg.compile:  # the training step's forward and backward only (train.compile)
+            self.model = _compiled_for_training(self.model)
         if self.ema is not None:
             self.ema.model.to(self.device)
         if resume_from is not None:
@@ -286,6 +297,7 @@ class Trainer:
         start_time = time.perf_counter()
         first_step = state.step
         self.window = LogWindow()
+        self.profiler = self.step_profiler()
         self.last_metrics: dict[str, float] = {}
         self.model.train()
         state.stop = state.step >= plan.total_steps or state.best.get("stopped_early") is not None
@@ -300,6 +312,8 @@ class Trainer:
                 epoch = state.epoch
                 for batch in self.epoch_batches(epoch):
                     self.train_step(batch, epoch)
+                    self.profile_at_step()
+                    self.follow_free_cores()
                     if state.stop:
                         break
                 if plan.streaming and state.batch != 0 and not state.stop:  # the stream ran out early: next epoch
@@ -321,6 +335,8 @@ class Trainer:
             raise GenflowError(f"interrupted at step {state.step}; resume with --resume {self.run_dir} "
                                f"(checkpoint {path})") from None
         finally:
+            if self.profiler is not None:  # what was recorded, where the run stopped before the span's end
+                self.profiler.finish(state.step)
             self.reporter.close()
             for number, handler in previous_handlers.items():
                 signal.signal(number, handler)
@@ -331,6 +347,24 @@ class Trainer:
                            seconds=time.perf_counter() - start_time, best=state.best, last_metrics=self.last_metrics,
                            samples_seen=(state.step - first_step) * cfg.batch_size * cfg.grad_accum_steps,
                            peak_memory_mib=peak_memory_mib(self.device))
+
+    def step_profiler(self) -> StepProfiler | None:
+        """torch.profiler over the steps `train.profile` names (main process only), recording from the first of
+        them left; None without one."""
+        span = self.cfg.profile_steps()
+        if span is None or not self.is_main:
+            return None
+        profiler = step_profiler(self.run_dir / "profile", span, done=self.state.step, total=self.plan.total_steps,
+                                 device=self.device, say=self.reporter.message)
+        if profiler is not None:
+            profiler.at(self.state.step, between_steps=True)
+        return profiler
+
+    def profile_at_step(self) -> None:
+        """Tell the profiler (if any) where the run is after a batch: it starts, labels steps and stops there."""
+        if self.profiler is not None:
+            state = self.state
+            self.profiler.at(state.step, between_steps=state.micro_step == state.step * self.cfg.grad_accum_steps)
 
     def epoch_batches(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         """This process's rest of the epoch, on the device, from the current position (the wait is timed)."""
@@ -413,6 +447,14 @@ class Trainer:
             previous[number] = signal.signal(number, lambda signum, frame: setattr(self, "caught_signal", signal.Signals(signum).name))
         return previous
 
+    def follow_free_cores(self) -> None:
+        """Re-decide the thread count when a reading is due (a clock read otherwise); say each change."""
+        self.threads.update()
+        for threads, others in self.threads.changes[self.thread_changes_reported:]:
+            self.reporter.message(f"threads: {threads} (other processes keep {others:.1f} of {len(self.threads.cpus)} "
+                                  f"cores busy; train.threads=N fixes the count)")
+        self.thread_changes_reported = len(self.threads.changes)
+
     def preemption_due(self) -> bool:
         """Whether to stop now. One process: a signal has been caught. Several: whether any process caught
         one, agreed at each `train.log_every` step (where the loss is read anyway: no extra per-step sync)."""
@@ -430,7 +472,7 @@ class Trainer:
         evaluation, never per step: a NaN stops the run up to `log_every` steps late (the weights it
         spoiled are never saved), for one device sync and one small gather per call instead of per step."""
         losses = self.window.host_losses(self.accelerator)
-        self.window.raise_if_diverged(losses, self.last_good_path, self.cfg.lr)
+        self.window.raise_if_diverged(losses, self.last_good_path, self.cfg.lr, hint=self.divergence_hint())
         if losses.numel():  # a window may be read twice (log point, then checkpoint): the later reading replaces it
             self.period_losses[self.window] = (float(losses.sum()), losses.numel())
         return losses
@@ -448,6 +490,13 @@ class Trainer:
         self.state.loss_floor = mean if floor is None else min(floor, mean)
         return floor is None or mean <= floor + (self.cfg.last_good_loss_ratio - 1) * abs(floor)
 
+    def divergence_hint(self) -> str:
+        """A compiled network in 16-bit is the first suspect: torch 2.13's compiled CPU backward of digit4's
+        encoder gives NaN gradients in bf16 where eager does not (docs/engine.md, train.compile)."""
+        if self.cfg.compile and self.accelerator.mixed_precision in ("bf16", "fp16"):
+            return f"train.compile=true with {self.accelerator.mixed_precision}: try train.compile=false or --precision no; "
+        return ""
+
     def raise_if_diverged_here(self) -> None:
         """TrainingDiverged if this process's window holds a NaN or Inf loss. No collective, so safe on the
         paths that not every process takes (an error, Ctrl-C)."""
@@ -455,7 +504,7 @@ class Trainer:
             losses = self.window.host_losses(None)
         except Exception:  # the device itself failed: the error being handled says more
             return
-        self.window.raise_if_diverged(losses, self.last_good_path, self.cfg.lr)
+        self.window.raise_if_diverged(losses, self.last_good_path, self.cfg.lr, hint=self.divergence_hint())
 
     def log_train(self, epoch: int) -> None:
         """The window's means to metrics.jsonl, the trackers and the progress line; a new window."""
@@ -574,6 +623,26 @@ class Trainer:
                 if path.name not in dropped:
                     self.reporter.message(f"removed {path}: left by a run stopped between its checkpoint writes, and "
                                           f"not among the train.keep_top_k={self.cfg.keep_top_k} best validations")
+
+
+def _compiled_for_training(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` under torch.compile (its parameters and state_dict stay `model`'s own). Kernels compiled for the
+    CPU read the thread count when they run, not when they are built, so the engine may change it during a
+    run. A machine that cannot build kernels (no C++ compiler; on a GPU, no Triton) fails the first step with
+    one ConfigError naming train.compile; an op torch.compile cannot capture runs eager (a graph break)."""
+    compiled = torch.compile(model, options={"cpp.dynamic_threads": True})
+    forward = compiled.forward
+
+    def forward_or_config_error(*args, **kwargs):
+        try:
+            return forward(*args, **kwargs)
+        except torch._dynamo.exc.BackendCompilerFailed as exc:
+            reason = str(exc).strip().splitlines()[0][:300]
+            raise ConfigError(f"train.compile=true: torch.compile could not build the model's kernels here ({reason}); "
+                              f"set train.compile=false to train eager") from exc
+
+    compiled.forward = forward_or_config_error
+    return compiled
 
 
 def _built_from_config(what: str, build):

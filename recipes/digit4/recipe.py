@@ -197,15 +197,15 @@ class Digit4Recipe(Recipe):
             flow_loss = F.mse_loss(velocity, sample.dx_t)
         else:
             flow_loss = self.objective.loss(out["prediction"].float(), sample, x0=x0, x1=x1)
-        loss, terms = flow_loss, {"flow_loss": flow_loss.item()}
+        loss, terms = flow_loss, {"flow_loss": flow_loss.detach()}
         if m.use_vae:
             kl = -0.5 * torch.mean(torch.sum(1 + out["logvar"] - out["mu"] ** 2 - out["logvar"].exp(), dim=1))
             loss = loss + m.kl_weight * kl
-            terms["kl"] = kl.item()
+            terms["kl"] = kl.detach()
         if m.use_prior_flow:
             prior_loss = F.mse_loss(out["prior_prediction"].float(), out["prior_target"])
             loss = loss + m.prior_weight * prior_loss
-            terms["prior_loss"] = prior_loss.item()
+            terms["prior_loss"] = prior_loss.detach()
         return loss, terms
 
     # --- generation ------------------------------------------------------------------------------

@@ -176,7 +176,7 @@ class HandVaeRecipe(Recipe):
         noise = ctx.randn(poses.shape[0], self.config.model.z_dim)
         beta = self.beta(ctx)
         terms = model(poses, noise, beta, self.config.loss.free_bits)
-        return terms["loss"], {"recon_nll": float(terms["recon_nll"]), "kl": float(terms["kl"]), "beta": beta}
+        return terms["loss"], {"recon_nll": terms["recon_nll"], "kl": terms["kl"], "beta": beta}  # detached by the model
 
     # --- evaluation during training ------------------------------------------------------------------
     def _val_poses(self, val_data, limit: int) -> torch.Tensor:

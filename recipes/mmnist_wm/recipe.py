@@ -309,7 +309,7 @@ class MovingMnistWorldModelRecipe(Recipe):
         # targets: an autoregressive patch head reads the true levels of each patch's earlier cells (teacher forcing)
         logits = model(corrupted.tokens, actions, corrupted.temporal_mask, targets=tokens)
         loss = self.objective.loss(logits, tokens, corrupted)
-        return loss, {f"loss_{task}": loss.item()}
+        return loss, {f"loss_{task}": loss.detach()}
 
     # --- generation -----------------------------------------------------------------------------------
     def _autocast(self, device: torch.device):

@@ -373,7 +373,7 @@ class _NamoRecipe(Recipe):
         noise = ctx.randn(*mask.shape)
         loss, regression, aux = self.loss_terms(model, mask=mask, context=context, noise=noise,
                                                 times=self.training_times(len(mask), ctx))
-        return loss, {"mse": regression.item(), "aux_dice": aux.item()}
+        return loss, {"mse": regression.detach(), "aux_dice": aux.detach()}
 
     def loss_terms(self, model, *, mask: torch.Tensor, context: torch.Tensor, noise: torch.Tensor,
                    times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -259,3 +259,32 @@ def test_keep_top_k_files_are_the_same_after_a_kill_and_resume(toy_recipe, tmp_p
           show_progress=False)
     assert "top_epoch_0003.pt" not in top_files(validating_less) and "top_epoch_0003.pt: left by a run stopped" in capsys.readouterr().out
     assert top_files(validating_less) == sorted(e["file"] for e in weights(validating_less)["best"]["top"])
+
+
+def test_training_gives_up_a_thread_to_a_busy_neighbour_and_a_fixed_count_stays(toy_recipe, tmp_path, monkeypatch, capsys):
+    import genflow.engine.trainer as trainer_module
+    from genflow.threads import CpuReading, ThreadBudget
+
+    before = torch.get_num_threads()
+    clock = iter(range(1000))  # each reading: one more second in which another process kept one of two cores busy
+
+    def busy_neighbour():
+        t = next(clock)
+        return CpuReading(t, 1.0 * t, 0.0)
+
+    def budget(threads, **kwargs):
+        made = ThreadBudget(threads, **{**kwargs, "max_threads": 2, "reader": busy_neighbour, "first_after": 0.0})
+        made.cpus = {0, 1}
+        return made
+
+    monkeypatch.setattr(trainer_module, "ThreadBudget", budget)
+    try:
+        train(toy_recipe(max_steps=4), tmp_path / "auto", show_progress=False)
+        assert "threads: 1 (other processes keep 1.0 of 2 cores busy" in capsys.readouterr().out
+        assert torch.get_num_threads() == 1
+        train(toy_recipe(max_steps=4, threads=2), tmp_path / "fixed", show_progress=False)
+        assert "threads:" not in capsys.readouterr().out and torch.get_num_threads() == 2
+        runtime = yaml.safe_load((tmp_path / "fixed" / "config.yaml").read_text())["runtime"]["threads"]
+        assert runtime == {"setting": 2, "at_start": 2}
+    finally:
+        torch.set_num_threads(before)
