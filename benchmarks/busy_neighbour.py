@@ -30,7 +30,8 @@ from genflow.engine.precision import cpu_description
 
 # the dataset each recipe's default config reads, under --datasets (made by `genflow data make ...`)
 DATA = {"digit4": ("data.path", "digit4"), "namo-fm": ("data.data_dir", "namo"), "namo-diffusion": ("data.data_dir", "namo"),
-        "mmnist-wm": ("data.data_dir", "mmnist"), "dtm": ("data.data_dir", "mnist-images"), "hand-vae": ("data.data_dir", "hands")}
+        "mmnist-wm": ("data.data_dir", "mmnist"), "dtm": ("data.data_dir", "mnist-images"), "hand-vae": ("data.data_dir", "hands"),
+        "dtm-lunar": None}  # dtm-lunar streams LunarLander frames (the gym extra): no dataset
 
 
 def throughput(recipe: str, *, steps: int, data: list[str], threads: int | None, busy: bool, root: Path) -> float:
@@ -63,8 +64,7 @@ def main() -> None:
     print(f"{'recipe':15s} {'quiet auto':>10s} {'quiet fixed':>11s} {'busy auto':>10s} {'busy fixed':>10s} "
           f"{'busy auto / quiet':>17s} {'busy fixed / quiet':>18s}")
     for recipe in args.recipes:
-        key, folder = DATA[recipe]
-        data = [f"{key}={(args.datasets / folder).resolve()}"]
+        data = [f"{DATA[recipe][0]}={(args.datasets / DATA[recipe][1]).resolve()}"] if DATA[recipe] else []
         root = Path(tempfile.mkdtemp(prefix="busy-neighbour-"))
         try:
             rates = {(busy, threads): throughput(recipe, steps=args.steps, data=data, threads=threads, busy=busy, root=root)

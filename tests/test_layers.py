@@ -4,6 +4,7 @@ module importing a higher layer, `genflow/` never importing a recipe, and no sam
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,4 +47,5 @@ def test_every_benchmark_imports(path, monkeypatch):
     monkeypatch.syspath_prepend(str(path.parent))  # as when run as a script: siblings import each other
     spec = importlib.util.spec_from_file_location(f"benchmark_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # as a script is: its dataclasses look their module up there
     spec.loader.exec_module(module)  # module level only: each runs its work under `if __name__ == "__main__"`
