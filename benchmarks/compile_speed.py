@@ -39,11 +39,14 @@ def _child(recipe: str, data: str, steps: int, compile: bool, runs_root: str) ->
     print("RESULT " + json.dumps(stats))
 
 
-def _timed_run(recipe: str, overrides: list[str], *, steps: int, compile: bool, scratch: Path) -> dict:
+def _timed_run(recipe: str, overrides: list[str], *, steps: int, compile: bool, scratch: Path, timeout: float) -> dict:
     with tempfile.TemporaryDirectory(dir=scratch) as cache:  # a cold compile: no inductor cache from earlier runs
         env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_CACHE_DIR": cache}
-        out = subprocess.run([sys.executable, __file__, "--child", recipe, json.dumps(overrides), str(steps), str(int(compile)),
-                              str(scratch / "runs")], env=env, capture_output=True, text=True)
+        try:
+            out = subprocess.run([sys.executable, __file__, "--child", recipe, json.dumps(overrides), str(steps), str(int(compile)),
+                                  str(scratch / "runs")], env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"error": f"did not finish in {timeout:.0f} s"}
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     if not lines:
         return {"error": (out.stderr.strip().splitlines() or ["no output"])[-1][:160]}
@@ -56,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="eager/compiled pairs per recipe (medians reported)")
     parser.add_argument("--recipes", default=None, help="comma-separated recipe names (default: all)")
     parser.add_argument("--precision", default=None, help="train.precision for every run (default: each config's)")
+    parser.add_argument("--run-timeout", type=float, default=900, help="seconds after which a run counts as not finished")
     args = parser.parse_args(argv)
 
     import torch
@@ -81,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
             for _ in range(args.repeats):
                 for compile in (False, True):
                     loads.append(os.getloadavg()[0])
-                    results[compile].append(_timed_run(run.recipe, overrides, steps=args.steps, compile=compile, scratch=scratch))
+                    results[compile].append(_timed_run(run.recipe, overrides, steps=args.steps, compile=compile, scratch=scratch,
+                                                      timeout=args.run_timeout))
                     print(f"{run.recipe} compile={compile}: {results[compile][-1]}", file=sys.stderr, flush=True)
             rows.append((run.recipe, results, None))
     print(f"CPU: {cpu_description()}; cores {os.cpu_count()}; torch {torch.__version__}; 1 thread; {args.steps} steps per run, "
