@@ -3,17 +3,23 @@ digits and an in-process `genflow` runner for CLI tests."""
 
 from __future__ import annotations
 
-import os
+import numpy as np
+import pytest
 
-# One thread per process, before torch is imported here or in a test's subprocess: the engine otherwise follows
-# the cores other processes leave free, and a run's numbers depend on its thread count, so two runs a test
-# compares (exact resume) could differ on a busy machine. Tests that need more threads set them.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+from support import ToyConfig, ToyRecipe, draw_digit_images
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
 
-from support import ToyConfig, ToyRecipe, draw_digit_images  # noqa: E402
+@pytest.fixture(autouse=True)
+def fixed_training_threads(monkeypatch):
+    """In-process training keeps the thread count it starts with: a run's numbers depend on it, and two runs a
+    test compares (exact resume) must not differ because one of them followed a busy neighbour. (CLI runs of
+    the tiny digit4 model fix it with train.threads=1, in TINY_MODEL.)"""
+    import torch
+
+    import genflow.engine.trainer as trainer
+
+    budget = trainer.ThreadBudget
+    monkeypatch.setattr(trainer, "ThreadBudget", lambda threads=None, **kwargs: budget(threads or torch.get_num_threads(), **kwargs))
 
 
 @pytest.fixture

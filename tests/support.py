@@ -14,8 +14,10 @@ from genflow.engine import TrainConfig
 from genflow.engine.recipe import Recipe, StepContext
 
 # digit4 overrides for a model that trains in seconds (CLI tests)
+# (train.threads=1: a fixed count, so two runs a test compares never differ by the threads the engine chose)
 TINY_MODEL = ["model.latent_dim=16", "model.encoder_hidden=[16,32]", "model.field_hidden=32", "model.field_depth=2",
-              "model.time_dim=16", "train.batch_size=8", "train.log_every=2", "eval.num_clouds=8", "eval.steps=4"]
+              "model.time_dim=16", "train.batch_size=8", "train.log_every=2", "eval.num_clouds=8", "eval.steps=4",
+              "train.threads=1"]
 
 
 class DictDataset(Dataset):
