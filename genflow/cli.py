@@ -694,10 +694,9 @@ def _save_eval_result(run_dir: Path, name: str, result: dict[str, Any], options:
     path = run_dir / "eval" / f"{name}-{split}-{Path(result['checkpoint']).stem}.json"
     path.parent.mkdir(exist_ok=True)
     doc = {**result, "split": split, "evaluation": name, "options": dataclasses.asdict(options)}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, default=str, indent=1) + "\n")
-    tmp.replace(path)
-    return path
+    from genflow.engine.checkpoint import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(doc, default=str, indent=1) + "\n")
 
 
 def _eval_options_texts(name: str | None, words: list[str]) -> list[str]:

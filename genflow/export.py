@@ -17,6 +17,7 @@ import genflow
 from genflow.config import config_to_dict
 from genflow.engine.metrics_log import read_metrics
 from genflow.engine.run_dir import LoadedRun, read_run_config
+from genflow.engine.run_table import saved_evaluations
 from genflow.errors import GenflowError
 
 __all__ = ["export_safetensors", "export_onnx", "write_model_card", "model_card_facts", "ONNX_TOLERANCE"]
@@ -108,16 +109,9 @@ def model_card_facts(run: LoadedRun) -> dict[str, Any]:
 
 def _saved_evaluations(run: LoadedRun) -> list[dict[str, Any]]:
     """The numbers of each `genflow eval` result saved in the run for the exported checkpoint."""
-    found = []
-    for path in sorted((Path(run.run_dir) / "eval").glob("*.json")):
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue  # not a result genflow wrote
-        if isinstance(doc, dict) and doc.get("checkpoint") == run.checkpoint.name and "evaluation" in doc:
-            numbers = {k: v for k, v in doc.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            found.append({"evaluation": doc["evaluation"], "split": doc.get("split"), **numbers})
-    return found
+    return [{"evaluation": saved["evaluation"], "split": saved["split"], **saved["numbers"]}
+            for saved in saved_evaluations(run.run_dir)
+            if saved["checkpoint"] == run.checkpoint.stem and saved["evaluation"] is not None]
 
 
 def _best_validation(run: LoadedRun, val: list[dict[str, Any]]) -> dict[str, Any] | None:

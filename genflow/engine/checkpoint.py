@@ -25,11 +25,26 @@ import torch
 import genflow
 from genflow.errors import CheckpointError, ConfigError
 
-__all__ = ["atomic_torch_save", "remove_stale_temp_files", "load_checkpoint", "load_foreign_checkpoint", "capture_rng_state",
+__all__ = ["atomic_write_text", "atomic_torch_save", "remove_stale_temp_files", "load_checkpoint", "load_foreign_checkpoint", "capture_rng_state",
            "restore_rng_state", "link_checkpoint", "training_checkpoint", "average_checkpoints", "checkpoints_to_average",
            "write_averaged_checkpoint"]
 
 _TEMP_GLOB = ".*.pt.*.tmp"  # what atomic_torch_save names its temp files
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """`text` to a temp file beside `path`, then renamed over it: a reader sees the old file or the new one,
+    never half of one (config.yaml, sweep.json, trackers.json, eval results)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -28,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker, MLflowTracker, TensorBoardTracker, WandBTracker, on_main_process
 
+from genflow.engine.checkpoint import atomic_write_text
 from genflow.errors import GenflowError
 
 __all__ = ["MetricsLogger", "RunTensorBoardTracker", "RunMLflowTracker", "RunWandBTracker", "make_trackers",
@@ -283,11 +283,7 @@ def record_tracker_runs(run_dir: Path, trackers: list[GeneralTracker]) -> None:
         return
     path = Path(run_dir) / TRACKER_RUNS_FILE
     runs = {**read_tracker_runs(run_dir), **started}
-    fd, tmp = tempfile.mkstemp(prefix=".trackers.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(runs, handle, indent=2)
-        handle.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(runs, indent=2) + "\n")
 
 
 def flatten_config(tree: dict[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:

@@ -12,7 +12,6 @@ import datetime as _dt
 import hashlib
 import os
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from torch import nn
 
 import genflow
 from genflow.config import apply_overrides, config_from_dict, config_to_dict
-from genflow.engine.checkpoint import load_checkpoint
+from genflow.engine.checkpoint import atomic_write_text, load_checkpoint
 from genflow.engine.recipe import Recipe, get_recipe
 from genflow.errors import CheckpointError, ConfigError
 
@@ -110,11 +109,7 @@ def record_runtime(run_dir: Path, runtime: dict[str, Any]) -> Path:
 
 
 def _write_yaml(path: Path, doc: dict[str, Any]) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=".config.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        yaml.safe_dump(doc, handle, sort_keys=False)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, yaml.safe_dump(doc, sort_keys=False))
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:

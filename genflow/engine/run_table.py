@@ -38,7 +38,7 @@ import yaml
 
 from genflow.errors import CheckpointError, ConfigError, GenflowError
 
-__all__ = ["COLUMNS", "FORMATS", "RUNNING_WITHIN_S", "run_summary", "find_runs", "collect_summaries", "runs_table", "aligned_text",
+__all__ = ["COLUMNS", "FORMATS", "RUNNING_WITHIN_S", "run_summary", "find_runs", "collect_summaries", "runs_table", "aligned_text", "saved_evaluations",
            "check_table_options"]
 
 COLUMNS = ("recipe", "name", "status", "changed", "epochs", "steps", "best", "test", "wall", "device")
@@ -232,19 +232,31 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _test_results(run_dir: Path, notes: list[str]) -> dict[str, dict[str, float]]:
-    """File name -> its numbers, for each `eval/*.json` that is a result on the test split."""
-    results = {}
-    for path in sorted((run_dir / "eval").glob("*.json")):
+def saved_evaluations(run_dir: Path, notes: list[str] | None = None) -> list[dict[str, Any]]:
+    """Each `RUN/eval/*.json` that holds a JSON object (what `genflow eval` saves): `file` (its name without
+    `.json`), `checkpoint` (the stem of the checkpoint evaluated, None where the file does not say), `split`,
+    `evaluation` and its numbers. A file that cannot be read is named in `notes` and left out."""
+    found = []
+    for path in sorted((Path(run_dir) / "eval").glob("*.json")):
         try:
             doc = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            notes.append(f"eval/{path.name}: not readable as JSON ({str(exc).splitlines()[0]}), left out")
+            if notes is not None:
+                notes.append(f"eval/{path.name}: not readable as JSON ({str(exc).splitlines()[0]}), left out")
             continue
-        if isinstance(doc, dict) and doc.get("split") == "test":
-            # keyed by the checkpoint evaluated (`best`, `average_best_3`): one line of results per checkpoint
-            where = Path(str(doc["checkpoint"])).stem if doc.get("checkpoint") else path.stem
-            results.setdefault(where, {}).update({key: value for key, value in doc.items() if _is_number(value)})
+        if isinstance(doc, dict):
+            found.append({"file": path.stem, "checkpoint": Path(str(doc["checkpoint"])).stem if doc.get("checkpoint") else None,
+                          "split": doc.get("split"), "evaluation": doc.get("evaluation"),
+                          "numbers": {key: value for key, value in doc.items() if _is_number(value)}})
+    return found
+
+
+def _test_results(run_dir: Path, notes: list[str]) -> dict[str, dict[str, float]]:
+    """The checkpoint evaluated (`best`, `average_best_3`; else the file's name) -> its numbers on the test split."""
+    results: dict[str, dict[str, float]] = {}
+    for saved in saved_evaluations(run_dir, notes):
+        if saved["split"] == "test":
+            results.setdefault(saved["checkpoint"] or saved["file"], {}).update(saved["numbers"])
     return results
 
 

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from genflow.engine.checkpoint import atomic_write_text
 from genflow.errors import PREEMPTED_EXIT_CODE, ConfigError, GenflowError
 
 __all__ = ["Axis", "Trial", "SweepPlan", "SweepStopped", "parse_sweep_words", "plan_trials", "core_slots", "run_sweep", "sweep_summary",
@@ -216,12 +217,6 @@ def core_slots(parallel: int, *, cores: list[int] | None = None) -> list[list[in
 
 
 # --- state on disk ---------------------------------------------------------------------------------------
-def _write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def _load_or_start(sweep_dir: Path, plan: SweepPlan) -> tuple[list[Trial], bool]:
     """The trials of `sweep_dir`'s sweep.json if it holds this plan (a continued sweep), else the plan's."""
     path = sweep_dir / SWEEP_FILE
@@ -271,8 +266,8 @@ def run_sweep(plan: SweepPlan, *, sweep_dir: Path, parallel: int = 1, cuda_devic
     trials, continued = _load_or_start(sweep_dir, plan)
     (sweep_dir / "logs").mkdir(exist_ok=True)
     fixed = plan.fixed
-    save = lambda: _write_json_atomic(sweep_dir / SWEEP_FILE, {"plan": plan.to_doc(),
-                                                               "trials": [dataclasses.asdict(t) for t in trials]})
+    save = lambda: atomic_write_text(sweep_dir / SWEEP_FILE, json.dumps(  # noqa: E731
+        {"plan": plan.to_doc(), "trials": [dataclasses.asdict(t) for t in trials]}, indent=1))
     todo = [t for t in trials if t.status != "done"]
     if continued:
         report(f"continuing sweep {sweep_dir}: {len(trials) - len(todo)} of {len(trials)} trials done")
@@ -326,7 +321,7 @@ def run_sweep(plan: SweepPlan, *, sweep_dir: Path, parallel: int = 1, cuda_devic
                 del running[slot]
                 free.append(slot)
                 free.sort()
-                detail = "" if code == 0 else f" (exit code {code}; log {_shown(sweep_dir / 'logs' / f'{trial.name}.log')})"
+                detail = "" if code == 0 else f" (exit code {code}; log {sweep_dir / 'logs' / f'{trial.name}.log'})"
                 report(f"[{sum(t.status == 'done' for t in trials)}/{len(trials)}] {trial.name}: {trial.status} in "
                        f"{trial.seconds:.0f} s{detail}")
                 save()
@@ -359,13 +354,6 @@ def _ranges(cores: list[int]) -> str:
     return ",".join(str(c) for c in cores) if len(cores) < 4 else f"{cores[0]}-{cores[-1]}"
 
 
-def _shown(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
 # --- summary -------------------------------------------------------------------------------------------
 def sweep_summary(sweep_dir: Path, trials: list[Trial], *, recipe: str) -> dict[str, Any]:
     """Each trial's best validation metric (and test metrics, when evaluated), and per grid point the mean
@@ -390,7 +378,7 @@ def sweep_summary(sweep_dir: Path, trials: list[Trial], *, recipe: str) -> dict[
         grouped.append({**json.loads(key), "trials": len(members), "finished": sum(m["status"] == "done" for m in members),
                         "best_mean": mean, "best_std": spread})
     doc = {"trials": rows, "points": grouped}
-    _write_json_atomic(sweep_dir / "summary.json", doc)
+    atomic_write_text(sweep_dir / "summary.json", json.dumps(doc, indent=1) + "\n")
     (sweep_dir / "summary.md").write_text(_markdown(rows) + "\n" + _markdown(grouped))
     metric = next((row["best_metric"] for row in rows if row["best_metric"]), "best")
     return {**doc, "text": _text_table(rows, rename={"best": f"best {metric}"}, drop=("best_metric",))

@@ -117,3 +117,9 @@ def test_the_model_card_of_a_plain_export_names_its_checkpoint(top_k_run, tmp_pa
     card, _ = front_matter(tmp_path / "README.md")
     assert card["checkpoint"] == "last.pt" and card["checkpoint_epochs"] == [2] and "averaged_from" not in card
     assert card["files"] == ["config.yaml", "model.safetensors", "samples.png"] and card["format"] == "safetensors"
+    assert card["eval"] == []
+    assert main(["eval", "chamfer", str(top_k_run), "--checkpoint", "last", "steps=2", "--json"]) == 0  # saved in RUN/eval/
+    assert main(["export", str(top_k_run), "--checkpoint", "last", "--out", str(tmp_path)]) == 0
+    card, _ = front_matter(tmp_path / "README.md")
+    assert [(e["evaluation"], e["split"], e["steps"]) for e in card["eval"]] == [("chamfer", "test", 2)]
+    assert card["eval"][0]["chamfer_l2"] > 0
